@@ -1,0 +1,98 @@
+"""Arguments shared by the encoder and decoder layers and their stacks."""
+
+import keras
+
+from keras_transformer.layers import validation
+from keras_transformer.layers.attention import MultiHeadAttention
+from keras_transformer.layers.feed_forward import FeedForward
+
+
+def check_heads_divide(d_model, num_heads):
+    if d_model % num_heads:
+        raise ValueError(
+            "The model size d_model must be divisible by `num_heads`. "
+            f"Received: d_model={d_model}, num_heads={num_heads}"
+        )
+
+
+class TransformerBlock(keras.layers.Layer):
+    """Stores and validates the arguments of a residual Transformer block.
+
+    Args:
+        num_heads: int, attention heads; must divide d_model.
+        d_ff: int, inner size of the feed-forward network.
+        dropout: float in [0, 1), residual dropout. Default 0.1.
+        norm_first: bool, pre-norm instead of post-norm. Default False.
+        activation: feed-forward activation. Default "relu".
+        attention_dropout: float in [0, 1), dropout on attention
+            probabilities. Defaults to `dropout`.
+        layer_norm_epsilon: float. Default 1e-6.
+        kernel_initializer: initializer for all kernels.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        d_ff,
+        dropout=0.1,
+        norm_first=False,
+        activation="relu",
+        attention_dropout=None,
+        layer_norm_epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.num_heads = validation.check_positive_int("num_heads", num_heads)
+        self.d_ff = validation.check_positive_int("d_ff", d_ff)
+        self.dropout = validation.check_rate("dropout", dropout)
+        self.norm_first = bool(norm_first)
+        self.activation = keras.activations.get(activation)
+        self.attention_dropout = validation.check_rate(
+            "attention_dropout", self.dropout if attention_dropout is None else attention_dropout
+        )
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def block_config(self):
+        """The constructor arguments, for `get_config` and for sublayers."""
+        return {
+            "num_heads": self.num_heads,
+            "d_ff": self.d_ff,
+            "dropout": self.dropout,
+            "norm_first": self.norm_first,
+            "activation": keras.activations.serialize(self.activation),
+            "attention_dropout": self.attention_dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.block_config())
+        return config
+
+    def _attention(self, name, d_model):
+        return MultiHeadAttention(
+            self.num_heads, d_model // self.num_heads, dropout=self.attention_dropout,
+            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name=name,
+        )
+
+    def _norm(self, name, inputs_shape):
+        layer = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+        layer.build(inputs_shape)
+        return layer
+
+    def _feed_forward(self, inputs_shape):
+        layer = FeedForward(
+            self.d_ff, activation=self.activation, kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="feed_forward",
+        )
+        layer.build(inputs_shape)
+        return layer
+
+    def _dropout(self):
+        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)

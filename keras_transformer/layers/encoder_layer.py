@@ -1,0 +1,95 @@
+"""Transformer encoder layer, "Attention Is All You Need" section 3.1."""
+
+import keras
+
+from keras_transformer.layers import validation
+from keras_transformer.layers.block import TransformerBlock
+from keras_transformer.layers.block import check_heads_divide
+
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class EncoderLayer(TransformerBlock):
+    """Self-attention and feed-forward blocks, each with residual, dropout and
+    layer normalization.
+
+    Post-norm as in the paper (`x = norm(x + dropout(sublayer(x)))`) by
+    default; pre-norm (`x = x + dropout(sublayer(norm(x)))`) with
+    `norm_first=True`. d_model is inferred from the input.
+
+    With `use_causal_mask=True` and a cache this is also the block of a
+    decoder-only language model.
+
+    Args:
+        num_heads: int, attention heads; must divide d_model.
+        d_ff: int, inner size of the feed-forward network.
+        dropout: float in [0, 1), residual dropout. Default 0.1.
+        norm_first: bool, pre-norm instead of post-norm. Default False.
+        activation: feed-forward activation. Default "relu".
+        attention_dropout: float in [0, 1), dropout on attention
+            probabilities. Defaults to `dropout`.
+        layer_norm_epsilon: float. Default 1e-6.
+        kernel_initializer: initializer for all kernels.
+
+    Call arguments:
+        inputs: [B, T, D] tensor; its Keras mask marks padding.
+        attention_mask: optional [B, T, T] bool mask.
+        use_causal_mask: bool, each position attends only to itself and the
+            positions before it. Default False.
+        cache: optional self-attention cache [B, 2, N, L, H] from `init_cache`.
+        cache_index: position of the first input in the cache.
+        training: bool, whether dropout is active.
+
+    Returns:
+        [B, T, D] tensor; `(outputs, cache)` when `cache` is given.
+    """
+
+    def build(self, inputs_shape):
+        validation.check_rank("inputs", inputs_shape, 3)
+        d_model = inputs_shape[-1]
+        check_heads_divide(d_model, self.num_heads)
+        self.self_attention = self._attention("self_attention", d_model)
+        self.self_attention.build(inputs_shape, inputs_shape)
+        self.self_attention_norm = self._norm("self_attention_norm", inputs_shape)
+        self.self_attention_dropout = self._dropout()
+        self.feed_forward = self._feed_forward(inputs_shape)
+        self.feed_forward_norm = self._norm("feed_forward_norm", inputs_shape)
+        self.feed_forward_dropout = self._dropout()
+        self.built = True
+
+    def init_cache(self, batch_size, max_length):
+        """Empty self-attention cache [B, 2, N, L, H]."""
+        return self.self_attention.init_cache(batch_size, max_length)
+
+    def call(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_index=None,
+        training=None,
+    ):
+        # Self-attention block.
+        residual = inputs
+        x = self.self_attention_norm(inputs) if self.norm_first else inputs
+        x = self.self_attention(
+            x, x, query_mask=mask, value_mask=mask, attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask, cache=cache, cache_index=cache_index, training=training,
+        )
+        if cache is not None:
+            x, cache = x
+        x = residual + self.self_attention_dropout(x, training=training)
+        x = x if self.norm_first else self.self_attention_norm(x)
+
+        # Feed-forward block.
+        residual = x
+        x = self.feed_forward_norm(x) if self.norm_first else x
+        x = self.feed_forward(x, training=training)
+        x = residual + self.feed_forward_dropout(x, training=training)
+        x = x if self.norm_first else self.feed_forward_norm(x)
+        return x if cache is None else (x, cache)
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape

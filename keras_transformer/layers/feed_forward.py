@@ -1,0 +1,70 @@
+"""Position-wise feed-forward network, "Attention Is All You Need" section 3.3."""
+
+import keras
+
+from keras_transformer.layers import validation
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class FeedForward(keras.layers.Layer):
+    """Two dense layers applied at every position: max(0, xW1 + b1)W2 + b2.
+
+    Args:
+        d_ff: int, inner size.
+        activation: activation of the inner layer. Default "relu".
+        activation_dropout: float in [0, 1), dropout after the activation.
+            Default 0 (the paper has none there).
+        kernel_initializer: initializer of both kernels.
+
+    Call arguments:
+        inputs: [B, T, D] tensor.
+        training: bool, whether dropout is active.
+
+    Returns:
+        [B, T, D] tensor (D inferred from the input).
+    """
+
+    def __init__(
+        self, d_ff, activation="relu", activation_dropout=0.0, kernel_initializer="glorot_uniform", **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        self.d_ff = validation.check_positive_int("d_ff", d_ff)
+        self.activation = keras.activations.get(activation)
+        self.activation_dropout = validation.check_rate("activation_dropout", activation_dropout)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, inputs_shape):
+        validation.check_rank("inputs", inputs_shape, 3)
+        self.inner = keras.layers.Dense(
+            self.d_ff, activation=self.activation, kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="inner",
+        )
+        self.inner.build(inputs_shape)
+        self.inner_dropout = keras.layers.Dropout(self.activation_dropout, dtype=self.dtype_policy)
+        self.outer = keras.layers.Dense(
+            inputs_shape[-1], kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="outer",
+        )
+        self.outer.build(tuple(inputs_shape[:-1]) + (self.d_ff,))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = self.inner(inputs)
+        x = self.inner_dropout(x, training=training)
+        return self.outer(x)
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "d_ff": self.d_ff,
+                "activation": keras.activations.serialize(self.activation),
+                "activation_dropout": self.activation_dropout,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,172 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer.layers import MultiHeadAttention
+from tests import reference
+from tests.layer_test_case import run_layer_test
+
+B, T, S, D, N = 2, 5, 7, 16, 4
+
+
+def _weights(layer):
+    return [w.numpy().astype(np.float64) for w in layer.weights]
+
+
+def test_layer_contract():
+    run_layer_test(
+        MultiHeadAttention,
+        {"num_heads": N, "key_dim": 4, "dropout": 0.1},
+        (np.random.normal(size=(B, T, D)).astype("float32"), np.random.normal(size=(B, S, D)).astype("float32")),
+        expected_output_shape=(B, T, D),
+        expected_num_trainable_weights=8,
+    )
+
+
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_matches_numpy_reference_with_masks(self_attention):
+    query = np.random.normal(size=(B, T, D)).astype("float32")
+    value = query if self_attention else np.random.normal(size=(B, S, D)).astype("float32")
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    explicit = np.random.uniform(size=(B, T, value.shape[1])) > 0.3
+    explicit[:, :, 0] = True
+    output, scores = layer(query, value, attention_mask=explicit, return_attention_scores=True)
+    ref_output, ref_scores = reference.multi_head_attention(query, value, _weights(layer), N, explicit)
+    np.testing.assert_allclose(output, ref_output, atol=1e-5)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+
+
+def test_swappable_with_keras_multi_head_attention():
+    query = tf.random.normal([B, T, D])
+    value = tf.random.normal([B, S, D])
+    ours = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6)
+    theirs = keras.layers.MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6)
+    ours(query, value)
+    theirs(query, value)
+    theirs.set_weights([w.reshape(t.shape) for w, t in zip(ours.get_weights(), theirs.get_weights())])
+    for kwargs in ({}, {"use_causal_mask": True}):
+        q = value if kwargs else query
+        a, a_scores = ours(q, value, return_attention_scores=True, **kwargs)
+        b, b_scores = theirs(q, value, return_attention_scores=True, **kwargs)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a_scores, b_scores, atol=1e-6)
+
+
+def test_scores_sum_to_one_and_are_zero_on_masked_keys():
+    embedding = keras.layers.Embedding(20, D, mask_zero=True)
+    ids = np.array([[3, 4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 0]])
+    x = embedding(ids)
+    _, scores = MultiHeadAttention(num_heads=N, key_dim=4)(x, x, return_attention_scores=True)
+    scores = scores.numpy()
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-6)
+    key_is_padding = (ids == 0)[:, None, None, :]
+    assert np.all(np.where(np.broadcast_to(key_is_padding, scores.shape), scores, 0) == 0)
+    assert np.all(scores[np.broadcast_to(~key_is_padding, scores.shape)] > 0)
+
+
+def test_keras_mask_equals_explicit_mask():
+    embedding = keras.layers.Embedding(20, D, mask_zero=True)
+    ids = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 0]])
+    x = embedding(ids)
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    automatic = layer(x, x)
+    explicit = np.broadcast_to((ids != 0)[:, None, :], (2, 5, 5))
+    manual = layer(tf.identity(x), tf.identity(x), attention_mask=explicit)
+    np.testing.assert_allclose(automatic, manual, atol=1e-6)
+
+
+def test_causal_output_unchanged_when_later_tokens_change():
+    x = np.random.normal(size=(B, T, D)).astype("float32")
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    before = layer(x, x, use_causal_mask=True).numpy()
+    for t in range(T):
+        changed = x.copy()
+        changed[:, t + 1 :] = np.random.normal(size=changed[:, t + 1 :].shape)
+        after = layer(changed, changed, use_causal_mask=True).numpy()
+        np.testing.assert_allclose(after[:, : t + 1], before[:, : t + 1], atol=1e-5)
+        if t + 1 < T:
+            assert not np.allclose(after[:, t + 1 :], before[:, t + 1 :])
+
+
+def test_padded_content_does_not_change_unpadded_outputs():
+    embedding = keras.layers.Embedding(50, D, mask_zero=True)
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    ids = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 0]])
+    query = tf.random.normal([2, 3, D])
+    x = embedding(ids)
+    out = layer(query, x).numpy()
+    # Different vectors at the padded positions, same Keras mask.
+    noisy = tf.where((ids != 0)[..., None], x, tf.random.normal(x.shape) * 10)
+    keras.src.backend.set_keras_mask(noisy, tf.constant(ids != 0))
+    np.testing.assert_allclose(layer(query, noisy), out, atol=1e-5)
+    # Trimming the padding away gives the same result for the first sentence.
+    short = embedding(ids[:1, :3])
+    np.testing.assert_allclose(layer(query[:1], short), out[:1], atol=1e-5)
+
+
+def test_cached_self_attention_equals_full_causal_pass():
+    x = tf.random.normal([B, T, D])
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    full = layer(x, x, use_causal_mask=True)
+    cache = layer.init_cache(B, max_length=T + 3)
+    steps = []
+    for t in range(T):
+        out, cache = layer(x[:, t : t + 1], x[:, t : t + 1], cache=cache, cache_index=t)
+        steps.append(out)
+    np.testing.assert_allclose(tf.concat(steps, axis=1), full, atol=1e-5)
+    # The cache holds the projected keys and values of every step.
+    assert cache.shape == (B, 2, N, T + 3, 4)
+    np.testing.assert_array_equal(cache[:, :, :, T:], 0.0)
+
+
+def test_cached_chunks_and_graph_mode_equal_full_pass():
+    x = tf.random.normal([B, 6, D])
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    full = layer(x, x, use_causal_mask=True)
+
+    @tf.function(jit_compile=True)
+    def two_chunks(x):
+        cache = layer.init_cache(B, 6)
+        first, cache = layer(x[:, :2], x[:, :2], cache=cache, cache_index=tf.constant(0))
+        second, cache = layer(x[:, 2:], x[:, 2:], cache=cache, cache_index=tf.constant(2))
+        return tf.concat([first, second], axis=1)
+
+    np.testing.assert_allclose(two_chunks(x), full, atol=1e-5)
+
+
+def test_cached_cross_attention_equals_full_pass():
+    query = tf.random.normal([B, T, D])
+    ids = np.array([[3, 4, 5, 6, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12]])
+    memory = keras.layers.Embedding(50, D, mask_zero=True)(ids)
+    layer = MultiHeadAttention(num_heads=N, key_dim=4)
+    full, full_scores = layer(query, memory, return_attention_scores=True)
+    cache = layer.compute_cache(memory)
+    out, scores, same_cache = layer(
+        query, memory, value_mask=ids != 0, cache=cache, return_attention_scores=True
+    )
+    np.testing.assert_allclose(out, full, atol=1e-5)
+    np.testing.assert_allclose(scores, full_scores, atol=1e-6)
+    assert same_cache is cache
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_heads": 0, "key_dim": 4}, "num_heads"),
+        ({"num_heads": 2, "key_dim": -1}, "key_dim"),
+        ({"num_heads": 2, "key_dim": 4, "dropout": 1.0}, "dropout"),
+        ({"num_heads": 2, "key_dim": 4, "dropout": -0.1}, "dropout"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultiHeadAttention(**kwargs)
+
+
+def test_bad_rank_and_uncacheable_sizes():
+    with pytest.raises(ValueError, match=r"`query` must have rank 3.*\(2, 16\)"):
+        MultiHeadAttention(num_heads=2, key_dim=4)(tf.zeros([2, 16]), tf.zeros([2, 3, 16]))
+    layer = MultiHeadAttention(num_heads=2, key_dim=4, value_dim=8)
+    with pytest.raises(ValueError, match="key_dim == value_dim"):
+        layer.init_cache(2, 10)

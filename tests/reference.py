@@ -1,0 +1,54 @@
+"""NumPy reference implementations of the paper's equations, for tests."""
+
+import numpy as np
+
+
+def softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def layer_norm(x, gamma, beta, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def multi_head_attention(query, value, weights, num_heads, mask=None):
+    """Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V over `num_heads` heads.
+
+    weights: [Wq, bq, Wk, bk, Wv, bv, Wo, bo] with 2-D kernels.
+    mask: [B, T, S] bool, True where attention is allowed.
+    Returns (output [B, T, D], scores [B, N, T, S]).
+    """
+    wq, bq, wk, bk, wv, bv, wo, bo = [np.asarray(w, np.float64) for w in weights]
+    batch, t, _ = query.shape
+    s = value.shape[1]
+    h = wq.shape[1] // num_heads
+    q = (query @ wq + bq).reshape(batch, t, num_heads, h).transpose(0, 2, 1, 3)
+    k = (value @ wk + bk).reshape(batch, s, num_heads, h).transpose(0, 2, 1, 3)
+    v = (value @ wv + bv).reshape(batch, s, num_heads, h).transpose(0, 2, 1, 3)
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(h)
+    if mask is not None:
+        logits = np.where(mask[:, None], logits, -1e9)
+    scores = softmax(logits)
+    x = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, t, num_heads * h)
+    return x @ wo + bo, scores
+
+
+def encoder_layer(x, weights, num_heads, mask=None, norm_first=False, eps=1e-6):
+    """One encoder layer (no dropout). weights in `EncoderLayer.weights` order."""
+    attn, (g1, b1), (w1, c1, w2, c2), (g2, b2) = weights[:8], weights[8:10], weights[10:14], weights[14:16]
+
+    def attention(y):
+        return multi_head_attention(y, y, attn, num_heads, mask)[0]
+
+    def feed_forward(y):
+        return np.maximum(y @ w1 + c1, 0) @ w2 + c2
+
+    if norm_first:
+        x = x + attention(layer_norm(x, g1, b1, eps))
+        return x + feed_forward(layer_norm(x, g2, b2, eps))
+    x = layer_norm(x + attention(x), g1, b1, eps)
+    return layer_norm(x + feed_forward(x), g2, b2, eps)
