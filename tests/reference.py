@@ -52,3 +52,27 @@ def encoder_layer(x, weights, num_heads, mask=None, norm_first=False, eps=1e-6):
         return x + feed_forward(layer_norm(x, g2, b2, eps))
     x = layer_norm(x + attention(x), g1, b1, eps)
     return layer_norm(x + feed_forward(x), g2, b2, eps)
+
+
+def decoder_layer(x, memory, weights, num_heads, memory_mask=None, norm_first=False, eps=1e-6):
+    """One decoder layer (no dropout). weights in `DecoderLayer.weights` order."""
+    self_attn, (g1, b1) = weights[:8], weights[8:10]
+    cross_attn, (g2, b2) = weights[10:18], weights[18:20]
+    (w1, c1, w2, c2), (g3, b3) = weights[20:24], weights[24:26]
+    batch, t = x.shape[:2]
+    causal = np.broadcast_to(np.tril(np.ones((t, t), bool)), (batch, t, t))
+    cross_mask = None
+    if memory_mask is not None:
+        cross_mask = np.broadcast_to(memory_mask[:, None, :], (batch, t, memory.shape[1]))
+
+    blocks = [
+        (lambda y: multi_head_attention(y, y, self_attn, num_heads, causal)[0], g1, b1),
+        (lambda y: multi_head_attention(y, memory, cross_attn, num_heads, cross_mask)[0], g2, b2),
+        (lambda y: np.maximum(y @ w1 + c1, 0) @ w2 + c2, g3, b3),
+    ]
+    for sublayer, gamma, beta in blocks:
+        if norm_first:
+            x = x + sublayer(layer_norm(x, gamma, beta, eps))
+        else:
+            x = layer_norm(x + sublayer(x), gamma, beta, eps)
+    return x

@@ -67,14 +67,9 @@ class TokenEmbedding(keras.layers.Layer):
         return outputs
 
     def compute_mask(self, inputs, mask=None):
-        if not self.mask_zero or inputs.dtype.is_floating:
+        if not self.mask_zero or "float" in keras.backend.standardize_dtype(inputs.dtype):
             return None
-        return tf.not_equal(inputs, 0)
-
-    def compute_output_shape(self, inputs_shape, reverse=False):
-        if reverse:
-            return tuple(inputs_shape[:-1]) + (self.vocab_size,)
-        return tuple(inputs_shape) + (self.d_model,)
+        return keras.ops.not_equal(inputs, 0)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,62 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer.layers import PositionalEncoding
+from keras_transformer.layers import positional_encoding
+from tests.layer_test_case import run_layer_test
+
+
+def test_table_equals_formula():
+    table = positional_encoding(50, 6)
+    for pos in (0, 1, 7, 49):
+        for i in range(3):
+            angle = pos / 10000 ** (2 * i / 6)
+            assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-6)
+    # Hand-computed: position 1, d_model 4 -> sin(1), cos(1), sin(0.01), cos(0.01).
+    np.testing.assert_allclose(
+        positional_encoding(2, 4)[1], [0.841471, 0.540302, 0.0099998, 0.99995], atol=1e-6
+    )
+
+
+def test_odd_model_size():
+    table = positional_encoding(3, 5)
+    assert table.shape == (3, 5)
+    assert table[2, 4] == pytest.approx(math.sin(2 / 10000 ** (4 / 5)), abs=1e-6)
+
+
+def test_layer_contract():
+    run_layer_test(
+        PositionalEncoding,
+        {"max_length": 16},
+        np.random.normal(size=(2, 5, 8)).astype("float32"),
+        expected_output_shape=(2, 5, 8),
+        expected_num_trainable_weights=0,
+        run_fit=False,
+    )
+
+
+def test_adds_table_slice_at_start_index():
+    x = np.random.normal(size=(2, 3, 8)).astype("float32")
+    layer = PositionalEncoding(max_length=10)
+    table = positional_encoding(10, 8)
+    np.testing.assert_allclose(layer(x), x + table[:3], atol=1e-6)
+    np.testing.assert_allclose(layer(x, start_index=4), x + table[4:7], atol=1e-6)
+    in_graph = tf.function(lambda x, i: layer(x, start_index=i))
+    np.testing.assert_allclose(in_graph(x, tf.constant(7)), x + table[7:10], atol=1e-6)
+
+
+def test_too_long_sequence_is_a_clear_error():
+    layer = PositionalEncoding(max_length=4)
+    with pytest.raises(ValueError, match=r"exceed `max_length`.*4.*length=5"):
+        layer(tf.zeros([1, 5, 8]))
+    with pytest.raises(ValueError, match=r"start_index=3, length=2"):
+        layer(tf.zeros([1, 2, 8]), start_index=3)
+    in_graph = tf.function(lambda x, i: layer(x, start_index=i))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than `max_length`"):
+        in_graph(tf.zeros([1, 2, 8]), tf.constant(3))
+    with pytest.raises(ValueError, match="max_length"):
+        PositionalEncoding(max_length=0)
