@@ -52,7 +52,9 @@ class PositionalEncoding(keras.layers.Layer):
 
     def build(self, inputs_shape):
         validation.check_rank("inputs", inputs_shape, 3)
-        self._table = tf.constant(positional_encoding(self.max_length, inputs_shape[-1]))
+        # Created eagerly even when the first call is traced in a graph.
+        with tf.init_scope():
+            self._table = tf.constant(positional_encoding(self.max_length, inputs_shape[-1]))
         self.built = True
 
     def call(self, inputs, start_index=0):
