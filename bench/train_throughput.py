@@ -93,9 +93,11 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--dtype-policy", default="float32", help="e.g. mixed_bfloat16")
     parser.add_argument("--models", default="ours,keras-hub,keras-mha")
     args = parser.parse_args()
 
+    keras.config.set_dtype_policy(args.dtype_policy)
     sizes = dict(PRESETS[args.preset])
     rng = np.random.default_rng(0)
     n = args.batch_size * (args.steps + args.warmup)
