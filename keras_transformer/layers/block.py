@@ -94,5 +94,13 @@ class TransformerBlock(keras.layers.Layer):
         layer.build(inputs_shape)
         return layer
 
+    def _feed_forward_block(self, x, training):
+        """The feed-forward sublayer with its residual, dropout and norm."""
+        residual = x
+        x = self.feed_forward_norm(x) if self.norm_first else x
+        x = self.feed_forward(x, training=training)
+        x = residual + self.feed_forward_dropout(x, training=training)
+        return x if self.norm_first else self.feed_forward_norm(x)
+
     def _dropout(self):
         return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)

@@ -110,11 +110,7 @@ class DecoderLayer(TransformerBlock):
         x = x if self.norm_first else self.cross_attention_norm(x)
 
         # Feed-forward block.
-        residual = x
-        x = self.feed_forward_norm(x) if self.norm_first else x
-        x = self.feed_forward(x, training=training)
-        x = residual + self.feed_forward_dropout(x, training=training)
-        x = x if self.norm_first else self.feed_forward_norm(x)
+        x = self._feed_forward_block(x, training)
 
         outputs = (x,)
         if return_attention_scores:

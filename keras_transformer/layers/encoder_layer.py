@@ -84,11 +84,7 @@ class EncoderLayer(TransformerBlock):
         x = x if self.norm_first else self.self_attention_norm(x)
 
         # Feed-forward block.
-        residual = x
-        x = self.feed_forward_norm(x) if self.norm_first else x
-        x = self.feed_forward(x, training=training)
-        x = residual + self.feed_forward_dropout(x, training=training)
-        x = x if self.norm_first else self.feed_forward_norm(x)
+        x = self._feed_forward_block(x, training)
         return x if cache is None else (x, cache)
 
     def compute_output_shape(self, inputs_shape):
