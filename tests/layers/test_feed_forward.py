@@ -18,8 +18,9 @@ def test_layer_contract():
 def test_equals_formula():
     x = np.random.normal(size=(2, 5, 8)).astype("float32")
     layer = FeedForward(d_ff=32)
-    w1, b1, w2, b2 = layer(x) is not None and [w.numpy() for w in layer.weights]
-    np.testing.assert_allclose(layer(x), np.maximum(x @ w1 + b1, 0) @ w2 + b2, atol=1e-5)
+    output = layer(x)
+    w1, b1, w2, b2 = [w.numpy() for w in layer.weights]
+    np.testing.assert_allclose(output, np.maximum(x @ w1 + b1, 0) @ w2 + b2, atol=1e-5)
 
 
 def test_bad_arguments():
