@@ -147,34 +147,28 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _project(self, query, value, key):
         """Project inputs to per-head q [B, N, T, H], k and v [B, N, S, H]."""
-        q_w = (self.query_kernel, self.query_bias)
-        k_w = (self.key_kernel, self.key_bias)
-        v_w = (self.value_kernel, self.value_bias)
         if key is value and query is value:
-            q, k, v = self._dense(query, *zip(q_w, k_w, v_w))
-        elif key is value:
-            (q,) = self._dense(query, *zip(q_w))
-            k, v = self._dense(value, *zip(k_w, v_w))
-        else:
-            (q,) = self._dense(query, *zip(q_w))
-            (k,) = self._dense(key, *zip(k_w))
-            (v,) = self._dense(value, *zip(v_w))
-        return (
-            self._split_heads(q, self.key_dim),
-            self._split_heads(k, self.key_dim),
-            self._split_heads(v, self.value_dim),
-        )
+            q, k, v = self._dense(
+                query,
+                [self.query_kernel, self.key_kernel, self.value_kernel],
+                [self.query_bias, self.key_bias, self.value_bias],
+            )
+            return (
+                self._split_heads(q, self.key_dim),
+                self._split_heads(k, self.key_dim),
+                self._split_heads(v, self.value_dim),
+            )
+        (q,) = self._dense(query, [self.query_kernel], [self.query_bias])
+        return (self._split_heads(q, self.key_dim),) + self._project_key_value(value, key)
 
     def _project_key_value(self, value, key):
-        """Keys and values only, stacked as a cache slice [B, 2, N, S, H]."""
+        """Per-head k [B, N, S, H] and v [B, N, S, H]; one matmul when key is value."""
         if key is value:
-            k, v = self._dense(value, *zip((self.key_kernel, self.key_bias), (self.value_kernel, self.value_bias)))
+            k, v = self._dense(value, [self.key_kernel, self.value_kernel], [self.key_bias, self.value_bias])
         else:
-            (k,) = self._dense(key, *zip((self.key_kernel, self.key_bias)))
-            (v,) = self._dense(value, *zip((self.value_kernel, self.value_bias)))
-        return tf.stack(
-            [self._split_heads(k, self.key_dim), self._split_heads(v, self.value_dim)], axis=1
-        )
+            (k,) = self._dense(key, [self.key_kernel], [self.key_bias])
+            (v,) = self._dense(value, [self.value_kernel], [self.value_bias])
+        return self._split_heads(k, self.key_dim), self._split_heads(v, self.value_dim)
 
     # -- cache ---------------------------------------------------------------
 
@@ -198,7 +192,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self._check_cacheable()
         if not self.built:
             self.build(value.shape, value.shape, None if key is None else key.shape)
-        return self._project_key_value(value, value if key is None else key)
+        return tf.stack(self._project_key_value(value, value if key is None else key), axis=1)
 
     @staticmethod
     def _update_cache(cache, update, index):
@@ -250,7 +244,7 @@ class MultiHeadAttention(keras.layers.Layer):
             key_padding = None
         elif cache is not None:
             # Cross-attention with precomputed keys/values.
-            (q,) = self._dense(query, *zip((self.query_kernel, self.query_bias)))
+            (q,) = self._dense(query, [self.query_kernel], [self.query_bias])
             q = self._split_heads(q, self.key_dim)
             k, v = cache[:, 0], cache[:, 1]
         else:

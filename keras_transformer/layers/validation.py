@@ -26,9 +26,7 @@ def check_rank(name: str, shape, expected_rank: int) -> None:
     rank = len(shape)
     if rank != expected_rank:
         raise ValueError(
-            f"`{name}` must have rank {expected_rank}, e.g. "
-            f"{'[batch, length, features]' if expected_rank == 3 else f'rank {expected_rank}'}. "
-            f"Received: {name}.shape={tuple(shape)}"
+            f"`{name}` must have rank {expected_rank}. Received: {name}.shape={tuple(shape)}"
         )
 
 
