@@ -21,6 +21,8 @@ setup(
         "grpcio>=1.60",
         "numpy",
         "sacrebleu>=2.4",
+        "sacremoses>=0.1",
+        "tensorboard",
     ],
     extras_require={
         "dev": [

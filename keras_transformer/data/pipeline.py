@@ -1,0 +1,160 @@
+"""tf.data pipelines for translation: tokenize in the graph, bucket by length,
+batch by a token budget, shift targets for teacher forcing."""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+OVERLONG_CHOICES = ("drop", "truncate")
+
+
+def tokenized_pairs(
+    tokenizer,
+    source_texts: Sequence[str],
+    target_texts: Sequence[str],
+    max_length: int = 128,
+    overlong: str = "drop",
+) -> tf.data.Dataset:
+    """(source ids [S], target ids [T]) int32 pairs, each wrapped in [START] ... [END].
+
+    Args:
+        tokenizer: a `WordPieceTokenizer`.
+        source_texts, target_texts: aligned lists of str.
+        max_length: int, the longest sequence kept, [START] and [END] included.
+        overlong: "drop" removes pairs where either side is longer;
+            "truncate" cuts them to `max_length` (ending in [END]).
+    """
+    if overlong not in OVERLONG_CHOICES:
+        raise ValueError(f"`overlong` must be one of {OVERLONG_CHOICES}. Received: overlong={overlong!r}")
+    if max_length < 3:
+        raise ValueError(f"`max_length` must be at least 3 ([START], a token, [END]). Received: {max_length}")
+    if len(source_texts) != len(target_texts):
+        raise ValueError(
+            f"source and target lists differ in length: {len(source_texts)} vs {len(target_texts)}"
+        )
+    start, end = tokenizer.start_id, tokenizer.end_id
+
+    def wrap(ids):  # ragged [B, (T)] -> ragged [B, (T + 2)], at most max_length
+        ids = ids[:, : max_length - 2]
+        batch = ids.nrows()
+        return tf.concat(
+            [tf.fill([batch, 1], start), ids, tf.fill([batch, 1], end)], axis=1
+        )
+
+    def encode(source, target):
+        source_ids, target_ids = tokenizer.tokenize(source), tokenizer.tokenize(target)
+        if overlong == "drop":
+            keep = (source_ids.row_lengths() <= max_length - 2) & (
+                target_ids.row_lengths() <= max_length - 2
+            )
+            source_ids = tf.ragged.boolean_mask(source_ids, keep)
+            target_ids = tf.ragged.boolean_mask(target_ids, keep)
+        source_ids, target_ids = wrap(source_ids), wrap(target_ids)
+        return (source_ids.to_tensor(), source_ids.row_lengths(),
+                target_ids.to_tensor(), target_ids.row_lengths())
+
+    def trim(source, source_length, target, target_length):
+        return source[:source_length], target[:target_length]
+
+    texts = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(source_texts), tf.string), tf.constant(list(target_texts), tf.string))
+    )
+    return (
+        texts.batch(1024)
+        .map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+        .unbatch()
+        .map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+    )
+
+
+def bucket_boundaries(max_length: int, min_step: int = 2, growth: float = 1.1):
+    """Bucket upper bounds (exclusive) from 2 up to past `max_length`; the
+    spacing grows geometrically so relative padding stays small."""
+    boundaries, b = [], 2
+    while b <= max_length:
+        b = max(b + min_step, int(b * growth))
+        boundaries.append(b)
+    return boundaries
+
+
+def token_batches(
+    pairs: tf.data.Dataset,
+    tokens_per_batch: int = 4096,
+    max_length: int = 128,
+    shuffle: bool = True,
+    repeat: bool = False,
+    seed: int = 0,
+    pad_to_bucket_boundary: bool = False,
+) -> tf.data.Dataset:
+    """Batches of about `tokens_per_batch` padded tokens, grouped by length.
+
+    Each batch holds pairs of similar length: its batch size is
+    `tokens_per_batch // bucket_bound`, so batch size x padded length (the
+    longer of source and target) stays within the budget.
+
+    Args:
+        pairs: from `tokenized_pairs`.
+        tokens_per_batch: int, padded tokens per side per batch.
+        max_length: int, the longest pair length in `pairs`.
+        shuffle: bool, shuffle pairs (the whole set) before bucketing.
+        repeat: bool, an endless stream of passes, each in a new order that
+            depends only on `seed`, so `stream.skip(n)` resumes a run exactly.
+        seed: int, the shuffle seed.
+        pad_to_bucket_boundary: bool, pad to the bucket's bound so there are
+            few distinct shapes (for `jit_compile`).
+
+    Returns:
+        A dataset of `({"source": [B, S], "target": [B, T - 1]}, labels [B, T - 1])`
+        int32, where target and labels are the padded target shifted for
+        teacher forcing.
+    """
+    if tokens_per_batch < max_length:
+        raise ValueError(
+            f"`tokens_per_batch` ({tokens_per_batch}) must be at least `max_length` ({max_length})"
+        )
+    if shuffle:
+        pairs = pairs.shuffle(100_000, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        pairs = pairs.repeat()
+    boundaries = bucket_boundaries(max_length)
+    # A batch's padded length is below its bucket's upper bound.
+    batch_sizes = [max(1, tokens_per_batch // (b - 1)) for b in boundaries] + [
+        max(1, tokens_per_batch // max_length)
+    ]
+    batches = pairs.bucket_by_sequence_length(
+        lambda s, t: tf.maximum(tf.shape(s)[0], tf.shape(t)[0]),
+        boundaries,
+        batch_sizes,
+        pad_to_bucket_boundary=pad_to_bucket_boundary,
+    )
+    return batches.map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+def teacher_forcing(source, target):
+    """Padded pair -> ({"source": s, "target": t[:, :-1]}, t[:, 1:])."""
+    return {"source": source, "target": target[:, :-1]}, target[:, 1:]
+
+
+def padding_stats(batches: tf.data.Dataset, padding_id: int = 0) -> Dict[str, float]:
+    """One pass over finite `batches`: batch count, real tokens, and the
+    fraction of source and target positions spent on padding."""
+    count = 0
+    real = {"source": 0, "target": 0}
+    total = {"source": 0, "target": 0}
+    for inputs, labels in batches.as_numpy_iterator():
+        count += 1
+        for side, ids in (("source", inputs["source"]), ("target", labels)):
+            real[side] += int(np.sum(ids != padding_id))
+            total[side] += ids.size
+    if count == 0:
+        raise ValueError("`batches` is empty")
+    return {
+        "batches": count,
+        "source_tokens": real["source"],
+        "target_tokens": real["target"],
+        "source_padding": 1 - real["source"] / total["source"],
+        "target_padding": 1 - real["target"] / total["target"],
+    }

@@ -1,0 +1,137 @@
+"""WordPiece subword tokenizer: learned with tensorflow-text, used in the graph.
+
+Text is split into words on whitespace only, and each word into WordPiece
+pieces ("##" marks a piece that continues a word). Nothing else is changed:
+no lowercasing, no accent stripping, no punctuation splitting. So for text
+whose words are separated by single spaces, `detokenize(tokenize(s)) == s`
+exactly, and the same rule is easy to rebuild from core TensorFlow ops for a
+portable export.
+"""
+
+import collections
+import os
+from typing import Iterable, List, Sequence
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
+
+PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
+RESERVED_TOKENS = (PAD, UNK, START, END)
+SUFFIX = "##"
+MAX_BYTES_PER_WORD = 100
+
+
+def count_words(texts: Iterable[str]) -> collections.Counter:
+    """Whitespace-separated word counts over `texts`."""
+    counts = collections.Counter()
+    for text in texts:
+        counts.update(text.split())
+    return counts
+
+
+class WordPieceTokenizer:
+    """Text <-> int32 ids, with ids 0..3 reserved for [PAD], [UNK], [START], [END].
+
+    Args:
+        vocab: list of str, the vocabulary in id order; must start with the
+            four reserved tokens.
+
+    Example:
+    >>> tok = WordPieceTokenizer.learn(["a man rides a bike"] * 20, vocab_size=60)
+    >>> ids = tok.tokenize(tf.constant(["a man rides"]))
+    >>> tok.detokenize(ids).numpy()
+    array([b'a man rides'], dtype=object)
+    """
+
+    pad_id, unk_id, start_id, end_id = range(4)
+
+    def __init__(self, vocab: Sequence[str]):
+        vocab = list(vocab)
+        if tuple(vocab[:4]) != RESERVED_TOKENS:
+            raise ValueError(
+                f"`vocab` must start with the reserved tokens {list(RESERVED_TOKENS)}. "
+                f"Received first entries: {vocab[:4]}"
+            )
+        duplicates = [t for t, n in collections.Counter(vocab).items() if n > 1]
+        if duplicates:
+            raise ValueError(f"`vocab` has duplicate entries: {duplicates[:10]}")
+        self.vocab = vocab
+        self._wordpiece = tf_text.FastWordpieceTokenizer(
+            vocab,
+            suffix_indicator=SUFFIX,
+            max_bytes_per_word=MAX_BYTES_PER_WORD,
+            token_out_type=tf.int32,
+            unknown_token=UNK,
+            no_pretokenization=True,
+            support_detokenization=True,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @classmethod
+    def learn(
+        cls, texts: Iterable[str], vocab_size: int = 10000, min_count: int = 10
+    ) -> "WordPieceTokenizer":
+        """Learns a vocabulary with tensorflow-text's WordPiece learner.
+
+        Args:
+            texts: iterable of str; pass source and target text together for
+                a joint vocabulary.
+            vocab_size: int, the largest vocabulary to return (reserved
+                tokens included). Default 10000.
+            min_count: int, the learner's lowest piece-frequency threshold; a
+                small corpus yields fewer than `vocab_size` pieces when this
+                is high. Default 10.
+        """
+        counts = count_words(texts)
+        if not counts:
+            raise ValueError("`texts` has no words to learn a vocabulary from")
+        vocab = learner.learn(
+            counts, vocab_size, list(RESERVED_TOKENS), lower_thresh=min_count,
+            max_token_length=MAX_BYTES_PER_WORD,
+        )
+        return cls(vocab)
+
+    def save(self, path: str) -> None:
+        """Writes the vocabulary, one token per line, in id order."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(token + "\n" for token in self.vocab))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "WordPieceTokenizer":
+        """Reads a vocabulary written by `save`."""
+        with open(path, encoding="utf-8") as f:
+            vocab = f.read().split("\n")
+        if vocab and vocab[-1] == "":
+            vocab.pop()
+        return cls(vocab)
+
+    def tokenize(self, texts) -> tf.RaggedTensor:
+        """str [B] -> int32 ragged ids [B, (T)], without [START]/[END].
+
+        A word with a character the vocabulary lacks becomes one [UNK].
+        """
+        texts = tf.convert_to_tensor(texts, dtype=tf.string)
+        words = tf.strings.split(texts)  # [B, (W)]
+        pieces = self._wordpiece.tokenize(words)  # [B, (W), (P)]
+        return pieces.merge_dims(-2, -1)
+
+    def detokenize(self, ids) -> tf.Tensor:
+        """int ids [B, T] (dense or ragged) -> str [B].
+
+        [PAD], [START] and [END] are dropped; [UNK] stays as the text "[UNK]".
+        """
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+        ids = tf.cast(ids, tf.int32)
+        keep = (ids != self.pad_id) & (ids != self.start_id) & (ids != self.end_id)
+        ids = tf.ragged.boolean_mask(ids, keep)
+        return self._wordpiece.detokenize(ids)
+
+    def id_to_token(self, ids) -> List[str]:
+        return [self.vocab[i] for i in ids]

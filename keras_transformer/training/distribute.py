@@ -1,0 +1,124 @@
+"""GPU-ready switches: dtype policy and tf.distribute strategies, plus the
+custom training loop that multi-worker training needs.
+
+Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy` ("Attempt to
+convert a value (PerReplica...)", keras-team/keras#20585), so `multi-worker`
+runs `train_custom_loop` instead: the same model, loss and optimizer, with
+`strategy.run` inside a `tf.function`.
+"""
+
+import json
+import os
+from typing import Dict, List, Optional
+
+import keras
+import tensorflow as tf
+
+from keras_transformer.training.callbacks import list_checkpoints
+
+STRATEGY_CHOICES = ("default", "mirrored", "multi-worker")
+
+
+def set_mixed_precision(enabled: bool) -> str:
+    """Sets the global Keras dtype policy: mixed_float16 when a GPU is
+    visible, mixed_bfloat16 on CPU (float16 matmuls are slow there), float32
+    when not `enabled`. Returns the policy name."""
+    if not enabled:
+        name = "float32"
+    elif tf.config.list_physical_devices("GPU"):
+        name = "mixed_float16"
+    else:
+        name = "mixed_bfloat16"
+    keras.config.set_dtype_policy(name)
+    return name
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """"default" (one device), "mirrored" (every local GPU, or the CPU), or
+    "multi-worker" (MultiWorkerMirroredStrategy; the cluster comes from the
+    TF_CONFIG environment variable)."""
+    if name not in STRATEGY_CHOICES:
+        raise ValueError(f"`strategy` must be one of {STRATEGY_CHOICES}. Received: {name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise ValueError(
+            "strategy 'multi-worker' needs the TF_CONFIG environment variable, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+        )
+    try:
+        json.loads(config)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def train_custom_loop(
+    model,
+    strategy: tf.distribute.Strategy,
+    train_stream: tf.data.Dataset,
+    steps_per_epoch: int,
+    epochs: int,
+    run_dir: Optional[str] = None,
+) -> Dict[str, List[float]]:
+    """Trains `model` (built and compiled inside `strategy.scope()`) with a
+    custom loop, for strategies where `model.fit` does not work.
+
+    Every worker runs this with the same arguments. Each global batch of
+    `train_stream` is split across the replicas; every replica's loss is its
+    token mean divided by the replica count and the optimizer sums the
+    gradients across replicas, so all replicas apply the same update. The
+    chief writes `run_dir/checkpoints/epoch-NNNN.weights.h5` (optimizer state
+    included) at every epoch end; started again, every worker resumes from
+    the newest one.
+
+    Returns:
+        {"loss": [mean training loss of each epoch]}.
+    """
+    loss_fn = model.loss
+    optimizer = model.optimizer
+    replicas = strategy.num_replicas_in_sync
+    checkpoint_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
+
+    start_epoch = 0
+    if checkpoint_dir and list_checkpoints(checkpoint_dir):
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        model.load_weights(list_checkpoints(checkpoint_dir)[-1])
+        start_epoch = int(optimizer.iterations.numpy()) // steps_per_epoch
+
+    def replica_step(inputs, labels):
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            loss = loss_fn(labels, logits)
+            scaled = loss / replicas
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        inputs, labels = next(iterator)
+        losses = strategy.run(replica_step, args=(inputs, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+
+    skip = start_epoch * steps_per_epoch
+    iterator = iter(strategy.experimental_distribute_dataset(train_stream.skip(skip)))
+    history = {"loss": []}
+    chief = strategy.extended.should_checkpoint
+    for epoch in range(start_epoch, epochs):
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            total += float(train_step(iterator))
+        history["loss"].append(total / steps_per_epoch)
+        if chief:
+            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}", flush=True)
+        if chief and checkpoint_dir:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+            tmp = os.path.join(checkpoint_dir, "tmp.weights.h5")
+            model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, os.path.join(checkpoint_dir, f"epoch-{epoch + 1:04d}.weights.h5"))
+    return history

@@ -1,0 +1,154 @@
+"""The training entry point a script calls: `model.fit` with the callbacks a
+long run needs, step-exact resumption and checkpoint averaging."""
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer.training.callbacks import EpochCheckpoints
+from keras_transformer.training.callbacks import StepBackup
+from keras_transformer.training.callbacks import TimeBudget
+from keras_transformer.training.callbacks import list_checkpoints
+from keras_transformer.training.losses import MaskedAccuracy
+from keras_transformer.training.losses import MaskedCrossEntropy
+from keras_transformer.training.schedules import paper_optimizer
+
+
+def compile_for_translation(
+    model,
+    warmup_steps: int = 4000,
+    learning_rate_scale: float = 1.0,
+    label_smoothing: float = 0.1,
+    jit_compile: bool = False,
+    optimizer=None,
+):
+    """Compiles `model` with the paper's recipe: label-smoothed masked
+    cross-entropy, masked accuracy, and Adam(0.9, 0.98, 1e-9) on the warm-up
+    schedule (unless `optimizer` is given)."""
+    if optimizer is None:
+        optimizer = paper_optimizer(model.d_model, warmup_steps, learning_rate_scale)
+    model.compile(
+        optimizer=optimizer,
+        loss=MaskedCrossEntropy(label_smoothing=label_smoothing),
+        metrics=[MaskedAccuracy()],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def train(
+    model,
+    train_stream: tf.data.Dataset,
+    steps_per_epoch: int,
+    epochs: int,
+    run_dir: str,
+    validation_data: Optional[tf.data.Dataset] = None,
+    minutes: Optional[float] = None,
+    early_stopping_patience: Optional[int] = None,
+    keep_checkpoints: int = 10,
+    backup_every: int = 100,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose="auto",
+) -> Dict[str, List[float]]:
+    """Trains a compiled, built `model` with `model.fit`, resumably.
+
+    `run_dir` receives `logs/` (TensorBoard), `checkpoints/` (the newest
+    `keep_checkpoints` epoch-end weights, for `average_checkpoints`) and
+    `backup/` (a `StepBackup`). Called again with the same arguments after
+    an interruption, it restores the backup and continues from the exact
+    step it reached, skipping the batches already seen.
+
+    Args:
+        model: a compiled Keras model whose variables exist (call `build`).
+        train_stream: an endless, deterministic dataset of batches (see
+            `token_batches(repeat=True)`); step `n` of the run uses element `n`.
+        steps_per_epoch: int, steps between validations and checkpoints.
+        epochs: int, the most epochs to run in total.
+        run_dir: str, the run's directory.
+        validation_data: finite dataset for `val_loss`, or None.
+        minutes: float, stop after this much wall-clock time in this call.
+        early_stopping_patience: int, stop after this many epochs without a
+            lower `val_loss`; None disables early stopping.
+        keep_checkpoints: int, epoch checkpoints kept. Default 10.
+        backup_every: int, steps between backups. Default 100.
+        callbacks: extra Keras callbacks.
+        verbose: passed to `fit` (Keras's progress bar by default).
+
+    Returns:
+        The merged `History.history` of this call.
+    """
+    if not model.built or model.optimizer is None:
+        raise ValueError("`model` must be built and compiled before `train` (call model.build() and compile).")
+    if validation_data is None and early_stopping_patience is not None:
+        raise ValueError("`early_stopping_patience` needs `validation_data` to watch val_loss")
+    backup = StepBackup(os.path.join(run_dir, "backup"), save_freq=backup_every)
+    step = backup.restore(model)
+    budget = TimeBudget(minutes) if minutes else None
+    all_callbacks = [
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        EpochCheckpoints(os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints),
+        backup,
+        *callbacks,
+    ]
+    if early_stopping_patience is not None:
+        all_callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience)
+        )
+    if budget is not None:
+        all_callbacks.append(budget)
+
+    history: Dict[str, List[float]] = {}
+
+    def fit(initial_epoch, steps):
+        h = model.fit(
+            train_stream.skip(step),
+            initial_epoch=initial_epoch,
+            epochs=initial_epoch + 1 if steps < steps_per_epoch else epochs,
+            steps_per_epoch=steps,
+            validation_data=validation_data,
+            callbacks=all_callbacks,
+            shuffle=False,
+            verbose=verbose,
+        )
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(values)
+        return int(model.optimizer.iterations.numpy())
+
+    epoch, done_in_epoch = divmod(step, steps_per_epoch)
+    if epoch >= epochs:
+        return history
+    if done_in_epoch:
+        # Finish the interrupted epoch first, with only its remaining steps.
+        step = fit(epoch, steps_per_epoch - done_in_epoch)
+        epoch += 1
+        if model.stop_training or epoch >= epochs or (budget and budget.stopped_early):
+            return history
+    fit(epoch, steps_per_epoch)
+    return history
+
+
+def average_checkpoints(model, paths: Sequence[str]):
+    """Sets `model`'s weights to the mean of the weights saved at `paths`
+    (the paper averages the last checkpoints). Optimizer state is left as the
+    last file had it."""
+    if not paths:
+        raise ValueError("`paths` is empty: no checkpoints to average")
+    total = None
+    for path in paths:
+        model.load_weights(path)
+        values = [np.asarray(w.numpy(), np.float64) for w in model.weights]
+        total = values if total is None else [t + v for t, v in zip(total, values)]
+    for weight, value in zip(model.weights, total):
+        weight.assign((value / len(paths)).astype(weight.dtype))
+    return model
+
+
+def average_last_checkpoints(model, run_dir: str, n: int = 10):
+    """Averages the newest `n` epoch checkpoints of a `train` run; returns
+    the paths used."""
+    paths = list_checkpoints(os.path.join(run_dir, "checkpoints"))[-n:]
+    average_checkpoints(model, paths)
+    return paths
