@@ -28,5 +28,10 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) bench/train_throughput.py
 
+# Train the tiny Transformer on Multi30k en->de for 60 minutes, then report BLEU.
+MULTI30K_ARGS ?= --minutes 60 --mixed-precision --dropout 0.2 --warmup-steps 1000 --lr-scale 0.7 --average-last 5
+multi30k: $(STAMP)
+	$(PY) examples/train_multi30k.py --data-dir $(DATA_DIR) --run-dir runs/multi30k-en-de $(MULTI30K_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

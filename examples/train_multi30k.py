@@ -16,7 +16,7 @@ BLEU (sacrebleu) in two ways:
   case-insensitive as well (the model writes lowercase).
 
 Run the same command again after an interruption: it resumes at the step it
-reached. Decoding is greedy until beam search lands (issue 4).
+reached. Evaluation decodes with beam search (`--beam-size 1`: greedy).
 """
 
 import argparse
@@ -63,6 +63,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate run-dir/model.keras")
     p.add_argument("--eval-batch-size", type=int, default=100)
+    p.add_argument("--beam-size", type=int, default=4, help="1 for greedy decoding")
+    p.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty")
     return p.parse_args()
 
 
@@ -91,13 +93,14 @@ def train_model(args, tokenizer, train, val):
         f"{stats['target_tokens']} target tokens; padding: source {stats['source_padding']:.1%}, "
         f"target {stats['target_padding']:.1%}"
     )
+    replicas = strategy.num_replicas_in_sync
     stream = data.token_batches(
         pairs, args.tokens_per_batch, args.max_length, shuffle=True, repeat=True, seed=args.seed,
-        pad_to_bucket_boundary=args.jit_compile,
+        pad_to_bucket_boundary=args.jit_compile, batch_multiple=replicas,
     )
     val_batches = data.token_batches(
         data.tokenized_pairs(tokenizer, *val, max_length=args.max_length),
-        args.tokens_per_batch, args.max_length, shuffle=False,
+        args.tokens_per_batch, args.max_length, shuffle=False, batch_multiple=replicas,
     ).cache()
     overrides = {} if args.dropout is None else {"dropout": args.dropout}
     with strategy.scope():
@@ -136,12 +139,13 @@ def evaluate(args, model, tokenizer):
     sources, tok_refs = data.read_parallel(source_path, tok_path)
     raw_refs = data.read_lines(raw_path)
     start = time.time()
-    hyps = Translator(model, tokenizer).translate(sources, batch_size=args.eval_batch_size)
+    translator = Translator(model, tokenizer, beam_size=args.beam_size, alpha=args.alpha)
+    hyps = translator.translate(sources, batch_size=args.eval_batch_size)
     seconds = time.time() - start
     detok = MosesDetokenizer(lang=args.target_lang)
     raw_hyps = [detok.detokenize(h.split()) for h in hyps]
     results = {
-        "decoding": "greedy",
+        "decoding": "greedy" if args.beam_size == 1 else f"beam {args.beam_size}, alpha {args.alpha}",
         "sentences": len(sources),
         "translate_seconds": round(seconds, 1),
         "bleu_tok": sacrebleu.corpus_bleu(hyps, [tok_refs], tokenize="none", force=True).score,
@@ -170,7 +174,8 @@ def main():
         results.update(train_minutes=round(minutes, 1), steps=int(model.optimizer.iterations.numpy()))
     results.update(evaluate(args, model, tokenizer))
     print(json.dumps(results, indent=2))
-    with open(os.path.join(args.run_dir, "results.json"), "w") as f:
+    name = "greedy" if args.beam_size == 1 else f"beam{args.beam_size}"
+    with open(os.path.join(args.run_dir, f"results-{name}.json"), "w") as f:
         json.dump(results, f, indent=2)
 
 

@@ -6,6 +6,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from keras_transformer.data import WordPieceTokenizer  # noqa: E402
+from keras_transformer.data import read_parallel  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
@@ -24,3 +27,20 @@ def multi30k_dir():
     if not os.path.isfile(os.path.join(path, "val.lc.norm.tok.en")):
         pytest.fail(f"Multi30k data not found at {path}; set MULTI30K_DIR to its directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def multi30k_train_slice(multi30k_dir):
+    """The first 3,000 English-German training pairs (lowercased, tokenized)."""
+    en, de = read_parallel(
+        os.path.join(multi30k_dir, "train.lc.norm.tok.en"),
+        os.path.join(multi30k_dir, "train.lc.norm.tok.de"),
+    )
+    return en[:3000], de[:3000]
+
+
+@pytest.fixture(scope="session")
+def multi30k_tokenizer(multi30k_train_slice):
+    """A joint vocabulary learned on the training slice."""
+    en, de = multi30k_train_slice
+    return WordPieceTokenizer.learn(en + de, vocab_size=2000, min_count=2)

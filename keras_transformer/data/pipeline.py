@@ -15,15 +15,19 @@ def tokenized_pairs(
     target_texts: Sequence[str],
     max_length: int = 128,
     overlong: str = "drop",
+    target_tokenizer=None,
 ) -> tf.data.Dataset:
     """(source ids [S], target ids [T]) int32 pairs, each wrapped in [START] ... [END].
 
     Args:
-        tokenizer: a `WordPieceTokenizer`.
+        tokenizer: a `WordPieceTokenizer` (the source side's, and the
+            target side's unless `target_tokenizer` is given).
         source_texts, target_texts: aligned lists of str.
         max_length: int, the longest sequence kept, [START] and [END] included.
         overlong: "drop" removes pairs where either side is longer;
             "truncate" cuts them to `max_length` (ending in [END]).
+        target_tokenizer: a `WordPieceTokenizer` for the target side, for
+            separate vocabularies. Default: `tokenizer` (a joint vocabulary).
     """
     if overlong not in OVERLONG_CHOICES:
         raise ValueError(f"`overlong` must be one of {OVERLONG_CHOICES}. Received: overlong={overlong!r}")
@@ -33,6 +37,7 @@ def tokenized_pairs(
         raise ValueError(
             f"source and target lists differ in length: {len(source_texts)} vs {len(target_texts)}"
         )
+    target_tokenizer = target_tokenizer or tokenizer
     start, end = tokenizer.start_id, tokenizer.end_id
 
     def wrap(ids):  # ragged [B, (T)] -> ragged [B, (T + 2)], at most max_length
@@ -43,7 +48,7 @@ def tokenized_pairs(
         )
 
     def encode(source, target):
-        source_ids, target_ids = tokenizer.tokenize(source), tokenizer.tokenize(target)
+        source_ids, target_ids = tokenizer.tokenize(source), target_tokenizer.tokenize(target)
         if overlong == "drop":
             keep = (source_ids.row_lengths() <= max_length - 2) & (
                 target_ids.row_lengths() <= max_length - 2
@@ -86,6 +91,7 @@ def token_batches(
     repeat: bool = False,
     seed: int = 0,
     pad_to_bucket_boundary: bool = False,
+    batch_multiple: int = 1,
 ) -> tf.data.Dataset:
     """Batches of about `tokens_per_batch` padded tokens, grouped by length.
 
@@ -99,10 +105,16 @@ def token_batches(
         max_length: int, the longest pair length in `pairs`.
         shuffle: bool, shuffle pairs (the whole set) before bucketing.
         repeat: bool, an endless stream of passes, each in a new order that
-            depends only on `seed`, so `stream.skip(n)` resumes a run exactly.
+            depends only on `seed` and TensorFlow's global seed (set by
+            `keras.utils.set_random_seed`), so `stream.skip(n)` resumes a run
+            exactly.
         seed: int, the shuffle seed.
         pad_to_bucket_boundary: bool, pad to the bucket's bound so there are
             few distinct shapes (for `jit_compile`).
+        batch_multiple: int, make every batch size a multiple of this (the
+            replica count of a tf.distribute strategy, so each replica gets
+            an equal share). Above 1, the last, partial batch of each bucket
+            of a finite dataset is dropped.
 
     Returns:
         A dataset of `({"source": [B, S], "target": [B, T - 1]}, labels [B, T - 1])`
@@ -119,14 +131,14 @@ def token_batches(
         pairs = pairs.repeat()
     boundaries = bucket_boundaries(max_length)
     # A batch's padded length is below its bucket's upper bound.
-    batch_sizes = [max(1, tokens_per_batch // (b - 1)) for b in boundaries] + [
-        max(1, tokens_per_batch // max_length)
-    ]
+    batch_sizes = [tokens_per_batch // (b - 1) for b in boundaries] + [tokens_per_batch // max_length]
+    batch_sizes = [max(batch_multiple, size - size % batch_multiple) for size in batch_sizes]
     batches = pairs.bucket_by_sequence_length(
         lambda s, t: tf.maximum(tf.shape(s)[0], tf.shape(t)[0]),
         boundaries,
         batch_sizes,
         pad_to_bucket_boundary=pad_to_bucket_boundary,
+        drop_remainder=batch_multiple > 1,
     )
     return batches.map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE

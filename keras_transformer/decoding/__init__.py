@@ -2,3 +2,5 @@
 
 from keras_transformer.decoding.greedy import greedy_decode
 from keras_transformer.decoding.translator import Translator
+from keras_transformer.decoding.beam_search import beam_search
+from keras_transformer.decoding.beam_search import length_penalty

@@ -7,7 +7,37 @@ from keras_transformer.data.tokenizer import WordPieceTokenizer
 START_ID, END_ID = WordPieceTokenizer.start_id, WordPieceTokenizer.end_id
 
 
-def greedy_decode(model, source, max_length, start_id=START_ID, end_id=END_ID):
+def never_generated(logits, start_id, pad_id=0):
+    """Logits [..., V] with [PAD] and [START] made impossible: neither may
+    follow a token (a generated 0 would also read as padding)."""
+    vocab = tf.shape(logits)[-1]
+    banned = tf.one_hot(pad_id, vocab) + tf.one_hot(start_id, vocab)
+    return logits - 1e9 * banned
+
+
+def check_max_length(model, max_length):
+    """A Python-int `max_length` must fit the model's positional encoding."""
+    if isinstance(max_length, int) and not 0 < max_length <= model.max_length:
+        raise ValueError(
+            f"`max_length` must be in [1, {model.max_length}] (the model's max_length). "
+            f"Received: max_length={max_length}"
+        )
+
+
+def sentence_limits(source, max_length, max_extra_length):
+    """[B] int32: each sentence's most generated tokens, its own source
+    length (non-padding tokens) + `max_extra_length`, at most `max_length`.
+    Without `max_extra_length`, every sentence may use `max_length`."""
+    batch = tf.shape(source)[0]
+    if max_extra_length is None:
+        return tf.fill([batch], tf.cast(max_length, tf.int32))
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(source, 0), tf.int32), axis=1)
+    return tf.minimum(lengths + max_extra_length, tf.cast(max_length, tf.int32))
+
+
+def greedy_decode(
+    model, source, max_length, start_id=START_ID, end_id=END_ID, use_cache=True, max_extra_length=None
+):
     """Arg-max decoding of a `Transformer`, one token per step.
 
     The encoder runs once, cross-attention keys/values are computed once and
@@ -20,22 +50,38 @@ def greedy_decode(model, source, max_length, start_id=START_ID, end_id=END_ID):
         max_length: int or scalar tensor, the most tokens to generate
             ([END] included).
         start_id, end_id: int, the [START] and [END] ids.
+        use_cache: bool; False re-runs the decoder over the whole prefix at
+            every step (the reference and benchmark baseline).
+        max_extra_length: int; when given, a sentence whose source has n
+            tokens generates at most n + max_extra_length, the last one
+            forced to [END], so a translation does not depend on the other
+            sentences in the batch.
 
     Returns:
         int32 [B, max_length]: the generated ids after [START], ending with
         `end_id` and 0-padded after it.
     """
+    check_max_length(model, max_length)
     source = tf.convert_to_tensor(source)
     batch = tf.shape(source)[0]
     encoder_output, source_mask = model.encode(source)
-    cache = model.init_cache(encoder_output, max_length)
+    cache = model.init_cache(encoder_output, max_length) if use_cache else []
     tokens = tf.zeros([max_length, batch], tf.int32)
+    limits = sentence_limits(source, max_length, max_extra_length)
+    start = tf.fill([batch], tf.constant(start_id, tf.int32))
 
     def step(i, token, cache, tokens, done):
-        logits, cache = model.decode(
-            token[:, None], encoder_output, source_mask, cache=cache, cache_index=i
-        )
-        token = tf.argmax(logits[:, -1], axis=-1, output_type=tf.int32)
+        if use_cache:
+            logits, cache = model.decode(
+                token[:, None], encoder_output, source_mask, cache=cache, cache_index=i
+            )
+        else:
+            prefix = tf.concat([start[:, None], tf.transpose(tokens[:i])], axis=1)  # [B, i + 1]
+            logits = model.decode(prefix, encoder_output, source_mask)
+        logits = never_generated(logits[:, -1], start_id)
+        token = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        if max_extra_length is not None:
+            token = tf.where(i + 1 >= limits, end_id, token)
         token = tf.where(done, 0, token)
         done = done | tf.equal(token, end_id)
         return i + 1, token, cache, tf.tensor_scatter_nd_update(tokens, [[i]], token[None]), done
@@ -43,7 +89,6 @@ def greedy_decode(model, source, max_length, start_id=START_ID, end_id=END_ID):
     def not_finished(i, token, cache, tokens, done):
         return (i < max_length) & ~tf.reduce_all(done)
 
-    start = tf.fill([batch], tf.constant(start_id, tf.int32))
     done = tf.zeros([batch], tf.bool)
     _, _, _, tokens, _ = tf.while_loop(
         not_finished, step, (tf.constant(0), start, cache, tokens, done)

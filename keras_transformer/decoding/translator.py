@@ -5,6 +5,7 @@ from typing import List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.greedy import greedy_decode
 
 
@@ -14,33 +15,57 @@ class Translator:
     Args:
         model: a trained `Transformer`.
         tokenizer: the `WordPieceTokenizer` it was trained with.
+        beam_size: int, 1 for greedy decoding. Default 4.
+        alpha: float, the beam search length-penalty exponent. Default 0.6.
         max_extra_length: int, a translation has at most
             `source_length + max_extra_length` tokens. Default 50.
     """
 
-    def __init__(self, model, tokenizer, max_extra_length: int = 50):
+    def __init__(self, model, tokenizer, beam_size: int = 4, alpha: float = 0.6, max_extra_length: int = 50):
+        if beam_size < 1:
+            raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
+        if not model.built:
+            model.build()
         self.model = model
         self.tokenizer = tokenizer
+        self.beam_size = beam_size
+        self.alpha = alpha
         self.max_extra_length = max_extra_length
-        self._greedy = tf.function(
-            self._greedy_ids,
+        self._decode = tf.function(
+            self._best_ids,
             input_signature=[tf.TensorSpec([None, None], tf.int32)],
             reduce_retracing=True,
         )
 
-    def _greedy_ids(self, source):
+    def _best_ids(self, source):
         max_length = tf.minimum(tf.shape(source)[1] + self.max_extra_length, self.model.max_length)
-        return greedy_decode(self.model, source, max_length)
+        extra = self.max_extra_length
+        if self.beam_size == 1:
+            return greedy_decode(self.model, source, max_length, max_extra_length=extra)
+        return beam_search(self.model, source, max_length, self.beam_size, self.alpha, max_extra_length=extra)["ids"][:, 0]
 
     def encode_sources(self, texts: Sequence[str]) -> tf.RaggedTensor:
+        """str [B] -> ragged int32 ids [B, (S)] with [START] and [END].
+
+        Raises:
+            ValueError: a sentence has more tokens than the model takes.
+        """
         ids = self.tokenizer.tokenize(list(texts))
+        lengths = ids.row_lengths().numpy()
+        limit = self.model.max_length - 2
+        if len(lengths) and lengths.max() > limit:
+            i = int(lengths.argmax())
+            raise ValueError(
+                f"Sentence {i} has {lengths[i]} tokens; this model translates at most {limit} "
+                f"(its max_length {self.model.max_length} less [START] and [END])."
+            )
         batch = ids.nrows()
         start = tf.fill([batch, 1], self.tokenizer.start_id)
         end = tf.fill([batch, 1], self.tokenizer.end_id)
-        return tf.concat([start, ids[:, : self.model.max_length - 2], end], axis=1)
+        return tf.concat([start, ids, end], axis=1)
 
     def translate(self, texts: Sequence[str], batch_size: int = 64) -> List[str]:
-        """Greedy translations of `texts`, in order."""
+        """The best translation of each of `texts`, in order."""
         texts = list(texts)
         if not texts:
             return []
@@ -49,8 +74,7 @@ class Translator:
         outputs = [None] * len(texts)
         for begin in range(0, len(texts), batch_size):
             index = order[begin : begin + batch_size]
-            batch = tf.gather(sources, index).to_tensor()
-            ids = self._greedy(batch)
+            ids = self._decode(tf.gather(sources, index).to_tensor())
             for i, text in zip(index, self.tokenizer.detokenize(ids).numpy()):
                 outputs[i] = text.decode("utf-8")
         return outputs

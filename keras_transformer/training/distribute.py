@@ -42,7 +42,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # Every GPU; without GPUs, every logical CPU device (one unless the
+        # process split the CPU with tf.config.set_logical_device_configuration).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     config = os.environ.get("TF_CONFIG")
     if not config:
         raise ValueError(
@@ -94,7 +97,8 @@ def train_custom_loop(
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)
             loss = loss_fn(labels, logits)
-            scaled = loss / replicas
+            # LossScaleOptimizer (mixed_float16) scales here and unscales in apply.
+            scaled = optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -105,8 +109,11 @@ def train_custom_loop(
         losses = strategy.run(replica_step, args=(inputs, labels))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
 
-    skip = start_epoch * steps_per_epoch
-    iterator = iter(strategy.experimental_distribute_dataset(train_stream.skip(skip)))
+    stream = train_stream.skip(start_epoch * steps_per_epoch)
+    options = tf.data.Options()
+    # Worker i takes batches i, i + workers, ...: the stream is not file-based.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    iterator = iter(strategy.experimental_distribute_dataset(stream.with_options(options)))
     history = {"loss": []}
     chief = strategy.extended.should_checkpoint
     for epoch in range(start_epoch, epochs):

@@ -56,7 +56,8 @@ def train(
     """Trains a compiled, built `model` with `model.fit`, resumably.
 
     `run_dir` receives `logs/` (TensorBoard), `checkpoints/` (the newest
-    `keep_checkpoints` epoch-end weights, for `average_checkpoints`) and
+    `keep_checkpoints` epoch-end weights, for `average_checkpoints`),
+    `best.weights.h5` (lowest `val_loss`, with validation data) and
     `backup/` (a `StepBackup`). Called again with the same arguments after
     an interruption, it restores the backup and continues from the exact
     step it reached, skipping the batches already seen.
@@ -93,6 +94,13 @@ def train(
         backup,
         *callbacks,
     ]
+    if validation_data is not None:
+        all_callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(run_dir, "best.weights.h5"), monitor="val_loss",
+                save_best_only=True, save_weights_only=True,
+            )
+        )
     if early_stopping_patience is not None:
         all_callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience)

@@ -1,0 +1,188 @@
+"""Batched beam search with a key/value cache and the GNMT length penalty,
+inside one `tf.while_loop` with fixed shapes."""
+
+import tensorflow as tf
+
+from keras_transformer.decoding.greedy import END_ID
+from keras_transformer.decoding.greedy import START_ID
+from keras_transformer.decoding.greedy import check_max_length
+from keras_transformer.decoding.greedy import never_generated
+from keras_transformer.decoding.greedy import sentence_limits
+
+NEG_INF = -1e9
+
+
+def length_penalty(length, alpha):
+    """GNMT's ((5 + length) / 6) ** alpha (Wu et al., 2016, section 7)."""
+    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+def _flatten_beams(x):
+    """[B, K, ...] -> [B * K, ...]."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+
+
+def _gather_beams(x, beam_index):
+    """x [B, K, ...], beam_index [B, M] -> [B, M, ...]."""
+    return tf.gather(x, beam_index, axis=1, batch_dims=1)
+
+
+def beam_search(
+    model,
+    source,
+    max_length,
+    beam_size=4,
+    alpha=0.6,
+    start_id=START_ID,
+    end_id=END_ID,
+    return_attention=False,
+    use_cache=True,
+    max_extra_length=None,
+):
+    """Beam search over a `Transformer`, all sentences of `source` at once.
+
+    Hypotheses are ranked by log-probability / `length_penalty(len, alpha)`,
+    where len counts the generated tokens with [END]. Each step expands the
+    `beam_size` live hypotheses into their best `2 * beam_size` continuations:
+    those ending in [END] join the sentence's finished list, the best others
+    stay live. As in fairseq, an [END] counts only when it is among the best
+    `beam_size` continuations, so `beam_size=1` with `alpha=0` is greedy
+    decoding. A sentence is done when no live hypothesis can still beat its
+    worst kept finished one; the loop stops when every sentence is done or
+    at `max_length`.
+
+    Args:
+        model: a `Transformer`.
+        source: int [B, S] source ids, 0-padded.
+        max_length: int or scalar tensor, the most tokens to generate.
+        beam_size: int, hypotheses kept per sentence. Default 4.
+        alpha: float, the length-penalty exponent; 0 ranks by plain
+            log-probability. Default 0.6.
+        start_id, end_id: int, the [START] and [END] ids.
+        return_attention: bool, also return the cross-attention weights of
+            every hypothesis (last decoder layer, averaged over heads).
+        use_cache: bool; False re-runs the decoder over the whole prefix at
+            every step (the benchmark baseline).
+        max_extra_length: int; when given, a sentence whose source has n
+            tokens generates at most n + max_extra_length, the last one
+            forced to [END], so a translation does not depend on the other
+            sentences in the batch.
+
+    Returns:
+        A dict, best hypothesis first along axis 1:
+        "ids": int32 [B, K, max_length], ending in `end_id`, 0-padded;
+        "scores": float32 [B, K], length-penalized scores;
+        "log_probs": float32 [B, K], the sum of token log-probabilities;
+        "attention" (with `return_attention`): float32 [B, K, max_length, S].
+    """
+    check_max_length(model, max_length)
+    if beam_size < 1:
+        raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
+    source = tf.convert_to_tensor(source)
+    batch, source_length = tf.shape(source)[0], tf.shape(source)[1]
+    k = beam_size
+    max_length = tf.convert_to_tensor(max_length, tf.int32)
+    alpha = tf.constant(alpha, tf.float32)
+    limits = sentence_limits(source, max_length, max_extra_length)
+
+    encoder_output, source_mask = model.encode(source)
+    encoder_output = tf.repeat(encoder_output, k, axis=0)  # [B * K, S, D]
+    source_mask = tf.repeat(source_mask, k, axis=0)
+    cache = model.init_cache(encoder_output, max_length) if use_cache else []
+
+    # Live hypotheses; only beam 0 is real at the start.
+    live_ids = tf.zeros([batch, k, max_length], tf.int32)
+    live_log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
+    # Attention rows are collected only when asked for; else they are empty.
+    attention_shape = [max_length, source_length] if return_attention else [0, 0]
+    live_attention = tf.zeros([batch, k, *attention_shape])
+    # Finished hypotheses; NEG_INF scores mark empty slots.
+    done_ids = tf.zeros([batch, k, max_length], tf.int32)
+    done_scores = tf.fill([batch, k], NEG_INF)
+    done_log_probs = tf.fill([batch, k], NEG_INF)
+    done_attention = tf.zeros([batch, k, *attention_shape])
+    last = tf.fill([batch * k], tf.constant(start_id, tf.int32))
+
+    def step(i, last, cache, live, done):
+        live_ids, live_log_probs, live_attention = live
+        if use_cache:
+            logits, scores, cache = model.decode(
+                last[:, None], encoder_output, source_mask, cache=cache, cache_index=i,
+                return_attention_scores=True,
+            )
+        else:
+            prefix = tf.concat([tf.fill([batch * k, 1], start_id), tf.reshape(live_ids[:, :, :i], [batch * k, -1])], 1)
+            logits, scores = model.decode(prefix, encoder_output, source_mask, return_attention_scores=True)
+            logits, scores = logits[:, -1:], [s[:, :, -1:] for s in scores]
+        vocab = tf.shape(logits)[-1]
+        log_probs = tf.nn.log_softmax(tf.reshape(logits, [batch, k, vocab]))
+        log_probs = never_generated(log_probs, start_id)
+        if max_extra_length is not None:
+            # At its last allowed step a sentence can only end.
+            only_end = tf.one_hot(end_id, vocab, on_value=0.0, off_value=NEG_INF)
+            log_probs = tf.where((i + 1 >= limits)[:, None, None], log_probs + only_end, log_probs)
+
+        # Expand: the best 2K of all K x V continuations.
+        candidates = tf.reshape(live_log_probs[:, :, None] + log_probs, [batch, k * vocab])
+        cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [B, 2K]
+        beam, token = flat // vocab, flat % vocab
+        place = tf.one_hot(i, max_length, dtype=tf.int32)  # [L], 1 at step i
+        cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [B, 2K, L]
+        cand_attention = _gather_beams(live_attention, beam)
+        if return_attention:
+            # Last decoder layer, mean over heads: [B * K, N, 1, S] -> [B, K, S].
+            rows = tf.reshape(tf.reduce_mean(tf.cast(scores[-1], tf.float32), axis=1), [batch, k, -1])
+            rows = _gather_beams(rows, beam)[:, :, None, :]  # [B, 2K, 1, S]
+            cand_attention += rows * tf.cast(place, tf.float32)[None, None, :, None]
+        ended = tf.equal(token, end_id)
+        valid = cand_log_probs > NEG_INF / 2
+        in_top_k = tf.range(2 * k) < k  # top_k sorts, so rank < K is the best K
+
+        # Live: the best K candidates that did not end.
+        live_key = tf.where(ended | ~valid, NEG_INF, cand_log_probs)
+        live_log_probs, pick = tf.math.top_k(live_key, k)
+        live_ids = _gather_beams(cand_ids, pick)
+        live_attention = _gather_beams(cand_attention, pick)
+        origin = _gather_beams(beam, pick)  # [B, K], each live beam's parent
+        parents = tf.reshape(origin + tf.range(batch)[:, None] * k, [-1])
+        cache = [{**c, "self_attention": tf.gather(c["self_attention"], parents)} for c in cache]
+        last = tf.reshape(_gather_beams(token, pick), [-1])
+
+        # Finished: merge the candidates that ended with the kept ones.
+        done_ids, done_scores, done_log_probs, done_attention = done
+        finish = ended & valid & in_top_k[None]
+        new_scores = tf.where(finish, cand_log_probs / length_penalty(i + 1, alpha), NEG_INF)
+        all_scores = tf.concat([done_scores, new_scores], axis=1)
+        done_scores, best = tf.math.top_k(all_scores, k)
+        done_ids = _gather_beams(tf.concat([done_ids, cand_ids], axis=1), best)
+        done_log_probs = _gather_beams(tf.concat([done_log_probs, tf.where(finish, cand_log_probs, NEG_INF)], 1), best)
+        done_attention = _gather_beams(tf.concat([done_attention, cand_attention], axis=1), best)
+        live = (live_ids, live_log_probs, live_attention)
+        return i + 1, last, cache, live, (done_ids, done_scores, done_log_probs, done_attention)
+
+    def not_finished(i, last, cache, live, done):
+        # A live hypothesis's score can rise to at most its log-probability
+        # over the largest penalty; once that is below the worst kept
+        # finished score, the sentence cannot improve.
+        best_possible = live[1][:, 0] / length_penalty(max_length, alpha)
+        worst_done = done[1][:, -1]
+        return (i < max_length) & ~tf.reduce_all(worst_done >= best_possible)
+
+    live = (live_ids, live_log_probs, live_attention)
+    done = (done_ids, done_scores, done_log_probs, done_attention)
+    length, _, _, live, done = tf.while_loop(
+        not_finished, step, (tf.constant(0), last, cache, live, done)
+    )
+    done_ids, done_scores, done_log_probs, done_attention = done
+    live_ids, live_log_probs, live_attention = live
+    # A sentence that finished nothing by max_length returns its live beams.
+    none_done = (done_scores[:, 0] <= NEG_INF / 2)[:, None]
+    outputs = {
+        "ids": tf.where(none_done[:, :, None], live_ids, done_ids),
+        "scores": tf.where(none_done, live_log_probs / length_penalty(length, alpha), done_scores),
+        "log_probs": tf.where(none_done, live_log_probs, done_log_probs),
+    }
+    if return_attention:
+        outputs["attention"] = tf.where(none_done[:, :, None, None], live_attention, done_attention)
+    return outputs

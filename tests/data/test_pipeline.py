@@ -1,0 +1,107 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer import data
+
+
+@pytest.fixture(scope="module")
+def val_pairs(multi30k_dir, multi30k_tokenizer):
+    en, de = data.read_parallel(
+        os.path.join(multi30k_dir, "val.lc.norm.tok.en"), os.path.join(multi30k_dir, "val.lc.norm.tok.de")
+    )
+    return en, de
+
+
+def test_pairs_are_wrapped_in_start_and_end(multi30k_tokenizer):
+    tok = multi30k_tokenizer
+    (source, target), = list(data.tokenized_pairs(tok, ["ein hund"], ["a dog"]).as_numpy_iterator())
+    np.testing.assert_array_equal(source, [tok.start_id, *tok.tokenize(["ein hund"])[0].numpy(), tok.end_id])
+    np.testing.assert_array_equal(target, [tok.start_id, *tok.tokenize(["a dog"])[0].numpy(), tok.end_id])
+
+
+def test_overlong_pairs_are_dropped_or_truncated(multi30k_tokenizer):
+    tok = multi30k_tokenizer
+    long_text = " ".join(["mann"] * 20)
+    sources, targets = ["ein hund", long_text], ["a dog", "a man"]
+    dropped = list(data.tokenized_pairs(tok, sources, targets, max_length=10, overlong="drop"))
+    assert len(dropped) == 1
+    truncated = list(data.tokenized_pairs(tok, sources, targets, max_length=10, overlong="truncate"))
+    assert len(truncated) == 2
+    source = truncated[1][0].numpy()
+    assert len(source) == 10 and source[0] == tok.start_id and source[-1] == tok.end_id
+    with pytest.raises(ValueError, match="overlong"):
+        data.tokenized_pairs(tok, sources, targets, overlong="cut")
+
+
+def test_batches_respect_the_token_budget_and_keep_every_pair(multi30k_tokenizer, val_pairs):
+    pairs = data.tokenized_pairs(multi30k_tokenizer, *val_pairs, max_length=64)
+    real_tokens = sum(len(s) for s, _ in pairs.as_numpy_iterator())
+    batches = list(data.token_batches(pairs, tokens_per_batch=512, max_length=64, shuffle=False).as_numpy_iterator())
+    seen = 0
+    for inputs, labels in batches:
+        source, target = inputs["source"], inputs["target"]
+        padded_length = max(source.shape[1], target.shape[1] + 1)
+        assert source.shape[0] * padded_length <= 512
+        # Teacher forcing: labels are the decoder inputs shifted by one.
+        np.testing.assert_array_equal(target[:, 1:], labels[:, :-1])
+        assert (target[:, 0] == multi30k_tokenizer.start_id).all()
+        seen += int((source != 0).sum())
+    assert seen == real_tokens
+    assert sum(inputs["source"].shape[0] for inputs, _ in batches) == len(val_pairs[0])
+
+
+def test_bucketing_wastes_far_less_than_plain_batching(multi30k_tokenizer, val_pairs):
+    pairs = data.tokenized_pairs(multi30k_tokenizer, *val_pairs, max_length=64)
+    bucketed = data.padding_stats(data.token_batches(pairs, 1024, 64, shuffle=True, seed=3))
+    plain = data.padding_stats(
+        pairs.shuffle(2000, seed=3).padded_batch(32).map(data.teacher_forcing)
+    )
+    assert bucketed["target_tokens"] == plain["target_tokens"]
+    assert bucketed["target_padding"] < 0.15
+    assert bucketed["target_padding"] < plain["target_padding"] / 2
+
+
+def test_repeated_stream_is_deterministic_and_skippable(multi30k_tokenizer, val_pairs):
+    pairs = data.tokenized_pairs(multi30k_tokenizer, val_pairs[0][:200], val_pairs[1][:200], max_length=64)
+    def stream():
+        return data.token_batches(pairs, 256, 64, shuffle=True, repeat=True, seed=7)
+    first = [labels for _, labels in stream().take(40).as_numpy_iterator()]
+    again = [labels for _, labels in stream().take(40).as_numpy_iterator()]
+    skipped = [labels for _, labels in stream().skip(25).take(15).as_numpy_iterator()]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first[25:], skipped):
+        np.testing.assert_array_equal(a, b)
+    # Passes are reshuffled: the stream does not simply repeat its first pass.
+    one_pass = sum(1 for _ in data.token_batches(pairs, 256, 64, shuffle=False))
+    assert not all(
+        a.shape == b.shape and (a == b).all() for a, b in zip(first[:5], first[one_pass:one_pass + 5])
+    )
+
+
+def test_budget_must_hold_the_longest_pair(multi30k_tokenizer):
+    pairs = data.tokenized_pairs(multi30k_tokenizer, ["a"], ["b"], max_length=64)
+    with pytest.raises(ValueError, match="tokens_per_batch"):
+        data.token_batches(pairs, tokens_per_batch=32, max_length=64)
+
+
+def test_separate_vocabularies_and_bucket_padding(multi30k_tokenizer):
+    from keras_transformer.data import WordPieceTokenizer
+
+    target_tok = WordPieceTokenizer.learn(["ein hund läuft"] * 20, vocab_size=50, min_count=5)
+    pairs = data.tokenized_pairs(multi30k_tokenizer, ["a dog runs"], ["ein hund läuft"], target_tokenizer=target_tok)
+    (source, target), = list(pairs.as_numpy_iterator())
+    assert target_tok.detokenize([target]).numpy()[0] == "ein hund läuft".encode()
+    batches = data.token_batches(pairs, 256, 64, shuffle=False, pad_to_bucket_boundary=True)
+    (inputs, labels), = list(batches.as_numpy_iterator())
+    bound = next(b for b in data.bucket_boundaries(64) if b > max(len(source), len(target)))
+    assert inputs["source"].shape[1] == bound - 1 and labels.shape[1] == bound - 2
+
+
+def test_batch_sizes_divide_among_replicas(multi30k_tokenizer, val_pairs):
+    pairs = data.tokenized_pairs(multi30k_tokenizer, *val_pairs, max_length=64)
+    sizes = [x["source"].shape[0] for x, _ in data.token_batches(pairs, 500, 64, shuffle=False, batch_multiple=4)]
+    assert sizes and all(size % 4 == 0 for size in sizes)

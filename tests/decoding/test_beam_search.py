@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transformer as kt
+from keras_transformer.decoding import beam_search
+from keras_transformer.decoding import greedy_decode
+from keras_transformer.decoding import length_penalty
+
+START, END, VOCAB = 2, 3, 24
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    keras.utils.set_random_seed(11)
+    model = kt.Transformer(VOCAB, VOCAB, num_layers=2, d_model=32, num_heads=4, d_ff=64, dropout=0.0)
+    model.build()
+    return model
+
+
+@pytest.fixture(scope="module")
+def source():
+    rng = np.random.default_rng(2)
+    ids = rng.integers(4, VOCAB, size=(3, 6)).astype("int32")
+    ids[1, 4:] = 0
+    ids[2, 2:] = 0
+    return ids
+
+
+def _full_pass_log_prob(model, source, ids):
+    """Sum of token log-probabilities of `ids` (up to [END]) by one full pass."""
+    length = int(np.argmax(ids == END)) + 1 if (ids == END).any() else len(ids)
+    target = np.concatenate([[START], ids[: length - 1]])[None]
+    logits = model({"source": source[None], "target": target}).numpy()[0]
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    return float(log_probs[np.arange(length), ids[:length]].sum()), length
+
+
+def test_beam_of_one_without_penalty_is_greedy(model, source):
+    greedy = greedy_decode(model, source, 10).numpy()
+    beam = beam_search(model, source, 10, beam_size=1, alpha=0.0)["ids"].numpy()[:, 0]
+    np.testing.assert_array_equal(beam, greedy)
+
+
+def test_scores_are_the_models_own_log_probs(model, source):
+    out = beam_search(model, source, 10, beam_size=4, alpha=0.6)
+    ids, scores, log_probs = out["ids"].numpy(), out["scores"].numpy(), out["log_probs"].numpy()
+    assert ids.shape == (3, 4, 10)
+    for b in range(3):
+        assert (np.diff(scores[b]) <= 1e-6).all()  # best first
+        for h in range(4):
+            reference, length = _full_pass_log_prob(model, source[b], ids[b, h])
+            assert log_probs[b, h] == pytest.approx(reference, abs=1e-4)
+            expected = reference / float(length_penalty(length, 0.6))
+            assert scores[b, h] == pytest.approx(expected, abs=1e-4)
+
+
+def test_beam_is_never_worse_than_greedy(model, source):
+    greedy = greedy_decode(model, source, 10).numpy()
+    best = beam_search(model, source, 10, beam_size=4, alpha=0.6)["scores"].numpy()[:, 0]
+    for b in range(3):
+        log_prob, length = _full_pass_log_prob(model, source[b], greedy[b])
+        assert best[b] >= log_prob / float(length_penalty(length, 0.6)) - 1e-5
+
+
+def test_padding_in_the_batch_changes_nothing(model, source):
+    together = beam_search(model, source, 10, beam_size=3)["ids"].numpy()
+    for b in range(3):
+        trimmed = source[b : b + 1, : int((source[b] != 0).sum())]
+        alone = beam_search(model, trimmed, 10, beam_size=3)["ids"].numpy()
+        np.testing.assert_array_equal(alone[0], together[b])
+
+
+def test_attention_rows_are_distributions_over_real_source_tokens(model, source):
+    out = beam_search(model, source, 10, beam_size=2, return_attention=True)
+    attention, ids = out["attention"].numpy(), out["ids"].numpy()
+    assert attention.shape == (3, 2, 10, 6)
+    generated = ids != 0
+    np.testing.assert_allclose(attention.sum(-1)[generated], 1.0, atol=1e-5)
+    assert (attention.sum(-1)[~generated] == 0).all()
+    assert (attention[2][..., 2:] == 0).all()  # source padding gets nothing
+
+
+def test_runs_in_a_tf_function_with_unknown_shapes(model, source):
+    fn = tf.function(
+        lambda s: beam_search(model, s, tf.shape(s)[1] + 4, beam_size=2)["ids"],
+        input_signature=[tf.TensorSpec([None, None], tf.int32)],
+    )
+    np.testing.assert_array_equal(fn(source).numpy(), beam_search(model, source, 10, beam_size=2)["ids"].numpy())

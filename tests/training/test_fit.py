@@ -1,0 +1,143 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transformer as kt
+from keras_transformer import data
+from keras_transformer import training
+
+VOCAB = 40
+
+
+def _stream(seed=0, num_pairs=96, batch_multiple=1):
+    """An endless, deterministic stream of small padded translation batches."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 12, size=num_pairs)
+    sources = [rng.integers(4, VOCAB, size=n).tolist() for n in lengths]
+    pairs = tf.data.Dataset.from_generator(
+        lambda: ((np.array([2, *s, 3]), np.array([2, *s[::-1], 3])) for s in sources),
+        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int64)),
+    ).map(lambda s, t: (tf.cast(s, tf.int32), tf.cast(t, tf.int32)))
+    return data.token_batches(
+        pairs, tokens_per_batch=128, max_length=16, shuffle=True, repeat=True, seed=seed, batch_multiple=batch_multiple
+    )
+
+
+def _model(dropout=0.1):
+    model = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=dropout, max_length=32)
+    model.build()
+    return training.compile_for_translation(model, warmup_steps=20)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises as a kill would: at the start of epoch `epoch`, or after step `step`."""
+
+    def __init__(self, epoch=None, step=None):
+        super().__init__()
+        self.epoch, self.step = epoch, step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"interrupted before epoch {epoch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise KeyboardInterrupt(f"interrupted after step {self.step}")
+
+
+def _weights(model):
+    return [w.numpy() for w in model.weights]
+
+
+@pytest.mark.parametrize(
+    "interrupt, backup_step",
+    [(dict(epoch=1), 10), (dict(step=15), 12)],
+    ids=["between-epochs", "mid-epoch"],
+)
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, interrupt, backup_step):
+    # Dropout is on: its random state is part of the backup too.
+    keras.utils.set_random_seed(5)
+    straight = _model()
+    training.train(straight, _stream(), steps_per_epoch=10, epochs=2, run_dir=str(tmp_path / "a"), verbose=0)
+    assert int(straight.optimizer.iterations.numpy()) == 20
+
+    keras.utils.set_random_seed(5)
+    run_dir = str(tmp_path / "b")
+    first = _model()
+    with pytest.raises(KeyboardInterrupt):
+        training.train(first, _stream(), 10, 2, run_dir, backup_every=4, callbacks=[Interrupt(**interrupt)], verbose=0)
+    assert training.StepBackup(os.path.join(run_dir, "backup")).restore(_model()) == backup_step
+    # A new process builds a fresh model (other weights here, to show the
+    # backup replaces them), then runs the same command with the same seed.
+    keras.utils.set_random_seed(99)
+    resumed = _model()
+    keras.utils.set_random_seed(5)
+    history = training.train(resumed, _stream(), 10, 2, run_dir, backup_every=4, verbose=0)
+    assert int(resumed.optimizer.iterations.numpy()) == 20
+    assert len(history["loss"]) == 1
+    for a, b in zip(_weights(straight), _weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_are_kept_and_averaged(tmp_path):
+    model = _model()
+    run_dir = str(tmp_path)
+    training.train(model, _stream(), 4, 4, run_dir, keep_checkpoints=2, verbose=0)
+    paths = training.callbacks.list_checkpoints(os.path.join(run_dir, "checkpoints"))
+    assert [os.path.basename(p) for p in paths] == ["epoch-0003.weights.h5", "epoch-0004.weights.h5"]
+    snapshots = []
+    for path in paths:
+        model.load_weights(path)
+        snapshots.append(_weights(model))
+    assert any(not np.array_equal(a, b) for a, b in zip(*snapshots))
+    training.average_last_checkpoints(model, run_dir, n=2)
+    for value, a, b in zip(_weights(model), *snapshots):
+        np.testing.assert_allclose(value, (a + b) / 2, rtol=1e-6, atol=1e-7)
+
+
+def test_time_budget_stops_after_one_step(tmp_path):
+    model = _model()
+    history = training.train(model, _stream(), 10, 5, str(tmp_path), minutes=1e-9, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert len(history["loss"]) == 1
+
+
+def test_validation_loss_and_tensorboard_logs(tmp_path):
+    model = _model()
+    validation = _stream(seed=1).take(3)
+    history = training.train(
+        model, _stream(), 5, 2, str(tmp_path), validation_data=validation, early_stopping_patience=3, verbose=0
+    )
+    assert len(history["val_loss"]) == 2 and np.isfinite(history["val_loss"]).all()
+    assert os.listdir(tmp_path / "logs" / "train")
+    best = int(np.argmin(history["val_loss"])) + 1
+    model.load_weights(str(tmp_path / "best.weights.h5"))
+    checkpoint = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=32)
+    checkpoint.build()
+    training.compile_for_translation(checkpoint).optimizer.build(checkpoint.trainable_variables)
+    checkpoint.load_weights(str(tmp_path / "checkpoints" / f"epoch-{best:04d}.weights.h5"))
+    for a, b in zip(_weights(model), _weights(checkpoint)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_rejects_an_uncompiled_model(tmp_path):
+    model = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=16, num_heads=2, d_ff=32)
+    with pytest.raises(ValueError, match="built and compiled"):
+        training.train(model, _stream(), 1, 1, str(tmp_path))
+
+
+def test_loss_falls_on_a_multi30k_slice(tmp_path, multi30k_train_slice, multi30k_tokenizer):
+    tok = multi30k_tokenizer
+    en, de = multi30k_train_slice
+    pairs = data.tokenized_pairs(tok, en[:300], de[:300], max_length=48)
+    stream = data.token_batches(pairs, 1024, 48, shuffle=True, repeat=True)
+    model = kt.Transformer(tok.vocab_size, tok.vocab_size, num_layers=1, d_model=64, num_heads=4, d_ff=128, dropout=0.0)
+    model.build()
+    training.compile_for_translation(model, warmup_steps=50, learning_rate_scale=0.4)
+    history = training.train(model, stream, steps_per_epoch=15, epochs=7, run_dir=str(tmp_path), verbose=0)
+    losses = history["loss"]  # epoch means of the label-smoothed loss
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
