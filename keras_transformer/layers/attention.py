@@ -196,18 +196,18 @@ class MultiHeadAttention(keras.layers.Layer):
 
     @staticmethod
     def _update_cache(cache, update, index):
-        """Write update [B, 2, N, T, H] into cache [B, 2, N, L, H] at index."""
+        """Write update [B, 2, N, T, H] into cache [B, 2, N, L, H] at index.
+
+        A scatter rather than a strided-slice update: XLA compiles it with a
+        loop-variable `index` inside `tf.while_loop`.
+        """
         index = tf.cast(index, tf.int32)
-        length = tf.shape(update)[3]
-        return tf.raw_ops.TensorStridedSliceUpdate(
-            input=cache,
-            begin=tf.stack([0, 0, 0, index, 0]),
-            end=tf.stack([0, 0, 0, index + length, 0]),
-            strides=tf.ones([5], tf.int32),
-            value=update,
-            begin_mask=0b10111,
-            end_mask=0b10111,
+        shape = tf.shape(update)
+        b, kv, n, t = tf.meshgrid(
+            tf.range(shape[0]), tf.range(2), tf.range(shape[2]), tf.range(shape[3]), indexing="ij"
         )
+        positions = tf.stack([b, kv, n, t + index], axis=-1)  # [B, 2, N, T, 4]
+        return tf.tensor_scatter_nd_update(cache, positions, tf.cast(update, cache.dtype))
 
     # -- attention -----------------------------------------------------------
 
