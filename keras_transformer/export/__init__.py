@@ -1,0 +1,1 @@
+"""Export a trained model as a TensorFlow Serving SavedModel (core ops only)."""

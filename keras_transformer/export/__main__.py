@@ -1,0 +1,72 @@
+"""Command line: export a trained model, or check an export's ops.
+
+    python -m keras_transformer.export export --model run/model.keras --vocab run/vocab.txt --base-dir models/transformer
+    python -m keras_transformer.export export --weights run/checkpoints/epoch-0030.weights.h5 --model run/model.keras ...
+    python -m keras_transformer.export check models/transformer/1
+"""
+
+import argparse
+import sys
+
+
+def _check(args) -> int:
+    # Imports only core TensorFlow: the check must not see tensorflow_text's ops.
+    from keras_transformer.export.op_check import saved_model_ops
+    from keras_transformer.export.op_check import unregistered_ops
+
+    ops = saved_model_ops(args.export_dir)
+    every = sorted(set().union(*ops.values()))
+    print(f"{args.export_dir}: {len(ops)} graphs/functions, {len(every)} distinct op types")
+    if args.verbose:
+        for name in sorted(ops):
+            print(f"  {name}: {', '.join(sorted(ops[name]))}")
+    missing = unregistered_ops(args.export_dir)
+    if missing:
+        for name, bad in sorted(missing.items()):
+            print(f"NOT IN CORE TENSORFLOW: {', '.join(sorted(bad))} (in {name})")
+        return 1
+    print("every op is registered in core TensorFlow")
+    return 0
+
+
+def _export(args) -> int:
+    import keras
+
+    import keras_transformer  # noqa: F401  (registers the model classes)
+    from keras_transformer.data import WordPieceTokenizer
+    from keras_transformer.export.saved_model import export_saved_model
+
+    model = keras.saving.load_model(args.model)
+    if args.weights:
+        model.load_weights(args.weights)
+    vocab = WordPieceTokenizer.load(args.vocab).vocab
+    path = export_saved_model(
+        model, vocab, args.base_dir, version=args.version, beam_size=args.beam_size,
+        alpha=args.alpha, max_extra_length=args.max_extra_length,
+    )
+    print(f"exported {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m keras_transformer.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="write base_dir/<version>/ from a .keras model")
+    export.add_argument("--model", required=True, help="a .keras file saved after training")
+    export.add_argument("--weights", help="a .weights.h5 training checkpoint to load into --model")
+    export.add_argument("--vocab", required=True, help="the tokenizer's vocab.txt")
+    export.add_argument("--base-dir", required=True, help="the model base path TensorFlow Serving polls")
+    export.add_argument("--version", type=int, help="default: one more than the largest existing")
+    export.add_argument("--beam-size", type=int, default=4)
+    export.add_argument("--alpha", type=float, default=0.6)
+    export.add_argument("--max-extra-length", type=int, default=50)
+    check = commands.add_parser("check", help="fail if the export uses ops outside core TensorFlow")
+    check.add_argument("export_dir")
+    check.add_argument("--verbose", action="store_true", help="list the ops of every function")
+    args = parser.parse_args(argv)
+    return _check(args) if args.command == "check" else _export(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""List every op in a SavedModel and find the ones core TensorFlow lacks."""
+
+import os
+import sys
+from typing import Dict, Set
+
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+
+
+def saved_model_ops(export_dir: str) -> Dict[str, Set[str]]:
+    """{function or graph name: set of op type names} for every graph and
+    library function of the SavedModel in `export_dir`."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    ops: Dict[str, Set[str]] = {}
+    for meta_graph in proto.meta_graphs:
+        graph = meta_graph.graph_def
+        ops["<graph>"] = {node.op for node in graph.node}
+        for function in graph.library.function:
+            ops[function.signature.name] = {node.op for node in function.node_def}
+    return ops
+
+
+def unregistered_ops(export_dir: str) -> Dict[str, Set[str]]:
+    """Ops of `export_dir` that are not registered in this process, by function.
+
+    Only meaningful in a process that has not loaded op libraries beyond
+    core TensorFlow (tensorflow_text registers its own ops when imported).
+    """
+    if "tensorflow_text" in sys.modules:
+        raise RuntimeError(
+            "tensorflow_text is imported in this process, so its ops count as registered; "
+            "run the check in a fresh process (python -m keras_transformer.export check DIR)"
+        )
+    called = set()
+    all_ops = saved_model_ops(export_dir)
+    for ops in all_ops.values():
+        called |= ops
+    function_names = set(all_ops)  # a function may be called as an op by name
+    missing = {}
+    for name, ops in all_ops.items():
+        bad = {op for op in ops if op not in function_names and op_def_registry.get(op) is None}
+        if bad:
+            missing[name] = bad
+    return missing

@@ -1,0 +1,159 @@
+"""A TensorFlow Serving SavedModel: text in, translation out, core ops only."""
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from keras_transformer.decoding.beam_search import beam_search
+from keras_transformer.export.core_tokenizer import CoreWordPiece
+
+_START, _END = 2, 3
+
+
+class TranslationModule(tf.Module):
+    """The model, its tokenizer and decoding settings, with serving signatures.
+
+    Signatures (all batch-first, any batch size):
+        serving_default: text str [B] -> translation str [B], log_prob float32 [B].
+        translate_ids: ids int32 [B, S] (0-padded, with [START]/[END]) ->
+            ids int32 [B, L], log_prob float32 [B].
+        score: text str [B], target_text str [B] -> log_prob float32 [B],
+            the model's log-probability of each target given its source.
+        attention: text str [B] -> translation str [B], source_tokens and
+            target_tokens str [B, S] / [B, L], attention float32 [B, L, S]
+            (last decoder layer, mean over heads).
+
+    Args:
+        model: a trained `Transformer`.
+        vocab: list of str, its tokenizer's vocabulary.
+        beam_size, alpha: beam search settings, fixed at export.
+        max_extra_length: int, translations have at most source length +
+            this many tokens.
+    """
+
+    def __init__(self, model, vocab: Sequence[str], beam_size=4, alpha=0.6, max_extra_length=50):
+        super().__init__(name="translation")
+        self.model = model
+        self.tokenizer = CoreWordPiece(vocab)
+        self.vocab = self.tokenizer.vocab
+        self.beam_size = int(beam_size)
+        self.alpha = float(alpha)
+        self.max_extra_length = int(max_extra_length)
+        self.max_source_tokens = model.max_length - 2
+
+    def _source_ids(self, text):
+        ids = self.tokenizer.tokenize(text)
+        longest = tf.reduce_max(tf.concat([ids.row_lengths(), [0]], 0))
+        tf.debugging.assert_less_equal(
+            longest, tf.cast(self.max_source_tokens, longest.dtype),
+            message=f"a sentence has more tokens than this model takes ({self.max_source_tokens})",
+        )
+        batch = ids.nrows()
+        ids = tf.concat([tf.fill([batch, 1], _START), ids, tf.fill([batch, 1], _END)], axis=1)
+        return ids.to_tensor()
+
+    def _beam(self, source, return_attention=False):
+        max_length = tf.minimum(tf.shape(source)[1] + self.max_extra_length, self.model.max_length)
+        return beam_search(
+            self.model, source, max_length, self.beam_size, self.alpha,
+            return_attention=return_attention, max_extra_length=self.max_extra_length,
+        )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serve(self, text):
+        out = self._beam(self._source_ids(text))
+        return {"translation": self.tokenizer.detokenize(out["ids"][:, 0]), "log_prob": out["log_probs"][:, 0]}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+    def translate_ids(self, ids):
+        out = self._beam(ids)
+        return {"ids": out["ids"][:, 0], "log_prob": out["log_probs"][:, 0]}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([None], tf.string, name="target_text"),
+        ]
+    )
+    def score(self, text, target_text):
+        source = self._source_ids(text)
+        target = self.tokenizer.tokenize(target_text)
+        batch = target.nrows()
+        decoder_input = tf.concat([tf.fill([batch, 1], _START), target], axis=1).to_tensor()
+        labels = tf.concat([target, tf.fill([batch, 1], _END)], axis=1).to_tensor()
+        logits = self.model({"source": source, "target": decoder_input})
+        log_probs = tf.gather(tf.nn.log_softmax(logits), labels, axis=-1, batch_dims=2)
+        return {"log_prob": tf.reduce_sum(tf.where(labels != 0, log_probs, 0.0), axis=1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def attention(self, text):
+        source = self._source_ids(text)
+        out = self._beam(source, return_attention=True)
+        ids = out["ids"][:, 0]
+        return {
+            "translation": self.tokenizer.detokenize(ids),
+            "source_tokens": tf.gather(self.vocab, source),
+            "target_tokens": tf.where(ids != 0, tf.gather(self.vocab, ids), ""),
+            "attention": out["attention"][:, 0],
+        }
+
+
+def next_version(base_dir: str) -> int:
+    """One more than the largest integer directory name in `base_dir` (1 if none)."""
+    if not os.path.isdir(base_dir):
+        return 1
+    versions = [int(name) for name in os.listdir(base_dir) if re.fullmatch(r"\d+", name)]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(
+    model,
+    vocab: Sequence[str],
+    base_dir: str,
+    version: Optional[int] = None,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    max_extra_length: int = 50,
+    warmup_sentences: Sequence[str] = ("A man rides a bike.",),
+) -> str:
+    """Writes `base_dir/<version>/`, a SavedModel TensorFlow Serving loads as it is.
+
+    The export is written to a temporary directory inside `base_dir` and
+    renamed into place only when complete, so a server polling `base_dir`
+    never sees a partial version and a failed export leaves nothing behind.
+
+    Returns:
+        The path of the new version directory.
+
+    Raises:
+        FileExistsError: `version` already exists.
+    """
+    from keras_transformer.export.warmup import write_warmup_requests
+
+    os.makedirs(base_dir, exist_ok=True)
+    version = next_version(base_dir) if version is None else int(version)
+    final = os.path.join(base_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists; choose another version")
+    module = TranslationModule(model, vocab, beam_size, alpha, max_extra_length)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    try:
+        tf.saved_model.save(
+            module, tmp,
+            signatures={
+                "serving_default": module.serve,
+                "translate_ids": module.translate_ids,
+                "score": module.score,
+                "attention": module.attention,
+            },
+        )
+        write_warmup_requests(tmp, warmup_sentences)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

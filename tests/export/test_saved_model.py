@@ -1,0 +1,110 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transformer as kt
+from keras_transformer.data import WordPieceTokenizer
+from keras_transformer.decoding import Translator
+from keras_transformer.export.saved_model import export_saved_model
+from keras_transformer.export.warmup import WARMUP_FILE
+
+TEXTS = ["a man rides a bike", "two dogs run", "a bike"]
+
+FRESH = r"""
+import json, sys
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+out = loaded.signatures["serving_default"](text=tf.constant(json.loads(sys.argv[2])))
+print(json.dumps({
+    "translation": [t.decode() for t in out["translation"].numpy()],
+    "log_prob": out["log_prob"].numpy().tolist(),
+    "tensorflow_text_loaded": "tensorflow_text" in sys.modules,
+    "keras_transformer_loaded": any(m.startswith("keras_transformer") for m in sys.modules),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tokenizer = WordPieceTokenizer.learn(["a man rides a bike", "two dogs run fast"] * 20, vocab_size=60, min_count=5)
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=40)
+    model.build()
+    base = str(tmp_path_factory.mktemp("models"))
+    path = export_saved_model(model, tokenizer.vocab, base, beam_size=2, max_extra_length=6)
+    return model, tokenizer, base, path
+
+
+def test_versions_count_up_and_failures_leave_nothing(exported, monkeypatch):
+    from keras_transformer.export import warmup
+
+    model, tokenizer, base, path = exported
+    assert path == os.path.join(base, "1")
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    with pytest.raises(FileExistsError):
+        export_saved_model(model, tokenizer.vocab, base, version=1)
+    with pytest.raises(ValueError, match="reserved tokens"):
+        export_saved_model(model, ["not", "a", "vocabulary"], base)
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(warmup, "write_warmup_requests", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_saved_model(model, tokenizer.vocab, base)  # fails after the SavedModel is written
+    assert sorted(os.listdir(base)) == ["1"]
+
+
+def test_fresh_process_without_tensorflow_text_matches_translator(exported):
+    model, tokenizer, _, path = exported
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH, path, json.dumps(TEXTS)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not out["tensorflow_text_loaded"] and not out["keras_transformer_loaded"]
+    expected = Translator(model, tokenizer, beam_size=2, max_extra_length=6).translate(TEXTS)
+    assert out["translation"] == expected
+    assert all(np.isfinite(out["log_prob"])) and all(p <= 0 for p in out["log_prob"])
+
+
+def test_signatures_and_bad_inputs(exported):
+    _, tokenizer, _, path = exported
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "translate_ids", "score", "attention"}
+    default = loaded.signatures["serving_default"]
+    out = default(text=tf.constant(["", "a bike", b"\xff\xfe bike"]))
+    assert out["translation"].shape == (3,) and out["log_prob"].dtype == tf.float32
+    assert default(text=tf.constant([], tf.string))["translation"].shape == (0,)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more tokens than this model takes"):
+        default(text=tf.constant([" ".join(["bike"] * 50)]))
+    ids = loaded.signatures["translate_ids"](ids=tf.constant([[2, 5, 6, 3]], tf.int32))
+    assert ids["ids"].dtype == tf.int32 and ids["log_prob"].shape == (1,)
+    score = loaded.signatures["score"](text=tf.constant(TEXTS), target_text=tf.constant(TEXTS))["log_prob"]
+    assert score.shape == (3,) and (score.numpy() < 0).all()
+    attention = loaded.signatures["attention"](text=tf.constant(TEXTS))
+    weights = attention["attention"].numpy()
+    generated = attention["target_tokens"].numpy() != b""
+    np.testing.assert_allclose(weights.sum(-1)[generated], 1.0, atol=1e-4)
+
+
+def test_only_core_ops_and_warmup_records(exported):
+    _, _, _, path = exported
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    check = subprocess.run(
+        [sys.executable, "-m", "keras_transformer.export", "check", path],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr[-2000:]
+    assert "every op is registered in core TensorFlow" in check.stdout
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = list(tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)).as_numpy_iterator())
+    assert records
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        assert log.predict_log.request.inputs["text"].dtype == tf.string.as_datatype_enum
