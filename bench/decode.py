@@ -55,7 +55,8 @@ def main():
     args = p.parse_args()
 
     keras.utils.set_random_seed(0)
-    model = kt.Transformer.from_preset("tiny", args.vocab_size, args.vocab_size, max_length=256)
+    model = kt.Transformer.from_preset(args.preset, args.vocab_size, args.vocab_size, max_length=256)
+    model.build()
     rng = np.random.default_rng(0)
     print("| method | batch | output length | cached sent/s | cached ms/token | uncached sent/s | uncached ms/token | uncached / cached |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

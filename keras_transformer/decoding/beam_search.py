@@ -171,8 +171,13 @@ def beam_search(
 
     live = (live_ids, live_log_probs, live_attention)
     done = (done_ids, done_scores, done_log_probs, done_attention)
+    def same_shapes_step(*state):
+        # Gathers by computed indices lose static batch sizes; keep them so
+        # tf.while_loop sees loop variables of unchanged shape.
+        return tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), step(*state), state)
+
     length, _, _, live, done = tf.while_loop(
-        not_finished, step, (tf.constant(0), last, cache, live, done)
+        not_finished, same_shapes_step, (tf.constant(0), last, cache, live, done)
     )
     done_ids, done_scores, done_log_probs, done_attention = done
     live_ids, live_log_probs, live_attention = live
