@@ -12,4 +12,10 @@ from keras_transformer.layers import positional_encoding
 from keras_transformer.models import PRESETS
 from keras_transformer.models import Transformer
 
+# A model saved after compile_for_translation names our loss, metric and
+# schedule; importing them here registers them, so `import keras_transformer`
+# is all `keras.saving.load_model` needs.
+from keras_transformer.training import losses as _losses  # noqa: E402,F401
+from keras_transformer.training import schedules as _schedules  # noqa: E402,F401
+
 __version__ = "0.1.0"

@@ -141,3 +141,21 @@ def test_loss_falls_on_a_multi30k_slice(tmp_path, multi30k_train_slice, multi30k
     losses = history["loss"]  # epoch means of the label-smoothed loss
     assert losses[-1] < 0.6 * losses[0], losses
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
+
+
+def test_compiled_model_loads_with_only_the_package_imported(tmp_path):
+    import subprocess
+    import sys
+
+    model = _model()
+    model.fit(_stream().take(2), steps_per_epoch=2, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    script = (
+        "import sys, keras, keras_transformer\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "print(type(model.optimizer._learning_rate).__name__, int(model.optimizer.iterations.numpy()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["WarmupInverseSqrt", "2"]
