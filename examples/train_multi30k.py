@@ -28,7 +28,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import sacrebleu  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from sacremoses import MosesDetokenizer  # noqa: E402
 
 import keras_transformer as kt  # noqa: E402

@@ -1,10 +1,12 @@
 """tf.data pipelines for translation: tokenize in the graph, bucket by length,
 batch by a token budget, shift targets for teacher forcing."""
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from keras_transformer.data.tokenizer import add_start_end
 
 OVERLONG_CHOICES = ("drop", "truncate")
 
@@ -41,11 +43,7 @@ def tokenized_pairs(
     start, end = tokenizer.start_id, tokenizer.end_id
 
     def wrap(ids):  # ragged [B, (T)] -> ragged [B, (T + 2)], at most max_length
-        ids = ids[:, : max_length - 2]
-        batch = ids.nrows()
-        return tf.concat(
-            [tf.fill([batch, 1], start), ids, tf.fill([batch, 1], end)], axis=1
-        )
+        return add_start_end(ids[:, : max_length - 2], start, end)
 
     def encode(source, target):
         source_ids, target_ids = tokenizer.tokenize(source), target_tokenizer.tokenize(target)

@@ -22,6 +22,14 @@ SUFFIX = "##"
 MAX_BYTES_PER_WORD = 100
 
 
+def add_start_end(ids: tf.RaggedTensor, start_id: int, end_id: int) -> tf.RaggedTensor:
+    """Ragged ids [B, (T)] -> [B, (T + 2)], each row wrapped in [START] ... [END]."""
+    batch = ids.nrows()
+    start = tf.fill([batch, 1], tf.constant(start_id, ids.dtype))
+    end = tf.fill([batch, 1], tf.constant(end_id, ids.dtype))
+    return tf.concat([start, ids, end], axis=1)
+
+
 def count_words(texts: Iterable[str]) -> collections.Counter:
     """Whitespace-separated word counts over `texts`."""
     counts = collections.Counter()

@@ -17,12 +17,6 @@ def length_penalty(length, alpha):
     return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
 
 
-def _flatten_beams(x):
-    """[B, K, ...] -> [B * K, ...]."""
-    shape = tf.shape(x)
-    return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
-
-
 def _gather_beams(x, beam_index):
     """x [B, K, ...], beam_index [B, M] -> [B, M, ...]."""
     return tf.gather(x, beam_index, axis=1, batch_dims=1)

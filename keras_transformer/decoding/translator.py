@@ -5,6 +5,7 @@ from typing import List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.data.tokenizer import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.greedy import greedy_decode
 
@@ -59,10 +60,7 @@ class Translator:
                 f"Sentence {i} has {lengths[i]} tokens; this model translates at most {limit} "
                 f"(its max_length {self.model.max_length} less [START] and [END])."
             )
-        batch = ids.nrows()
-        start = tf.fill([batch, 1], self.tokenizer.start_id)
-        end = tf.fill([batch, 1], self.tokenizer.end_id)
-        return tf.concat([start, ids, end], axis=1)
+        return add_start_end(ids, self.tokenizer.start_id, self.tokenizer.end_id)
 
     def translate(self, texts: Sequence[str], batch_size: int = 64) -> List[str]:
         """The best translation of each of `texts`, in order."""

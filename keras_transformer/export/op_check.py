@@ -34,10 +34,7 @@ def unregistered_ops(export_dir: str) -> Dict[str, Set[str]]:
             "tensorflow_text is imported in this process, so its ops count as registered; "
             "run the check in a fresh process (python -m keras_transformer.export check DIR)"
         )
-    called = set()
     all_ops = saved_model_ops(export_dir)
-    for ops in all_ops.values():
-        called |= ops
     function_names = set(all_ops)  # a function may be called as an op by name
     missing = {}
     for name, ops in all_ops.items():

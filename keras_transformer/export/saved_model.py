@@ -8,10 +8,11 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from keras_transformer.data.tokenizer import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
+from keras_transformer.decoding.greedy import END_ID
+from keras_transformer.decoding.greedy import START_ID
 from keras_transformer.export.core_tokenizer import CoreWordPiece
-
-_START, _END = 2, 3
 
 
 class TranslationModule(tf.Module):
@@ -52,9 +53,7 @@ class TranslationModule(tf.Module):
             longest, tf.cast(self.max_source_tokens, longest.dtype),
             message=f"a sentence has more tokens than this model takes ({self.max_source_tokens})",
         )
-        batch = ids.nrows()
-        ids = tf.concat([tf.fill([batch, 1], _START), ids, tf.fill([batch, 1], _END)], axis=1)
-        return ids.to_tensor()
+        return add_start_end(ids, START_ID, END_ID).to_tensor()
 
     def _beam(self, source, return_attention=False):
         max_length = tf.minimum(tf.shape(source)[1] + self.max_extra_length, self.model.max_length)
@@ -83,8 +82,8 @@ class TranslationModule(tf.Module):
         source = self._source_ids(text)
         target = self.tokenizer.tokenize(target_text)
         batch = target.nrows()
-        decoder_input = tf.concat([tf.fill([batch, 1], _START), target], axis=1).to_tensor()
-        labels = tf.concat([target, tf.fill([batch, 1], _END)], axis=1).to_tensor()
+        decoder_input = tf.concat([tf.fill([batch, 1], START_ID), target], axis=1).to_tensor()
+        labels = tf.concat([target, tf.fill([batch, 1], END_ID)], axis=1).to_tensor()
         logits = self.model({"source": source, "target": decoder_input})
         log_probs = tf.gather(tf.nn.log_softmax(logits), labels, axis=-1, batch_dims=2)
         return {"log_prob": tf.reduce_sum(tf.where(labels != 0, log_probs, 0.0), axis=1)}

@@ -24,6 +24,21 @@ def _atomic_json(path, obj):
     os.replace(tmp, path)
 
 
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` through a temporary file renamed into
+    place, so a kill mid-save leaves the previous file intact."""
+    # Keras picks the format from the suffix, so the temporary name keeps it.
+    tmp = os.path.join(os.path.dirname(path), "tmp.weights.h5")
+    model.save_weights(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def save_epoch_checkpoint(model, directory, epoch):
+    """Writes `directory/epoch-NNNN.weights.h5` for the 1-based `epoch`."""
+    os.makedirs(directory, exist_ok=True)
+    save_weights_atomically(model, os.path.join(directory, f"epoch-{epoch:04d}.weights.h5"))
+
+
 class StepBackup(keras.callbacks.Callback):
     """Backs up everything needed to resume a run at the exact step it
     stopped at: weights, optimizer state (its step counter included) and
@@ -77,10 +92,7 @@ class StepBackup(keras.callbacks.Callback):
 
     def save(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        # Keras picks the format from the suffix, so the temporary name keeps it.
-        tmp = os.path.join(self.backup_dir, "tmp.weights.h5")
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self._weights)
+        save_weights_atomically(self.model, self._weights)
         seeds = np.stack([np.asarray(v.numpy()) for v in _seed_states(self.model)] or [np.zeros(2)])
         with open(f"{self._seeds}.tmp", "wb") as f:
             np.save(f, seeds)
@@ -110,11 +122,7 @@ class EpochCheckpoints(keras.callbacks.Callback):
         self.keep = keep
 
     def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
-        path = os.path.join(self.directory, f"epoch-{epoch + 1:04d}.weights.h5")
-        tmp = os.path.join(self.directory, "tmp.weights.h5")
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, path)
+        save_epoch_checkpoint(self.model, self.directory, epoch + 1)
         for old in list_checkpoints(self.directory)[: -self.keep]:
             os.remove(old)
 

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from keras_transformer.training.callbacks import list_checkpoints
+from keras_transformer.training.callbacks import save_epoch_checkpoint
 
 STRATEGY_CHOICES = ("default", "mirrored", "multi-worker")
 
@@ -124,8 +125,5 @@ def train_custom_loop(
         if chief:
             print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}", flush=True)
         if chief and checkpoint_dir:
-            os.makedirs(checkpoint_dir, exist_ok=True)
-            tmp = os.path.join(checkpoint_dir, "tmp.weights.h5")
-            model.save_weights(tmp, overwrite=True)
-            os.replace(tmp, os.path.join(checkpoint_dir, f"epoch-{epoch + 1:04d}.weights.h5"))
+            save_epoch_checkpoint(model, checkpoint_dir, epoch + 1)
     return history
