@@ -1,7 +1,8 @@
 """Command line: export a trained model, or check an export's ops.
 
     python -m keras_transformer.export export --model run/model.keras --vocab run/vocab.txt --base-dir models/transformer
-    python -m keras_transformer.export export --weights run/checkpoints/epoch-0030.weights.h5 --model run/model.keras ...
+    python -m keras_transformer.export export --model run/model.keras --weights run/checkpoints/epoch-0030.weights.h5 ...
+    python -m keras_transformer.export export --preset tiny --weights run/best.weights.h5 --vocab run/vocab.txt ...
     python -m keras_transformer.export check models/transformer/1
 """
 
@@ -36,13 +37,20 @@ def _export(args) -> int:
     from keras_transformer.data import WordPieceTokenizer
     from keras_transformer.export.saved_model import export_saved_model
 
-    model = keras.saving.load_model(args.model)
+    vocab = WordPieceTokenizer.load(args.vocab).vocab
+    if args.model:
+        model = keras.saving.load_model(args.model, compile=False)
+    else:
+        model = keras_transformer.Transformer.from_preset(
+            args.preset, len(vocab), len(vocab), max_length=args.max_length
+        )
+        model({"source": keras.ops.ones((1, 2), "int32"), "target": keras.ops.ones((1, 2), "int32")})
     if args.weights:
         model.load_weights(args.weights)
-    vocab = WordPieceTokenizer.load(args.vocab).vocab
     path = export_saved_model(
         model, vocab, args.base_dir, version=args.version, beam_size=args.beam_size,
         alpha=args.alpha, max_extra_length=args.max_extra_length,
+        text_processing=args.text_processing, source_lang=args.source_lang, target_lang=args.target_lang,
     )
     print(f"exported {path}")
     return 0
@@ -53,18 +61,27 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write base_dir/<version>/ from a .keras model")
-    export.add_argument("--model", required=True, help="a .keras file saved after training")
-    export.add_argument("--weights", help="a .weights.h5 training checkpoint to load into --model")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a .keras file saved after training")
+    source.add_argument("--preset", help="build this preset and load --weights into it (tiny, base, big)")
+    export.add_argument("--weights", help="a .weights.h5 training checkpoint (epoch checkpoint, best or averaged)")
+    export.add_argument("--max-length", type=int, default=192, help="with --preset: the model's max_length")
     export.add_argument("--vocab", required=True, help="the tokenizer's vocab.txt")
     export.add_argument("--base-dir", required=True, help="the model base path TensorFlow Serving polls")
     export.add_argument("--version", type=int, help="default: one more than the largest existing")
     export.add_argument("--beam-size", type=int, default=4)
     export.add_argument("--alpha", type=float, default=0.6)
     export.add_argument("--max-extra-length", type=int, default=50)
+    export.add_argument("--text-processing", default="moses", choices=["moses", "none"],
+                        help="moses: raw text in and out (lowercase + Moses tokenization in the graph)")
+    export.add_argument("--source-lang", default="en")
+    export.add_argument("--target-lang", default="de")
     check = commands.add_parser("check", help="fail if the export uses ops outside core TensorFlow")
     check.add_argument("export_dir")
     check.add_argument("--verbose", action="store_true", help="list the ops of every function")
     args = parser.parse_args(argv)
+    if args.command == "export" and args.preset and not args.weights:
+        parser.error("--preset needs --weights (a training checkpoint)")
     return _check(args) if args.command == "check" else _export(args)
 
 

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from keras_transformer.data.text import moses_detokenize
+from keras_transformer.data.text import moses_tokenize
 from keras_transformer.data.tokenizer import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.greedy import END_ID
@@ -20,6 +22,9 @@ class TranslationModule(tf.Module):
 
     Signatures (all batch-first, any batch size):
         serving_default: text str [B] -> translation str [B], log_prob float32 [B].
+            With `text_processing="moses"` (the default), `text` is raw
+            text: it is lowercased and Moses-tokenized in the graph, as the
+            training corpus was, and the translation is detokenized.
         translate_ids: ids int32 [B, S] (0-padded, with [START]/[END]) ->
             ids int32 [B, L], log_prob float32 [B].
         score: text str [B], target_text str [B] -> log_prob float32 [B],
@@ -34,9 +39,16 @@ class TranslationModule(tf.Module):
         beam_size, alpha: beam search settings, fixed at export.
         max_extra_length: int, translations have at most source length +
             this many tokens.
+        text_processing: "moses" (raw text in and out, see
+            `keras_transformer.data.text`) or "none" (text goes to the
+            subword tokenizer as it is).
+        source_lang, target_lang: languages for the Moses rules.
     """
 
-    def __init__(self, model, vocab: Sequence[str], beam_size=4, alpha=0.6, max_extra_length=50):
+    def __init__(
+        self, model, vocab: Sequence[str], beam_size=4, alpha=0.6, max_extra_length=50,
+        text_processing="moses", source_lang="en", target_lang="de",
+    ):
         super().__init__(name="translation")
         self.model = model
         self.tokenizer = CoreWordPiece(vocab)
@@ -45,9 +57,31 @@ class TranslationModule(tf.Module):
         self.alpha = float(alpha)
         self.max_extra_length = int(max_extra_length)
         self.max_source_tokens = model.max_length - 2
+        if text_processing not in TEXT_PROCESSING:
+            raise ValueError(f"text_processing must be one of {TEXT_PROCESSING}, got {text_processing!r}")
+        self.text_processing = text_processing
+        self.source_lang = source_lang
+        self.target_lang = target_lang
+
+    def _prepare(self, text, lang, name="text"):
+        # Invalid UTF-8 comes back from decode-with-replacement changed.
+        roundtrip = tf.strings.unicode_encode(
+            tf.strings.unicode_decode(text, "UTF-8", errors="replace"), "UTF-8"
+        )
+        # tf.debugging.Assert with the message only: an assert that printed the
+        # input would put the invalid bytes into the error message itself.
+        tf.debugging.Assert(tf.reduce_all(roundtrip == text), [f"{name}: a string is not valid UTF-8"])
+        if self.text_processing == "moses":
+            return moses_tokenize(text, lang)
+        return text
+
+    def _finish(self, text):
+        if self.text_processing == "moses":
+            return moses_detokenize(text)
+        return text
 
     def _source_ids(self, text):
-        ids = self.tokenizer.tokenize(text)
+        ids = self.tokenizer.tokenize(self._prepare(text, self.source_lang))
         longest = tf.reduce_max(tf.concat([ids.row_lengths(), [0]], 0))
         tf.debugging.assert_less_equal(
             longest, tf.cast(self.max_source_tokens, longest.dtype),
@@ -65,7 +99,8 @@ class TranslationModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
         out = self._beam(self._source_ids(text))
-        return {"translation": self.tokenizer.detokenize(out["ids"][:, 0]), "log_prob": out["log_probs"][:, 0]}
+        translation = self._finish(self.tokenizer.detokenize(out["ids"][:, 0]))
+        return {"translation": translation, "log_prob": out["log_probs"][:, 0]}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
     def translate_ids(self, ids):
@@ -80,7 +115,7 @@ class TranslationModule(tf.Module):
     )
     def score(self, text, target_text):
         source = self._source_ids(text)
-        target = self.tokenizer.tokenize(target_text)
+        target = self.tokenizer.tokenize(self._prepare(target_text, self.target_lang, "target_text"))
         batch = target.nrows()
         decoder_input = tf.concat([tf.fill([batch, 1], START_ID), target], axis=1).to_tensor()
         labels = tf.concat([target, tf.fill([batch, 1], END_ID)], axis=1).to_tensor()
@@ -94,11 +129,14 @@ class TranslationModule(tf.Module):
         out = self._beam(source, return_attention=True)
         ids = out["ids"][:, 0]
         return {
-            "translation": self.tokenizer.detokenize(ids),
+            "translation": self._finish(self.tokenizer.detokenize(ids)),
             "source_tokens": tf.gather(self.vocab, source),
             "target_tokens": tf.where(ids != 0, tf.gather(self.vocab, ids), ""),
             "attention": out["attention"][:, 0],
         }
+
+
+TEXT_PROCESSING = ("moses", "none")
 
 
 def next_version(base_dir: str) -> int:
@@ -118,6 +156,9 @@ def export_saved_model(
     alpha: float = 0.6,
     max_extra_length: int = 50,
     warmup_sentences: Sequence[str] = ("A man rides a bike.",),
+    text_processing: str = "moses",
+    source_lang: str = "en",
+    target_lang: str = "de",
 ) -> str:
     """Writes `base_dir/<version>/`, a SavedModel TensorFlow Serving loads as it is.
 
@@ -138,7 +179,9 @@ def export_saved_model(
     final = os.path.join(base_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} already exists; choose another version")
-    module = TranslationModule(model, vocab, beam_size, alpha, max_extra_length)
+    module = TranslationModule(
+        model, vocab, beam_size, alpha, max_extra_length, text_processing, source_lang, target_lang
+    )
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
     try:
         tf.saved_model.save(

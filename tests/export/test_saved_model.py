@@ -35,7 +35,7 @@ def exported(tmp_path_factory):
     model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=40)
     model.build()
     base = str(tmp_path_factory.mktemp("models"))
-    path = export_saved_model(model, tokenizer.vocab, base, beam_size=2, max_extra_length=6)
+    path = export_saved_model(model, tokenizer.vocab, base, beam_size=2, max_extra_length=6, text_processing="none")
     return model, tokenizer, base, path
 
 
@@ -77,8 +77,12 @@ def test_signatures_and_bad_inputs(exported):
     loaded = tf.saved_model.load(path)
     assert set(loaded.signatures) == {"serving_default", "translate_ids", "score", "attention"}
     default = loaded.signatures["serving_default"]
-    out = default(text=tf.constant(["", "a bike", b"\xff\xfe bike"]))
-    assert out["translation"].shape == (3,) and out["log_prob"].dtype == tf.float32
+    out = default(text=tf.constant(["", "a bike"]))
+    assert out["translation"].shape == (2,) and out["log_prob"].dtype == tf.float32
+    with pytest.raises(tf.errors.InvalidArgumentError, match="text: a string is not valid UTF-8"):
+        default(text=tf.constant([b"\xff\xfe bike"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="target_text: a string is not valid UTF-8"):
+        loaded.signatures["score"](text=tf.constant(["a"]), target_text=tf.constant([b"\xc3"]))
     assert default(text=tf.constant([], tf.string))["translation"].shape == (0,)
     with pytest.raises(tf.errors.InvalidArgumentError, match="more tokens than this model takes"):
         default(text=tf.constant([" ".join(["bike"] * 50)]))

@@ -1,0 +1,319 @@
+"""Versions of a SavedModel on disk, loaded, served and swapped like TensorFlow Serving does.
+
+`ModelManager` watches a model base path (`base/1/`, `base/2/`, ...), serves
+the latest version, loads a newer one when it appears (warm-up included)
+and unloads the old one once the requests that hold it have finished.
+`LoadedVersion` checks each request against the signature it names and runs
+it, through a `Batcher` where batching is on.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from serving.batching import Batcher
+from serving.batching import BatchingParameters
+from serving.errors import ServingError
+from serving.errors import StatusCode
+
+log = logging.getLogger("serving")
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+DEFAULT_SIGNATURE = "serving_default"
+
+# TensorFlow Serving's ModelVersionStatus.State values.
+START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
+STATE_NAMES = {START: "START", LOADING: "LOADING", AVAILABLE: "AVAILABLE", UNLOADING: "UNLOADING", END: "END"}
+
+
+def _short(message: str) -> str:
+    """What a TensorFlow error says, without the graph's stack and node listing."""
+    asserted = re.search(r"assertion failed: \[(.*?)\]", message)
+    if asserted:
+        return asserted.group(1)
+    lines = [
+        line.strip() for line in message.splitlines()
+        if line.strip() and not line[0].isspace() and not line.startswith(("Graph execution error", "Detected at node"))
+    ]
+    return (re.sub(r"\s*\[\[\{\{node .*$", "", lines[-1]) if lines else "error")[:500]
+
+
+class LoadedVersion:
+    """One SavedModel version in memory, with its signatures and in-flight count."""
+
+    def __init__(self, name: str, version: int, path: str, batching: Optional[BatchingParameters] = None):
+        self.name = name
+        self.version = version
+        self.path = path
+        self.module = tf.saved_model.load(path)
+        self.signatures = dict(self.module.signatures)
+        self.inputs = {k: fn.structured_input_signature[1] for k, fn in self.signatures.items()}
+        self.outputs = {k: fn.structured_outputs for k, fn in self.signatures.items()}
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        self.signature_defs = {
+            k: v for k, v in proto.meta_graphs[0].signature_def.items() if k in self.signatures
+        }
+        self.batchers = {}
+        if batching is not None:
+            for key in self.signatures:
+                specs = list(self.inputs[key].values()) + list(self.outputs[key].values())
+                if all(spec.shape.rank == 1 for spec in specs):
+                    self.batchers[key] = Batcher(self._runner(key), batching, name=f"{name}/{version}/{key}")
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def _runner(self, key):
+        fn, specs = self.signatures[key], self.inputs[key]
+
+        def run(inputs):
+            try:
+                outputs = fn(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
+            except tf.errors.InvalidArgumentError as error:
+                raise ServingError(StatusCode.INVALID_ARGUMENT, _short(error.message)) from None
+            except tf.errors.ResourceExhaustedError as error:
+                raise ServingError(StatusCode.RESOURCE_EXHAUSTED, _short(error.message)) from None
+            except tf.errors.OpError as error:
+                raise ServingError(StatusCode.INTERNAL, _short(error.message)) from None
+            except UnicodeDecodeError:  # TensorFlow's own message held the request's bytes
+                raise ServingError(
+                    StatusCode.INVALID_ARGUMENT, "the model rejected the input (is every string valid UTF-8?)"
+                ) from None
+            return {k: v.numpy() for k, v in outputs.items()}
+
+        return run
+
+    def check_inputs(self, signature_name: str, dtypes: Dict[str, tf.DType], shapes: Dict[str, tuple]):
+        """Raises `ServingError` naming what is wrong with a request's inputs."""
+        if signature_name not in self.signatures:
+            raise ServingError(
+                StatusCode.NOT_FOUND,
+                f"Serving signature key \"{signature_name}\" not found; this model has: "
+                f"{', '.join(sorted(self.signatures))}",
+            )
+        specs = self.inputs[signature_name]
+        missing = sorted(set(specs) - set(dtypes))
+        extra = sorted(set(dtypes) - set(specs))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if extra:
+                parts.append(f"unexpected input(s) {extra}")
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"signature \"{signature_name}\": {'; '.join(parts)}; it takes {sorted(specs)}",
+            )
+        rows = set()
+        for key, spec in specs.items():
+            if dtypes[key] != spec.dtype:
+                raise ServingError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"input \"{key}\" must be {spec.dtype.name}, got {dtypes[key].name}",
+                )
+            if not spec.shape.is_compatible_with(shapes[key]):
+                raise ServingError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"input \"{key}\" must have shape {spec.shape.as_list()} (None: any size), got {list(shapes[key])}",
+                )
+            rows.add(shapes[key][0] if shapes[key] else None)
+        if len(rows) > 1:
+            raise ServingError(StatusCode.INVALID_ARGUMENT, f"inputs have different batch sizes: {sorted(rows)}")
+        if rows == {0}:
+            raise ServingError(StatusCode.INVALID_ARGUMENT, "empty batch: the inputs have 0 rows")
+
+    def run(self, signature_name: str, inputs: Dict[str, np.ndarray], output_filter=()) -> Dict[str, np.ndarray]:
+        """Checks and runs one request; returns its outputs (those in `output_filter`, if given)."""
+        self.check_inputs(
+            signature_name,
+            {k: tf.as_dtype(v.dtype) if v.dtype != object else tf.string for k, v in inputs.items()},
+            {k: v.shape for k, v in inputs.items()},
+        )
+        unknown = sorted(set(output_filter) - set(self.outputs[signature_name]))
+        if unknown:
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"output_filter names unknown output(s) {unknown}; signature \"{signature_name}\" has "
+                f"{sorted(self.outputs[signature_name])}",
+            )
+        run = self.batchers.get(signature_name) or self._runner(signature_name)
+        outputs = run(inputs)
+        if output_filter:
+            outputs = {k: v for k, v in outputs.items() if k in output_filter}
+        return outputs
+
+    def warm_up(self) -> int:
+        """Replays `assets.extra/tf_serving_warmup_requests`; returns how many requests ran."""
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            entry = prediction_log_pb2.PredictionLog.FromString(record)
+            if entry.WhichOneof("log_type") != "predict_log":
+                continue
+            request = entry.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            self.run(request.model_spec.signature_name or DEFAULT_SIGNATURE, inputs)
+            count += 1
+        return count
+
+    @contextlib.contextmanager
+    def hold(self):
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield self
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self):
+        with self._idle:
+            while self._in_flight:
+                self._idle.wait()
+
+    def close(self):
+        for batcher in self.batchers.values():
+            batcher.close()
+        self.batchers = {}
+        self.module = self.signatures = None
+
+
+def versions_on_disk(base_path: str) -> List[int]:
+    """Integer-named subdirectories holding a saved_model.pb, ascending.
+
+    Exports in progress (our exporter writes `.tmp-*` and renames) are not integers and are never seen.
+    """
+    if not os.path.isdir(base_path):
+        return []
+    found = []
+    for name in os.listdir(base_path):
+        if re.fullmatch(r"\d+", name) and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")):
+            found.append(int(name))
+    return sorted(found)
+
+
+class ModelManager:
+    """Serves the latest version under `base_path` and follows new ones.
+
+    Args:
+        name: the model name requests use.
+        base_path: directory of integer version subdirectories.
+        poll_seconds: how often to look for a new version; 0 looks only at start.
+        batching: `BatchingParameters`, or None for no batching.
+    """
+
+    def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0, batching=None):
+        self.name = name
+        self.base_path = base_path
+        self.poll_seconds = poll_seconds
+        self.batching = batching
+        self._lock = threading.Lock()
+        self._current: Optional[LoadedVersion] = None
+        self._status: Dict[int, tuple] = {}  # version -> (state, error message)
+        self._stop = threading.Event()
+        self._poller = None
+
+    def poll(self) -> Optional[int]:
+        """Loads the newest version on disk if it is newer than the one served; returns it."""
+        versions = versions_on_disk(self.base_path)
+        if not versions:
+            return None
+        latest = versions[-1]
+        with self._lock:
+            current = self._current
+            if (current is not None and current.version >= latest) or latest in self._status:
+                return None
+            self._status[latest] = (LOADING, "")
+        log.info("loading %s version %d from %s", self.name, latest, self.base_path)
+        try:
+            loaded = LoadedVersion(self.name, latest, os.path.join(self.base_path, str(latest)), self.batching)
+            warmed = loaded.warm_up()
+        except Exception as error:  # a broken version is reported, and the old one keeps serving
+            log.error("%s version %d failed to load: %s", self.name, latest, error)
+            with self._lock:
+                self._status[latest] = (END, f"failed to load: {_short(str(error))}")
+            return None
+        with self._lock:
+            old, self._current = self._current, loaded
+            self._status[latest] = (AVAILABLE, "")
+            if old is not None:
+                self._status[old.version] = (UNLOADING, "")
+        log.info("serving %s version %d (%d warm-up requests)", self.name, latest, warmed)
+        if old is not None:
+            threading.Thread(target=self._unload, args=(old,), daemon=True).start()
+        return latest
+
+    def _unload(self, old: LoadedVersion):
+        old.wait_idle()  # requests already holding it finish first
+        old.close()
+        with self._lock:
+            self._status[old.version] = (END, "")
+        log.info("unloaded %s version %d", self.name, old.version)
+
+    def start(self):
+        self.poll()
+        if self.poll_seconds > 0:
+            self._poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
+            self._poller.start()
+
+    def _poll_loop(self):
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # the server keeps serving what it has
+                log.exception("polling %s failed", self.base_path)
+
+    def stop(self):
+        self._stop.set()
+        with self._lock:
+            current, self._current = self._current, None
+        if current is not None:
+            current.wait_idle()
+            current.close()
+
+    @contextlib.contextmanager
+    def serve(self, model_name: str, version: Optional[int] = None):
+        """Holds the requested version (latest when None) for one request."""
+        if model_name != self.name:
+            raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_name})")
+        with self._lock:
+            current = self._current
+            if current is None:
+                raise ServingError(StatusCode.UNAVAILABLE, f"no version of model \"{self.name}\" is loaded yet")
+            if version is not None and version != current.version:
+                raise ServingError(
+                    StatusCode.NOT_FOUND,
+                    f"Servable not found for request: Specific({self.name}, {version}); "
+                    f"serving version {current.version}",
+                )
+            held = current.hold()
+            held.__enter__()
+        try:
+            yield current
+        finally:
+            held.__exit__(None, None, None)
+
+    def status(self, model_name: str, version: Optional[int] = None) -> List[tuple]:
+        """[(version, state, error message)] for every version seen, newest first."""
+        if model_name != self.name:
+            raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
+        with self._lock:
+            rows = sorted(((v, s, e) for v, (s, e) in self._status.items()), reverse=True)
+        if version is not None:
+            rows = [row for row in rows if row[0] == version]
+            if not rows:
+                raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model {model_name}")
+        return rows

@@ -1,0 +1,406 @@
+"""A model server that speaks TensorFlow Serving's gRPC and REST APIs.
+
+For development, tests and machines without Docker: the same flags, the same
+`PredictionService` and `ModelService` gRPC API and the same REST endpoints as
+`tensorflow_model_server`, so a client (ours, or any TensorFlow Serving client)
+works against either unchanged.
+
+    python -m serving.server --port=8500 --rest_api_port=8501 \\
+        --model_name=transformer --model_base_path=$PWD/models/transformer \\
+        --enable_batching --batching_parameters_file=serving/batching.config
+"""
+
+import argparse
+import base64
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
+from typing import Optional
+
+import grpc
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: E402
+from tensorflow_serving.apis import get_model_status_pb2  # noqa: E402
+from tensorflow_serving.apis import model_service_pb2_grpc  # noqa: E402
+from tensorflow_serving.apis import predict_pb2  # noqa: E402
+from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
+
+from serving.batching import BatchingParameters  # noqa: E402
+from serving.batching import parse_batching_parameters  # noqa: E402
+from serving.errors import ServingError  # noqa: E402
+from serving.errors import StatusCode  # noqa: E402
+from serving.servables import DEFAULT_SIGNATURE  # noqa: E402
+from serving.servables import STATE_NAMES  # noqa: E402
+from serving.servables import ModelManager  # noqa: E402
+
+log = logging.getLogger("serving")
+
+
+def _tensor_to_array(name: str, proto) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as error:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" is not a valid TensorProto: {error}") from None
+
+
+def _version(spec) -> Optional[int]:
+    if spec.WhichOneof("version_choice") == "version_label":
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT,
+            f"version labels are not configured on this server (got label {spec.version_label!r}); use a version number",
+        )
+    return spec.version.value if spec.HasField("version") else None
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def Predict(self, request, context):
+        try:
+            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            # Check types and shapes against the signature before building arrays.
+            with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+                loaded.check_inputs(
+                    signature,
+                    {k: tf.dtypes.as_dtype(v.dtype) if v.dtype else tf.float32 for k, v in request.inputs.items()},
+                    {k: tuple(d.size for d in v.tensor_shape.dim) for k, v in request.inputs.items()},
+                )
+                inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
+                outputs = loaded.run(signature, inputs, tuple(request.output_filter))
+                response = predict_pb2.PredictResponse()
+                response.model_spec.name = loaded.name
+                response.model_spec.version.value = loaded.version
+                response.model_spec.signature_name = signature
+        except ServingError as error:
+            context.abort(error.code, error.message)
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        try:
+            fields = set(request.metadata_field)
+            if fields != {"signature_def"}:
+                raise ServingError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"metadata_field must be [\"signature_def\"], got {sorted(fields)}",
+                )
+            with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = loaded.name
+                response.model_spec.version.value = loaded.version
+                signature_map = get_model_metadata_pb2.SignatureDefMap()
+                for key, value in loaded.signature_defs.items():
+                    signature_map.signature_def[key].CopyFrom(value)
+                response.metadata["signature_def"].Pack(signature_map)
+                return response
+        except ServingError as error:
+            context.abort(error.code, error.message)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):
+        try:
+            version = request.model_spec.version.value if request.model_spec.HasField("version") else None
+            rows = self.manager.status(request.model_spec.name, version)
+        except ServingError as error:
+            context.abort(error.code, error.message)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, state, message in rows:
+            status = response.model_version_status.add(version=number, state=state)
+            if message:
+                status.status.error_code = StatusCode.UNKNOWN.value[0]
+                status.status.error_message = message
+        return response
+
+
+# ---------------------------------------------------------------- REST
+
+
+_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
+
+
+def _json_value(value):
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _to_json(array: np.ndarray):
+    if array.dtype == object:
+        return np.vectorize(_json_value, otypes=[object])(array).tolist() if array.size else array.tolist()
+    return array.tolist()
+
+
+def _from_json(name: str, value, dtype: tf.DType) -> np.ndarray:
+    def decode(item):
+        if isinstance(item, list):
+            return [decode(i) for i in item]
+        if isinstance(item, dict):
+            if set(item) != {"b64"}:
+                raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\": objects must be {{\"b64\": ...}}")
+            return base64.b64decode(item["b64"])
+        if isinstance(item, str) and dtype == tf.string:
+            return item.encode("utf-8")
+        return item
+
+    try:
+        return np.array(decode(value), dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+    except (TypeError, ValueError) as error:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" does not convert to {dtype.name}: {error}") from None
+
+
+def rest_predict(manager: ModelManager, name: str, version: Optional[int], body: dict) -> dict:
+    """TensorFlow Serving's `:predict`: row ("instances") or columnar ("inputs") format."""
+    signature = body.get("signature_name", DEFAULT_SIGNATURE)
+    if ("instances" in body) == ("inputs" in body):
+        raise ServingError(StatusCode.INVALID_ARGUMENT, "the request needs exactly one of \"instances\" or \"inputs\"")
+    with manager.serve(name, version) as loaded:
+        if signature not in loaded.inputs:
+            loaded.check_inputs(signature, {}, {})  # raises NOT_FOUND with the signature list
+        specs = loaded.inputs[signature]
+        if "instances" in body:
+            instances = body["instances"]
+            if not isinstance(instances, list):
+                raise ServingError(StatusCode.INVALID_ARGUMENT, "\"instances\" must be a list")
+            if instances and all(isinstance(i, dict) and "b64" not in i for i in instances):
+                keys = set(instances[0])
+                if any(set(i) != keys for i in instances):
+                    raise ServingError(StatusCode.INVALID_ARGUMENT, "every instance must have the same keys")
+                columns = {k: [i[k] for i in instances] for k in keys}
+            elif len(specs) == 1:
+                columns = {next(iter(specs)): instances}
+            else:
+                raise ServingError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"signature \"{signature}\" takes {sorted(specs)}: give each instance as an object with those keys",
+                )
+        else:
+            columns = body["inputs"]
+            if not isinstance(columns, dict):
+                if len(specs) != 1:
+                    raise ServingError(StatusCode.INVALID_ARGUMENT, f"\"inputs\" must be an object with keys {sorted(specs)}")
+                columns = {next(iter(specs)): columns}
+        arrays = {}
+        for key, value in columns.items():
+            dtype = specs[key].dtype if key in specs else tf.string
+            arrays[key] = _from_json(key, value, dtype)
+        outputs = loaded.run(signature, arrays)
+    if "instances" in body:
+        if len(outputs) == 1:
+            return {"predictions": _to_json(next(iter(outputs.values())))}
+        rows = len(next(iter(outputs.values())))
+        return {"predictions": [{k: _to_json(v[i]) if isinstance(v[i], np.ndarray) else _json_value(v[i])
+                                 for k, v in outputs.items()} for i in range(rows)]}
+    return {"outputs": {k: _to_json(v) for k, v in outputs.items()}}
+
+
+def rest_status(manager: ModelManager, name: str, version: Optional[int]) -> dict:
+    return {
+        "model_version_status": [
+            {
+                "version": str(number),
+                "state": STATE_NAMES[state],
+                "status": {"error_code": "UNKNOWN" if message else "OK", "error_message": message},
+            }
+            for number, state, message in manager.status(name, version)
+        ]
+    }
+
+
+def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> dict:
+    with manager.serve(name, version) as loaded:
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in loaded.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(value)
+        return {
+            "model_spec": {"name": loaded.name, "version": str(loaded.version), "signature_name": ""},
+            "metadata": {"signature_def": json_format.MessageToDict(signature_map)},
+        }
+
+
+def make_rest_handler(manager: ModelManager, max_body_bytes: int):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's name)
+            log.debug("rest: " + format, *args)
+
+        def _reply(self, status: int, body: dict):
+            data = json.dumps(body).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self, method: str):
+            match = _PATH.match(self.path)
+            try:
+                if not match:
+                    raise ServingError(StatusCode.NOT_FOUND, f"no such endpoint: {method} {self.path}")
+                name, rest = match["name"], match["rest"]
+                version = int(match["version"]) if match["version"] else None
+                if method == "GET" and rest is None:
+                    return self._reply(200, rest_status(manager, name, version))
+                if method == "GET" and rest == "/metadata":
+                    return self._reply(200, rest_metadata(manager, name, version))
+                if method == "POST" and rest == ":predict":
+                    size = int(self.headers.get("Content-Length") or 0)
+                    if size > max_body_bytes:
+                        self.rfile.read(size)
+                        raise ServingError(
+                            StatusCode.RESOURCE_EXHAUSTED, f"request body of {size} bytes exceeds {max_body_bytes}"
+                        )
+                    try:
+                        body = json.loads(self.rfile.read(size) or b"{}")
+                    except ValueError as error:
+                        raise ServingError(StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {error}") from None
+                    if not isinstance(body, dict):
+                        raise ServingError(StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
+                    return self._reply(200, rest_predict(manager, name, version, body))
+                raise ServingError(StatusCode.NOT_FOUND, f"no such endpoint: {method} {self.path}")
+            except ServingError as error:
+                self._reply(error.http_status, {"error": error.message})
+            except Exception as error:  # the server stays up; the caller hears what broke
+                log.exception("REST request failed")
+                self._reply(500, {"error": f"internal error: {error}"})
+
+        def do_GET(self):  # noqa: N802
+            self._route("GET")
+
+        def do_POST(self):  # noqa: N802
+            self._route("POST")
+
+    return Handler
+
+
+# ---------------------------------------------------------------- the server
+
+
+def _channel_arguments(text: str):
+    """TensorFlow Serving's --grpc_channel_arguments: "key=value,key=value"."""
+    options = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        options.append((key, int(value) if re.fullmatch(r"-?\d+", value) else value))
+    return options
+
+
+class ModelServer:
+    """The gRPC server, the REST server and the model manager, started and stopped together."""
+
+    def __init__(
+        self,
+        model_name: str,
+        model_base_path: str,
+        port: int = 8500,
+        rest_api_port: int = 8501,
+        batching: Optional[BatchingParameters] = None,
+        poll_seconds: float = 1.0,
+        max_threads: int = 64,
+        channel_arguments=(),
+        max_body_bytes: int = 4 * 1024 * 1024,
+    ):
+        self.manager = ModelManager(model_name, model_base_path, poll_seconds, batching)
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads), options=list(channel_arguments))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self.grpc)
+        self.port = self.grpc.add_insecure_port(f"0.0.0.0:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen for gRPC on port {port}")
+        self.rest = None
+        if rest_api_port:
+            self.rest = ThreadingHTTPServer(("0.0.0.0", rest_api_port), make_rest_handler(self.manager, max_body_bytes))
+            self.rest.daemon_threads = True
+            self.rest_api_port = self.rest.server_address[1]
+
+    def start(self):
+        self.manager.start()  # the first version loads before the ports open, as in TensorFlow Serving
+        self.grpc.start()
+        print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
+        if self.rest is not None:
+            threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
+            print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
+
+    def stop(self, grace: float = 30.0):
+        """Refuses new requests, lets the accepted ones finish (up to `grace` s), then unloads."""
+        done = self.grpc.stop(grace)
+        if self.rest is not None:
+            self.rest.shutdown()
+        done.wait()
+        self.manager.stop()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
+    p.add_argument("--rest_api_port", type=int, default=8501, help="REST port; 0 turns REST off")
+    p.add_argument("--model_name", default="default")
+    p.add_argument("--model_base_path", required=True, help="directory of numbered SavedModel versions")
+    p.add_argument("--enable_batching", action="store_true", help="batch concurrent requests together")
+    p.add_argument("--batching_parameters_file", help="BatchingParameters in protobuf text format")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                   help="how often to look for new versions (0: only at start)")
+    p.add_argument("--grpc_max_threads", type=int, default=64)
+    p.add_argument("--grpc_channel_arguments", default="", help='e.g. "grpc.max_receive_message_length=8388608"')
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
+    p.add_argument("--drain_seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+    batching = None
+    if args.enable_batching:
+        batching = BatchingParameters()
+        if args.batching_parameters_file:
+            with open(args.batching_parameters_file) as f:
+                batching = parse_batching_parameters(f.read())
+    elif args.batching_parameters_file:
+        p.error("--batching_parameters_file needs --enable_batching")
+    if args.tensorflow_intra_op_parallelism:
+        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    if args.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+
+    server = ModelServer(
+        args.model_name, os.path.abspath(args.model_base_path), args.port, args.rest_api_port, batching,
+        args.file_system_poll_wait_seconds, args.grpc_max_threads, _channel_arguments(args.grpc_channel_arguments),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    stop.wait()
+    log.info("stopping: draining in-flight requests (up to %.0f s)", args.drain_seconds)
+    server.stop(args.drain_seconds)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The model server over real gRPC and HTTP on loopback, started as a subprocess."""
+
+import json
+import os
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving.client import GrpcClient
+from serving.client import RestClient
+from serving.client import ServingError
+from tests.serving.conftest import SENTENCES
+
+
+def test_every_signature_metadata_and_status(server, in_process):
+    with GrpcClient(server.address, "toy") as client:
+        texts, scores = client.translate(SENTENCES, batch_size=3)
+        expected_texts, expected_scores = in_process(1, SENTENCES)
+        assert texts == expected_texts
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+        ids = client.predict({"ids": np.array([[2, 5, 6, 3]], np.int32)}, "translate_ids")
+        assert ids["ids"].dtype == np.int32 and ids["ids"].shape[0] == 1 and ids["log_prob"].shape == (1,)
+        score = client.predict(
+            {"text": np.array([b"A man."], object), "target_text": np.array([expected_texts[7].encode()], object)},
+            "score",
+        )["log_prob"]
+        np.testing.assert_allclose(score, expected_scores[7:8], atol=1e-3)  # the beam's own score, re-scored
+        attention = client.predict({"text": np.array([b"A man rides a bike."], object)}, "attention")
+        assert attention["attention"].ndim == 3
+        assert set(attention) == {"translation", "source_tokens", "target_tokens", "attention"}
+        filtered = client.predict({"text": np.array([b"A bike."], object)}, output_filter=["log_prob"])
+        assert set(filtered) == {"log_prob"}
+
+        metadata = client.metadata()
+        assert set(metadata) == {"serving_default", "translate_ids", "score", "attention"}
+        assert metadata["serving_default"]["inputs"] == {"text": ("string", [None])}
+        assert metadata["score"]["outputs"]["log_prob"] == ("float32", [None])
+        assert client.status() == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+
+
+def test_rest_api(server, in_process):
+    client = RestClient(f"localhost:{server.rest_port}", "toy")
+    texts, scores = client.translate(SENTENCES[:4])
+    assert texts == in_process(1, SENTENCES[:4])[0]
+    assert client.status() == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+    assert set(client.metadata()["signatureDef"]) == {"serving_default", "translate_ids", "score", "attention"}
+    columnar = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"http://localhost:{server.rest_port}/v1/models/toy/versions/1:predict",
+        data=json.dumps({"inputs": {"text": SENTENCES[:2]}}).encode(),
+    )).read())
+    assert columnar["outputs"]["translation"] == texts[:2]
+    with pytest.raises(ServingError, match="HTTP 400.*missing input"):
+        client.predict([{"text": "a man"}], "score")
+    with pytest.raises(ServingError, match="HTTP 404"):
+        RestClient(f"localhost:{server.rest_port}", "nope").translate(["a"])
+
+
+def _code(call):
+    with pytest.raises(ServingError) as caught:
+        call()
+    return caught.value.code, caught.value.message
+
+
+def test_bad_requests_get_a_status_and_the_server_stays_up(server):
+    client = GrpcClient(server.address, "toy", retries=0)
+    text = np.array([b"a man"], object)
+    assert _code(lambda: GrpcClient(server.address, "other", retries=0).translate(["a"]))[0] == "NOT_FOUND"
+    assert _code(lambda: GrpcClient(server.address, "toy", version=7, retries=0).translate(["a"]))[0] == "NOT_FOUND"
+    code, message = _code(lambda: client.predict({"text": text}, "no_such_signature"))
+    assert code == "NOT_FOUND" and "serving_default" in message
+    code, message = _code(lambda: client.predict({"text": text}, "score"))
+    assert code == "INVALID_ARGUMENT" and "missing input(s) ['target_text']" in message
+    code, message = _code(lambda: client.predict({"text": text, "extra": text}))
+    assert code == "INVALID_ARGUMENT" and "unexpected input(s) ['extra']" in message
+    code, message = _code(lambda: client.predict({"text": np.array([1, 2], np.int32)}))
+    assert code == "INVALID_ARGUMENT" and "must be string, got int32" in message
+    code, message = _code(lambda: client.predict({"text": np.array([[b"a"], [b"b"]], object)}))
+    assert code == "INVALID_ARGUMENT" and "must have shape [None]" in message
+    code, message = _code(lambda: client.predict({"text": np.array([], object)}))
+    assert code == "INVALID_ARGUMENT" and "empty batch" in message
+    code, message = _code(lambda: client.translate(["bike " * 60]))
+    assert code == "INVALID_ARGUMENT" and "more tokens than this model takes" in message
+    code, message = _code(lambda: client.predict({"text": np.array([b"a \xff\xfe man"], object)}))
+    assert code == "INVALID_ARGUMENT" and "not valid UTF-8" in message
+    code, message = _code(lambda: client.predict({"text": np.array([b"x" * (5 << 20)], object)}))
+    assert code == "RESOURCE_EXHAUSTED"
+    # Still serving, the same answers as before.
+    assert client.translate(["A man rides a bike."])[0] == GrpcClient(server.address, "toy").translate(["A man rides a bike."])[0]
+    assert server.process.poll() is None
+
+
+def _load(address, requests_per_client, clients, start_gate, results):
+    def one(index):
+        channel = grpc.insecure_channel(address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        start_gate.wait()
+        for n in range(requests_per_client):
+            batch = [SENTENCES[(index + n) % len(SENTENCES)], SENTENCES[(index * 3 + n) % len(SENTENCES)]]
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "toy"
+            request.inputs["text"].CopyFrom(tf.make_tensor_proto(batch))
+            try:
+                response = stub.Predict(request, timeout=60)
+                out = [t.decode() for t in tf.make_ndarray(response.outputs["translation"])]
+                results.append((response.model_spec.version.value, batch, out, time.monotonic()))
+            except grpc.RpcError as error:
+                results.append(("error", batch, f"{error.code().name}: {error.details()}", time.monotonic()))
+        channel.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_concurrent_load_with_a_new_version_dropped_in(server, serving_exports, in_process):
+    _, staging, _ = serving_exports
+    expected = {v: dict(zip(SENTENCES, in_process(v, SENTENCES)[0])) for v in (1, 2)}
+    results, gate = [], threading.Event()
+    threads = _load(server.address, 50, 16, gate, results)
+    gate.set()
+    while len(results) < 200:
+        time.sleep(0.05)
+    os.rename(os.path.join(staging, "2"), os.path.join(server.base, "2"))  # atomic, as export_saved_model does
+    for thread in threads:
+        thread.join()
+    errors = [r for r in results if r[0] == "error"]
+    assert not errors, errors[:3]
+    assert len(results) == 800
+    for version, batch, out, _ in results:
+        assert out == [expected[version][s] for s in batch]
+    assert results[0][0] == 1
+    # Version 2 loads (and warms up) while the load runs; it then serves everything.
+    deadline = time.monotonic() + 120
+    client = GrpcClient(server.address, "toy")
+    while client.status()[0] != {"version": 2, "state": "AVAILABLE", "error": ""} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.status() == [
+        {"version": 2, "state": "AVAILABLE", "error": ""},
+        {"version": 1, "state": "END", "error": ""},
+    ]
+    assert client.translate(SENTENCES)[0] == [expected[2][s] for s in SENTENCES]
+
+
+def test_sigterm_finishes_accepted_requests_then_exits(server):
+    channel = grpc.insecure_channel(server.address)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "toy"
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto(SENTENCES * 8))
+    stub.Predict(request, timeout=60)  # connected and warm
+    pending = [stub.Predict.future(request, timeout=60) for _ in range(24)]
+    time.sleep(0.3)  # on the wire and accepted
+    server.process.send_signal(15)
+    answers = [future.result() for future in pending]  # raises if any accepted request was dropped
+    assert all(len(a.outputs["translation"].string_val) == len(SENTENCES) * 8 for a in answers)
+    assert server.process.wait(60) == 0
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Predict(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
