@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data/multi30k
 
-.PHONY: install test demo bench multi30k clean
+.PHONY: install test demo bench multi30k export serve serve-docker clean
 
 install: $(STAMP)
 
@@ -29,9 +29,29 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 
 # Train the tiny Transformer on Multi30k en->de for 60 minutes, then report BLEU.
-MULTI30K_ARGS ?= --minutes 60 --mixed-precision --dropout 0.2 --warmup-steps 1000 --lr-scale 0.7 --average-last 5
+MULTI30K_ARGS ?= --minutes 60 --mixed-precision --dropout 0.1 --warmup-steps 1000 --lr-scale 0.7 --average-last 5
 multi30k: $(STAMP)
 	$(PY) examples/train_multi30k.py --data-dir $(DATA_DIR) --run-dir runs/multi30k-en-de $(MULTI30K_ARGS)
+
+# Export the Multi30k model, then serve it: our server, or the real TensorFlow Serving in Docker.
+MODEL_DIR ?= runs/multi30k-en-de
+EXPORT_DIR ?= models/transformer
+export: $(STAMP)
+	$(PY) -m keras_transformer.export export --model $(MODEL_DIR)/model.keras --vocab $(MODEL_DIR)/vocab.txt --base-dir $(EXPORT_DIR)
+	$(PY) -m keras_transformer.export check $$(ls -d $(EXPORT_DIR)/* | sort -t/ -k3 -n | tail -1)
+
+serve: $(STAMP)
+	$(PY) -m serving.server --port=8500 --rest_api_port=8501 --model_name=transformer \
+		--model_base_path=$(abspath $(EXPORT_DIR)) --enable_batching --batching_parameters_file=serving/batching.config
+
+TF_SERVING_IMAGE ?= tensorflow/serving:latest
+serve-docker:
+	docker run --rm -p 8500:8500 -p 8501:8501 \
+		-v $(abspath $(EXPORT_DIR)):/models/transformer \
+		-v $(abspath serving):/config \
+		$(TF_SERVING_IMAGE) \
+		--model_config_file=/config/models.config \
+		--enable_batching --batching_parameters_file=/config/batching.config
 
 clean:
 	rm -rf $(VENV) build *.egg-info

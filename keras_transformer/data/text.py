@@ -119,7 +119,8 @@ def moses_detokenize(text, capitalize: bool = True):
 def _capitalize_first(text):
     first = tf.strings.substr(text, 0, 1, unit="UTF8_CHAR")
     length = tf.strings.length(text, unit="UTF8_CHAR")
-    rest = tf.strings.substr(text, tf.ones_like(length), length, unit="UTF8_CHAR")
+    # Position 1 is out of range for an empty string; min(1, length) is not.
+    rest = tf.strings.substr(text, tf.minimum(length, 1), length, unit="UTF8_CHAR")
     return tf.strings.upper(first, encoding="utf-8") + rest
 
 

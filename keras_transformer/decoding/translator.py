@@ -5,6 +5,8 @@ from typing import List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.data.text import moses_detokenize
+from keras_transformer.data.text import moses_tokenize
 from keras_transformer.data.tokenizer import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.greedy import greedy_decode
@@ -20,11 +22,25 @@ class Translator:
         alpha: float, the beam search length-penalty exponent. Default 0.6.
         max_extra_length: int, a translation has at most
             `source_length + max_extra_length` tokens. Default 50.
+        text_processing: "none" (default): texts go to the subword tokenizer
+            as they are, for a model trained on already tokenized text fed
+            the same kind of text. "moses": raw text in and out, lowercased
+            and Moses-tokenized first and detokenized after
+            (`keras_transformer.data.text`), as the exported SavedModel does.
+        source_lang, target_lang: languages for the Moses rules.
     """
 
-    def __init__(self, model, tokenizer, beam_size: int = 4, alpha: float = 0.6, max_extra_length: int = 50):
+    def __init__(
+        self, model, tokenizer, beam_size: int = 4, alpha: float = 0.6, max_extra_length: int = 50,
+        text_processing: str = "none", source_lang: str = "en", target_lang: str = "de",
+    ):
         if beam_size < 1:
             raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
+        if text_processing not in ("none", "moses"):
+            raise ValueError(f"`text_processing` must be 'none' or 'moses'. Received: {text_processing!r}")
+        self.text_processing = text_processing
+        self.source_lang = source_lang
+        self.target_lang = target_lang
         if not model.built:
             model.build()
         self.model = model
@@ -51,7 +67,10 @@ class Translator:
         Raises:
             ValueError: a sentence has more tokens than the model takes.
         """
-        ids = self.tokenizer.tokenize(list(texts))
+        texts = list(texts)
+        if self.text_processing == "moses":
+            texts = moses_tokenize(tf.constant(texts, tf.string), self.source_lang)
+        ids = self.tokenizer.tokenize(texts)
         lengths = ids.row_lengths().numpy()
         limit = self.model.max_length - 2
         if len(lengths) and lengths.max() > limit:
@@ -73,6 +92,9 @@ class Translator:
         for begin in range(0, len(texts), batch_size):
             index = order[begin : begin + batch_size]
             ids = self._decode(tf.gather(sources, index).to_tensor())
-            for i, text in zip(index, self.tokenizer.detokenize(ids).numpy()):
+            texts_out = self.tokenizer.detokenize(ids)
+            if self.text_processing == "moses":
+                texts_out = moses_detokenize(texts_out)
+            for i, text in zip(index, texts_out.numpy()):
                 outputs[i] = text.decode("utf-8")
         return outputs

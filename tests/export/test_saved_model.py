@@ -29,13 +29,31 @@ print(json.dumps({
 """
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """Exported from the command line: a .keras file plus a training checkpoint with other weights."""
     tokenizer = WordPieceTokenizer.learn(["a man rides a bike", "two dogs run fast"] * 20, vocab_size=60, min_count=5)
     model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=40)
     model.build()
+    work = tmp_path_factory.mktemp("run")
+    model.save(str(work / "model.keras"))
+    for weight in model.weights:
+        weight.assign(weight * 1.5)  # the checkpoint differs from the .keras file
+    model.save_weights(str(work / "epoch-0002.weights.h5"))
+    tokenizer.save(str(work / "vocab.txt"))
     base = str(tmp_path_factory.mktemp("models"))
-    path = export_saved_model(model, tokenizer.vocab, base, beam_size=2, max_extra_length=6, text_processing="none")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_transformer.export", "export", "--model", str(work / "model.keras"),
+         "--weights", str(work / "epoch-0002.weights.h5"), "--vocab", str(work / "vocab.txt"), "--base-dir", base,
+         "--beam-size", "2", "--max-extra-length", "6", "--text-processing", "none"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = os.path.join(base, "1")
+    assert f"exported {path}" in result.stdout
     return model, tokenizer, base, path
 
 
@@ -98,10 +116,9 @@ def test_signatures_and_bad_inputs(exported):
 
 def test_only_core_ops_and_warmup_records(exported):
     _, _, _, path = exported
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     check = subprocess.run(
         [sys.executable, "-m", "keras_transformer.export", "check", path],
-        capture_output=True, text=True, timeout=300, cwd=root,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert check.returncode == 0, check.stdout + check.stderr[-2000:]
     assert "every op is registered in core TensorFlow" in check.stdout
@@ -112,3 +129,38 @@ def test_only_core_ops_and_warmup_records(exported):
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record)
         assert log.predict_log.request.inputs["text"].dtype == tf.string.as_datatype_enum
+
+
+def test_raw_text_export_matches_translator_on_multi30k_val(multi30k_dir, multi30k_tokenizer, multi30k_train_slice, tmp_path):
+    """A model trained briefly on Multi30k, exported for raw text: the SavedModel and the
+    in-memory Translator (same Moses-style processing) agree on raw val sentences."""
+    import gzip
+
+    from keras_transformer import data
+    from keras_transformer import training
+
+    tokenizer = multi30k_tokenizer
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=32, num_heads=2,
+                           d_ff=64, dropout=0.0, max_length=96)
+    training.compile_for_translation(model, warmup_steps=50, learning_rate_scale=2.0)
+    pairs = data.tokenized_pairs(tokenizer, *multi30k_train_slice, max_length=40)
+    model.fit(data.token_batches(pairs, 2048, 40, shuffle=False), epochs=2, verbose=0)
+    path = export_saved_model(model, tokenizer.vocab, str(tmp_path), beam_size=2, max_extra_length=10)
+    with gzip.open(os.path.join(multi30k_dir, "val.en.gz"), "rt", encoding="utf-8") as f:
+        raw = [line.strip() for line in f][:64]
+    out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(raw))
+    served = [t.decode() for t in out["translation"].numpy()]
+    translator = Translator(model, tokenizer, beam_size=2, max_extra_length=10, text_processing="moses")
+    assert served == translator.translate(raw, batch_size=len(raw))
+    assert all(t[:1] == t[:1].upper() for t in served)  # detokenized: sentence case
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    _, _, _, path = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("serving_default", "translate_ids", "score", "attention"):
+        assert f"signature_def['{name}']" in result.stdout
+    assert "inputs['text'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in result.stdout
+    assert "outputs['log_prob'] tensor_info:\n        dtype: DT_FLOAT" in result.stdout

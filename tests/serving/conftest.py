@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -67,27 +67,22 @@ class ServerProcess:
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.log = []
-        deadline = time.monotonic() + 180
         self.port = self.rest_port = None
-        while self.rest_port is None:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError("the server exited:\n" + "".join(self.log[-30:]))
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()  # also keeps the pipe from filling
+        if not self._ready.wait(180) or self.rest_port is None:
+            self.process.kill()
+            raise RuntimeError("the server did not start:\n" + "".join(self.log[-30:]))
+
+    def _read(self):
+        for line in self.process.stdout:
             self.log.append(line)
             if m := re.search(r"Running gRPC ModelServer at 0\.0\.0\.0:(\d+)", line):
                 self.port = int(m[1])
             if m := re.search(r"HTTP/REST API at:localhost:(\d+)", line):
                 self.rest_port = int(m[1])
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start in time")
-        # Keep reading its output so the pipe never fills.
-        import threading
-
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.process.stdout:
-            self.log.append(line)
+                self._ready.set()
+        self._ready.set()  # exited
 
     @property
     def address(self):
