@@ -67,6 +67,44 @@ def pairs(numbers) -> Tuple[List[str], List[str]]:
 
 
 def split(train_size: int, test_size: int, seed: int = 0, high: int = LIMIT):
-    """Disjoint random train and test numbers from [0, high)."""
-    drawn = random.Random(seed).sample(range(high), train_size + test_size)
+    """Disjoint train and test numbers from [0, high).
+
+    Numbers are drawn by length first (1, 2, 3, ... digits equally likely),
+    then uniformly within that length, so small numbers are not drowned out
+    by the many large ones.
+    """
+    rng = random.Random(seed)
+    lengths = range(1, len(str(high - 1)) + 1)
+    wanted = train_size + test_size
+    if wanted > high:
+        raise ValueError(f"cannot draw {wanted} distinct numbers from [0, {high})")
+    drawn, seen = [], set()
+    while len(drawn) < wanted:
+        digits = rng.choice(lengths)
+        n = rng.randrange(0 if digits == 1 else 10 ** (digits - 1), min(10 ** digits, high))
+        if n not in seen:
+            seen.add(n)
+            drawn.append(n)
     return drawn[:train_size], drawn[train_size:]
+
+
+def vocabulary() -> List[str]:
+    """The task's WordPiece vocabulary, built from its morphemes.
+
+    The German words are long compounds, for which tensorflow-text's WordPiece
+    learner (pure Python, quadratic in word length) needs minutes; the pieces
+    are known, so they are listed: every word that can start a number, every
+    "##" continuation, and single letters so no input is ever [UNK].
+    """
+    from keras_transformer.data.tokenizer import RESERVED_TOKENS
+
+    english = _EN_ONES + _EN_TENS[2:] + ["hundred", "thousand"]
+    german = _DE_ONES + _DE_TENS[2:] + ["ein", "und", "hundert", "tausend"]
+    letters = list("abcdefghijklmnopqrstuvwxyzäöüß-")
+    pieces = english + german + letters
+    continuations = ["##" + p for p in german + _EN_ONES[1:10] + letters]
+    vocab = list(RESERVED_TOKENS)
+    for token in pieces + continuations:
+        if token not in vocab:
+            vocab.append(token)
+    return vocab

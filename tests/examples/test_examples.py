@@ -1,0 +1,154 @@
+"""The example models built from the library's layers: the encoder-only
+classifier, the decoder-only language model and the attention plot."""
+
+import os
+import struct
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+
+import classify_language  # noqa: E402
+import language_model  # noqa: E402
+import plot_attention  # noqa: E402
+
+import keras_transformer as kt  # noqa: E402
+from keras_transformer.data import WordPieceTokenizer  # noqa: E402
+
+START, END = WordPieceTokenizer.start_id, WordPieceTokenizer.end_id
+TINY_VOCAB = ["[PAD]", "[UNK]", "[START]", "[END]", "a", "man", "rides", "bike", ".", "ein", "mann", "fährt"]
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+# -- classify_language ---------------------------------------------------------
+
+
+def test_classifier_output_ignores_padding():
+    model = classify_language.build_classifier(vocab_size=30, num_layers=2, d_model=16, num_heads=2, d_ff=32)
+    short = model.predict(np.array([[5, 6, 7]]), verbose=0)
+    padded = model.predict(np.array([[5, 6, 7, 0, 0, 0, 0], [9, 8, 7, 6, 5, 4, 3]]), verbose=0)
+    np.testing.assert_allclose(padded[0], short[0], atol=1e-6)
+    np.testing.assert_allclose(short.sum(), 1.0, atol=1e-6)
+    # A real token where the padding was does change the output.
+    longer = model.predict(np.array([[5, 6, 7, 8]]), verbose=0)
+    assert np.abs(longer - short).max() > 1e-4
+
+
+def test_classifier_data_labels_each_language(multi30k_dir):
+    texts, labels = classify_language.load_split(multi30k_dir, "val", limit=4)
+    assert len(texts) == 12
+    np.testing.assert_array_equal(labels, np.repeat([0, 1, 2], 4))
+    assert texts[4].startswith("eine gruppe") and texts[8].startswith("un groupe")
+    tokenizer = WordPieceTokenizer.learn(texts, vocab_size=200, min_count=1)
+    ids = classify_language.encode(tokenizer, texts, max_length=5)
+    batches = list(classify_language.make_dataset(ids, labels, batch_size=5, shuffle=False))
+    assert [x.shape[0] for x, _ in batches] == [5, 5, 2]
+    assert max(x.shape[1] for x, _ in batches) == 5
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels)
+
+
+# -- language_model ------------------------------------------------------------
+
+
+def _random_language_model(vocab_size=40, max_length=20):
+    return language_model.build_language_model(
+        vocab_size, num_layers=2, d_model=32, num_heads=4, d_ff=64, dropout=0.0, max_length=max_length
+    )
+
+
+def test_cached_generation_equals_uncached_token_for_token():
+    model = _random_language_model()
+    prompt = np.array([[START, 5, 6], [START, 7, 8], [START, 30, 9]], np.int32)
+    cached = tf.function(lambda p: language_model.generate(model, p, 20))(tf.constant(prompt)).numpy()
+    uncached = language_model.generate_uncached(model, prompt, 20)
+    np.testing.assert_array_equal(cached, uncached)
+    np.testing.assert_array_equal(cached[:, :3], prompt)
+    assert (cached[:, 3] != 0).all()  # generation did happen
+
+
+def test_cached_step_logits_equal_full_pass():
+    model = _random_language_model()
+    ids = tf.constant([[START, 5, 6, 7, 8, 9]], tf.int32)
+    full = model(ids).numpy()
+    cache = language_model.init_cache(model, 1, 20)
+    prefill, cache = language_model.decode_step(model, ids[:, :2], cache, 0)
+    steps = [prefill]
+    for i in range(2, 6):
+        logits, cache = language_model.decode_step(model, ids[:, i : i + 1], cache, i)
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    model = _random_language_model(vocab_size=40)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])  # every logit 0
+    dataset = language_model.make_dataset(
+        WordPieceTokenizer(TINY_VOCAB), ["a man rides", "a man rides a bike ."], 2, 20, shuffle=False
+    )
+    (inputs, targets), = list(dataset)
+    assert inputs[0, 0] == START and targets[0, 3] == END and targets[0, 4] == 0
+    np.testing.assert_array_equal(inputs[:, 1:], np.where(targets[:, :-1] == END, 0, targets[:, :-1]))
+    assert language_model.perplexity(model, dataset) == pytest.approx(40.0, rel=1e-5)
+
+
+# -- plot_attention ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_translation_model(tmp_path_factory):
+    """A random Transformer over `TINY_VOCAB`, saved with its vocabulary."""
+    directory = tmp_path_factory.mktemp("tiny")
+    keras.utils.set_random_seed(7)  # module scope: set up before the per-test seed
+    model = kt.Transformer(len(TINY_VOCAB), len(TINY_VOCAB), num_layers=2, d_model=16, num_heads=2, d_ff=32,
+                           dropout=0.0, max_length=24)
+    model.build()
+    model.save(directory / "model.keras")
+    WordPieceTokenizer(TINY_VOCAB).save(str(directory / "vocab.txt"))
+    return directory
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_attention_plot_writes_png_of_expected_size(tiny_translation_model, tmp_path, heads):
+    output = tmp_path / "attention.png"
+    argv = [
+        "--model", str(tiny_translation_model / "model.keras"),
+        "--vocab", str(tiny_translation_model / "vocab.txt"),
+        "--sentence", "a man rides a bike .", "--output", str(output), "--beam-size", "2",
+    ]
+    result = plot_attention.main(argv + (["--heads"] if heads else []))
+    source, target = len(result["source_tokens"]), len(result["target_tokens"])
+    assert source == 8  # [START] + 6 words + [END]
+    assert result["source_tokens"][:3] == ["[START]", "a", "man"]
+    assert result["attention"].shape == (target, source)
+    np.testing.assert_allclose(result["attention"].sum(axis=-1), 1.0, atol=1e-5)
+    panels = 2 if heads else 1
+    expected = (panels * (8 * 32 + 150) + 100, target * 32 + 150)
+    assert plot_attention.figure_pixels(source, target, panels) == expected
+    assert _png_size(output) == expected
+
+
+def test_head_attention_averages_to_the_beam_search_attention(tiny_translation_model):
+    model = keras.saving.load_model(tiny_translation_model / "model.keras", compile=False)
+    tokenizer = WordPieceTokenizer.load(str(tiny_translation_model / "vocab.txt"))
+    result = plot_attention.translate_with_attention(model, tokenizer, "a man rides a bike .", beam_size=3)
+    heads = plot_attention.head_attention(model, result["source_ids"], result["target_ids"])
+    assert heads.shape == (2,) + result["attention"].shape
+    np.testing.assert_allclose(heads.mean(axis=0), result["attention"], atol=1e-5)
+    with pytest.raises(ValueError, match="`layer` must be in"):
+        plot_attention.head_attention(model, result["source_ids"], result["target_ids"], layer=2)
+
+
+def test_plot_rejects_attention_of_the_wrong_shape(tmp_path):
+    with pytest.raises(ValueError, match="`attention` must be"):
+        plot_attention.plot_attention(np.zeros([3, 4]), ["a"] * 3, ["b"] * 4, str(tmp_path / "x.png"))
