@@ -299,6 +299,28 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int):
 # ---------------------------------------------------------------- the server
 
 
+def parse_ssl_config(text: str) -> dict:
+    """TensorFlow Serving's --ssl_config_file (SSLConfig, protobuf text format).
+
+    Fields: server_key, server_cert, custom_ca (PEM strings, newlines
+    escaped as \\n) and client_verify (true/false).
+    """
+    config = {"server_key": "", "server_cert": "", "custom_ca": "", "client_verify": False}
+    text = re.sub(r"#[^\n]*", "", text)
+    for name, quoted, bare in re.findall(r'(\w+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(\w+))', text):
+        if name not in config:
+            raise ValueError(f"ssl config: unknown field {name!r} (known: {', '.join(sorted(config))})")
+        if name == "client_verify":
+            if bare not in ("true", "false"):
+                raise ValueError(f"ssl config: client_verify must be true or false, got {bare or quoted!r}")
+            config[name] = bare == "true"
+        else:
+            config[name] = quoted.encode("latin-1").decode("unicode_escape")
+    if not (config["server_key"] and config["server_cert"]):
+        raise ValueError("ssl config: server_key and server_cert are required")
+    return config
+
+
 def _channel_arguments(text: str):
     """TensorFlow Serving's --grpc_channel_arguments: "key=value,key=value"."""
     options = []
@@ -324,12 +346,21 @@ class ModelServer:
         max_threads: int = 64,
         channel_arguments=(),
         max_body_bytes: int = 4 * 1024 * 1024,
+        ssl: Optional[dict] = None,
     ):
         self.manager = ModelManager(model_name, model_base_path, poll_seconds, batching)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads), options=list(channel_arguments))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self.grpc)
-        self.port = self.grpc.add_insecure_port(f"0.0.0.0:{port}")
+        if ssl:
+            credentials = grpc.ssl_server_credentials(
+                [(ssl["server_key"].encode(), ssl["server_cert"].encode())],
+                root_certificates=ssl["custom_ca"].encode() or None,
+                require_client_auth=ssl["client_verify"],
+            )
+            self.port = self.grpc.add_secure_port(f"0.0.0.0:{port}", credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(f"0.0.0.0:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on port {port}")
         self.rest = None
@@ -370,6 +401,7 @@ def main(argv=None) -> int:
     p.add_argument("--grpc_channel_arguments", default="", help='e.g. "grpc.max_receive_message_length=8388608"')
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
+    p.add_argument("--ssl_config_file", help="SSLConfig in protobuf text format: serve gRPC over TLS")
     p.add_argument("--drain_seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -387,9 +419,14 @@ def main(argv=None) -> int:
     if args.tensorflow_inter_op_parallelism:
         tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
 
+    ssl = None
+    if args.ssl_config_file:
+        with open(args.ssl_config_file) as f:
+            ssl = parse_ssl_config(f.read())
     server = ModelServer(
         args.model_name, os.path.abspath(args.model_base_path), args.port, args.rest_api_port, batching,
         args.file_system_poll_wait_seconds, args.grpc_max_threads, _channel_arguments(args.grpc_channel_arguments),
+        ssl=ssl,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -73,3 +73,28 @@ def test_frozen_weights_do_not_move(tokenizer):
     assert {w.path for w in model.encoder.stack[1].weights} <= moved
     with pytest.raises(ValueError, match="has 2 layers; cannot freeze the first 3"):
         finetune.freeze(model, decoder_layers=3)
+
+
+def test_a_fine_tuned_model_exports_like_a_fresh_one(tokenizer, tmp_path):
+    """Remapped to a larger vocabulary, some layers frozen, trained a little: the export's
+    translations equal the in-memory Translator's."""
+    import tensorflow as tf
+
+    from keras_transformer.decoding import Translator
+    from keras_transformer.export.saved_model import export_saved_model
+
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2,
+                           d_ff=32, dropout=0.0, max_length=40)
+    model.build()
+    vocab = list(tokenizer.vocab) + ["bikes", "##es"]
+    model, _ = finetune.remap_embeddings(model, tokenizer.vocab, vocab)
+    tokenizer = WordPieceTokenizer(vocab)
+    finetune.freeze(model, encoder_layers=1)
+    training.compile_for_translation(model, warmup_steps=10)
+    ids = np.random.default_rng(1).integers(4, len(vocab), size=(16, 6))
+    model.fit({"source": ids, "target": ids[:, :-1]}, ids[:, 1:], epochs=1, verbose=0)
+    path = export_saved_model(model, vocab, str(tmp_path), beam_size=2, max_extra_length=5, text_processing="none")
+    texts = ["a man rides two bikes", "dogs run"]
+    served = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(texts))["translation"]
+    expected = Translator(model, tokenizer, beam_size=2, max_extra_length=5).translate(texts, batch_size=2)
+    assert [t.decode() for t in served.numpy()] == expected

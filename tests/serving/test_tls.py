@@ -1,0 +1,49 @@
+"""gRPC over TLS: the server's --ssl_config_file (TensorFlow Serving's SSLConfig) and the client's tls=True."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from serving.client import GrpcClient
+from serving.client import ServingError
+from serving.server import parse_ssl_config
+from tests.serving.conftest import ServerProcess
+
+
+def _escaped(path):
+    with open(path) as f:
+        return f.read().replace("\n", "\\n")
+
+
+def test_ssl_config_parses_like_tensorflow_serving():
+    config = parse_ssl_config('server_key: "KEY\\nLINE"\nserver_cert: "CERT"\nclient_verify: false\n')
+    assert config == {"server_key": "KEY\nLINE", "server_cert": "CERT", "custom_ca": "", "client_verify": False}
+    with pytest.raises(ValueError, match="unknown field 'server_keys'"):
+        parse_ssl_config('server_keys: "x"')
+    with pytest.raises(ValueError, match="server_key and server_cert are required"):
+        parse_ssl_config('server_cert: "x"')
+
+
+def test_translate_over_tls(serving_exports, tmp_path):
+    base, _, _ = serving_exports
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    config = tmp_path / "ssl.config"
+    config.write_text(f'server_key: "{_escaped(key)}"\nserver_cert: "{_escaped(cert)}"\nclient_verify: false\n')
+    served = tmp_path / "models"
+    shutil.copytree(os.path.join(base, "1"), served / "1")
+    server = ServerProcess(str(served), f"--ssl_config_file={config}")
+    try:
+        with GrpcClient(server.address, "toy", tls=True, root_certificates=cert.read_bytes()) as client:
+            texts, _ = client.translate(["A man rides a bike."])
+            assert len(texts) == 1 and client.status()[0]["state"] == "AVAILABLE"
+        with pytest.raises(ServingError, match="UNAVAILABLE"):
+            GrpcClient(server.address, "toy", retries=0, timeout=10).translate(["A man."])  # plaintext refused
+    finally:
+        server.stop()
