@@ -157,9 +157,10 @@ def beam_search(
 
     def not_finished(i, last, cache, live, done):
         # A live hypothesis's score can rise to at most its log-probability
-        # over the largest penalty; once that is below the worst kept
-        # finished score, the sentence cannot improve.
-        best_possible = live[1][:, 0] / length_penalty(max_length, alpha)
+        # over the largest penalty its sentence can still reach (at its own
+        # length limit); once that is below the worst kept finished score,
+        # the sentence cannot improve.
+        best_possible = live[1][:, 0] / length_penalty(limits, alpha)
         worst_done = done[1][:, -1]
         return (i < max_length) & ~tf.reduce_all(worst_done >= best_possible)
 
