@@ -62,12 +62,12 @@ class LoadedVersion:
         self.signature_defs = {
             k: v for k, v in proto.meta_graphs[0].signature_def.items() if k in self.signatures
         }
-        self.batchers = {}
+        self.runners = {key: self._runner(key) for key in self.signatures}
         if batching is not None:
             for key in self.signatures:
                 specs = list(self.inputs[key].values()) + list(self.outputs[key].values())
                 if all(spec.shape.rank == 1 for spec in specs):
-                    self.batchers[key] = Batcher(self._runner(key), batching, name=f"{name}/{version}/{key}")
+                    self.runners[key] = Batcher(self.runners[key], batching, name=f"{name}/{version}/{key}")
         self._in_flight = 0
         self._idle = threading.Condition()
 
@@ -130,13 +130,19 @@ class LoadedVersion:
         if rows == {0}:
             raise ServingError(StatusCode.INVALID_ARGUMENT, "empty batch: the inputs have 0 rows")
 
-    def run(self, signature_name: str, inputs: Dict[str, np.ndarray], output_filter=()) -> Dict[str, np.ndarray]:
-        """Checks and runs one request; returns its outputs (those in `output_filter`, if given)."""
-        self.check_inputs(
-            signature_name,
-            {k: tf.as_dtype(v.dtype) if v.dtype != object else tf.string for k, v in inputs.items()},
-            {k: v.shape for k, v in inputs.items()},
-        )
+    def run(
+        self, signature_name: str, inputs: Dict[str, np.ndarray], output_filter=(), checked: bool = False
+    ) -> Dict[str, np.ndarray]:
+        """Runs one request; returns its outputs (those in `output_filter`, if given).
+
+        The inputs are checked first unless the caller already did (`checked`).
+        """
+        if not checked:
+            self.check_inputs(
+                signature_name,
+                {k: tf.as_dtype(v.dtype) if v.dtype != object else tf.string for k, v in inputs.items()},
+                {k: v.shape for k, v in inputs.items()},
+            )
         unknown = sorted(set(output_filter) - set(self.outputs[signature_name]))
         if unknown:
             raise ServingError(
@@ -144,8 +150,7 @@ class LoadedVersion:
                 f"output_filter names unknown output(s) {unknown}; signature \"{signature_name}\" has "
                 f"{sorted(self.outputs[signature_name])}",
             )
-        run = self.batchers.get(signature_name) or self._runner(signature_name)
-        outputs = run(inputs)
+        outputs = self.runners[signature_name](inputs)
         if output_filter:
             outputs = {k: v for k, v in outputs.items() if k in output_filter}
         return outputs
@@ -185,9 +190,10 @@ class LoadedVersion:
                 self._idle.wait()
 
     def close(self):
-        for batcher in self.batchers.values():
-            batcher.close()
-        self.batchers = {}
+        for runner in self.runners.values():
+            if isinstance(runner, Batcher):
+                runner.close()
+        self.runners = {}
         self.module = self.signatures = None
 
 

@@ -79,7 +79,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     {k: tuple(d.size for d in v.tensor_shape.dim) for k, v in request.inputs.items()},
                 )
                 inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
-                outputs = loaded.run(signature, inputs, tuple(request.output_filter))
+                outputs = loaded.run(signature, inputs, tuple(request.output_filter), checked=True)
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = loaded.name
                 response.model_spec.version.value = loaded.version

@@ -31,22 +31,12 @@ def _check(args) -> int:
 
 
 def _export(args) -> int:
-    import keras
-
-    import keras_transformer  # noqa: F401  (registers the model classes)
     from keras_transformer.data import WordPieceTokenizer
     from keras_transformer.export.saved_model import export_saved_model
+    from keras_transformer.training.finetune import load_model
 
     vocab = WordPieceTokenizer.load(args.vocab).vocab
-    if args.model:
-        model = keras.saving.load_model(args.model, compile=False)
-    else:
-        model = keras_transformer.Transformer.from_preset(
-            args.preset, len(vocab), len(vocab), max_length=args.max_length
-        )
-        model({"source": keras.ops.ones((1, 2), "int32"), "target": keras.ops.ones((1, 2), "int32")})
-    if args.weights:
-        model.load_weights(args.weights)
+    model = load_model(args.model, args.weights, args.preset, len(vocab), args.max_length)
     path = export_saved_model(
         model, vocab, args.base_dir, version=args.version, beam_size=args.beam_size,
         alpha=args.alpha, max_extra_length=args.max_extra_length,
