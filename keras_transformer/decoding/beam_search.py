@@ -6,7 +6,11 @@ import tensorflow as tf
 from keras_transformer.decoding.greedy import END_ID
 from keras_transformer.decoding.greedy import START_ID
 from keras_transformer.decoding.greedy import check_max_length
+from keras_transformer.decoding.greedy import grow_cache
+from keras_transformer.decoding.greedy import init_decoder_cache
+from keras_transformer.decoding.greedy import loop_shapes
 from keras_transformer.decoding.greedy import never_generated
+from keras_transformer.decoding.greedy import resolve_cache_chunk
 from keras_transformer.decoding.greedy import sentence_limits
 
 NEG_INF = -1e9
@@ -33,6 +37,7 @@ def beam_search(
     return_attention=False,
     use_cache=True,
     max_extra_length=None,
+    cache_chunk=16,
 ):
     """Beam search over a `Transformer`, all sentences of `source` at once.
 
@@ -54,25 +59,40 @@ def beam_search(
         alpha: float, the length-penalty exponent; 0 ranks by plain
             log-probability. Default 0.6.
         start_id, end_id: int, the [START] and [END] ids.
-        return_attention: bool, also return the cross-attention weights of
-            every hypothesis (last decoder layer, averaged over heads).
+        return_attention: False (default); True or "mean": also return the
+            cross-attention weights of every hypothesis (last decoder layer,
+            averaged over heads); "heads": the same, one map per head.
         use_cache: bool; False re-runs the decoder over the whole prefix at
             every step (the benchmark baseline).
         max_extra_length: int; when given, a sentence whose source has n
             tokens generates at most n + max_extra_length, the last one
             forced to [END], so a translation does not depend on the other
             sentences in the batch.
+        cache_chunk: int, the self-attention cache grows by this many
+            positions when full, so each step reads and reorders only about
+            as many positions as have been generated. None allocates all
+            `max_length` positions up front: the fixed shapes XLA needs,
+            which are also used whenever this is traced inside
+            `tf.function(jit_compile=True)`.
 
     Returns:
         A dict, best hypothesis first along axis 1:
         "ids": int32 [B, K, max_length], ending in `end_id`, 0-padded;
         "scores": float32 [B, K], length-penalized scores;
         "log_probs": float32 [B, K], the sum of token log-probabilities;
-        "attention" (with `return_attention`): float32 [B, K, max_length, S].
+        "attention" (with `return_attention`): float32 [B, K, max_length, S],
+        or [B, K, max_length, num_heads, S] with "heads"; row t is the
+        attention of the step that generated token t.
     """
     check_max_length(model, max_length)
+    cache_chunk = resolve_cache_chunk(cache_chunk, use_cache)
     if beam_size < 1:
         raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
+    if return_attention not in (False, True, "mean", "heads"):
+        raise ValueError(
+            f"`return_attention` must be False, True, 'mean' or 'heads'. Received: {return_attention!r}"
+        )
+    per_head = return_attention == "heads"
     source = tf.convert_to_tensor(source)
     batch, source_length = tf.shape(source)[0], tf.shape(source)[1]
     k = beam_size
@@ -83,13 +103,18 @@ def beam_search(
     encoder_output, source_mask = model.encode(source)
     encoder_output = tf.repeat(encoder_output, k, axis=0)  # [B * K, S, D]
     source_mask = tf.repeat(source_mask, k, axis=0)
-    cache = model.init_cache(encoder_output, max_length) if use_cache else []
+    cache = init_decoder_cache(model, encoder_output, max_length, cache_chunk) if use_cache else []
 
     # Live hypotheses; only beam 0 is real at the start.
     live_ids = tf.zeros([batch, k, max_length], tf.int32)
     live_log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
     # Attention rows are collected only when asked for; else they are empty.
-    attention_shape = [max_length, source_length] if return_attention else [0, 0]
+    if not return_attention:
+        attention_shape = [0, 0]
+    elif per_head:
+        attention_shape = [max_length, model.num_heads, source_length]
+    else:
+        attention_shape = [max_length, source_length]
     live_attention = tf.zeros([batch, k, *attention_shape])
     # Finished hypotheses; NEG_INF scores mark empty slots.
     done_ids = tf.zeros([batch, k, max_length], tf.int32)
@@ -101,6 +126,7 @@ def beam_search(
     def step(i, last, cache, live, done):
         live_ids, live_log_probs, live_attention = live
         if use_cache:
+            cache = grow_cache(cache, i, cache_chunk)
             logits, scores, cache = model.decode(
                 last[:, None], encoder_output, source_mask, cache=cache, cache_index=i,
                 return_attention_scores=True,
@@ -125,10 +151,15 @@ def beam_search(
         cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [B, 2K, L]
         cand_attention = _gather_beams(live_attention, beam)
         if return_attention:
-            # Last decoder layer, mean over heads: [B * K, N, 1, S] -> [B, K, S].
-            rows = tf.reshape(tf.reduce_mean(tf.cast(scores[-1], tf.float32), axis=1), [batch, k, -1])
-            rows = _gather_beams(rows, beam)[:, :, None, :]  # [B, 2K, 1, S]
-            cand_attention += rows * tf.cast(place, tf.float32)[None, None, :, None]
+            # Last decoder layer: [B * K, N, 1, S] -> [B, K, N, S] or, averaged
+            # over heads, [B, K, S]; written into row i of [B, 2K, L, (N,) S].
+            rows = tf.cast(scores[-1][:, :, 0, :], tf.float32)
+            if not per_head:
+                rows = tf.reduce_mean(rows, axis=1)
+            rows = tf.reshape(rows, tf.concat([[batch, k], tf.shape(rows)[1:]], 0))
+            rows = _gather_beams(rows, beam)[:, :, None]
+            row_place = tf.reshape(tf.cast(place, tf.float32), [1, 1, -1] + [1] * (len(attention_shape) - 1))
+            cand_attention += rows * row_place
         ended = tf.equal(token, end_id)
         valid = cand_log_probs > NEG_INF / 2
         in_top_k = tf.range(2 * k) < k  # top_k sorts, so rank < K is the best K
@@ -166,14 +197,15 @@ def beam_search(
 
     live = (live_ids, live_log_probs, live_attention)
     done = (done_ids, done_scores, done_log_probs, done_attention)
+    state = (tf.constant(0), last, cache, live, done)
+    shapes = loop_shapes(state, 2, cache_chunk)
+
     def same_shapes_step(*state):
         # Gathers by computed indices lose static batch sizes; keep them so
         # tf.while_loop sees loop variables of unchanged shape.
-        return tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), step(*state), state)
+        return tf.nest.map_structure(tf.ensure_shape, step(*state), shapes)
 
-    length, _, _, live, done = tf.while_loop(
-        not_finished, same_shapes_step, (tf.constant(0), last, cache, live, done)
-    )
+    length, _, _, live, done = tf.while_loop(not_finished, same_shapes_step, state, shape_invariants=shapes)
     done_ids, done_scores, done_log_probs, done_attention = done
     live_ids, live_log_probs, live_attention = live
     # A sentence that finished nothing by max_length returns its live beams.
@@ -184,5 +216,6 @@ def beam_search(
         "log_probs": tf.where(none_done, live_log_probs, done_log_probs),
     }
     if return_attention:
-        outputs["attention"] = tf.where(none_done[:, :, None, None], live_attention, done_attention)
+        pick_live = tf.reshape(none_done, [batch, 1] + [1] * len(attention_shape))
+        outputs["attention"] = tf.where(pick_live, live_attention, done_attention)
     return outputs

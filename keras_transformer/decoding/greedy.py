@@ -35,8 +35,67 @@ def sentence_limits(source, max_length, max_extra_length):
     return tf.minimum(lengths + max_extra_length, tf.cast(max_length, tf.int32))
 
 
+def _tracing_for_xla():
+    """True while tracing a `tf.function(jit_compile=True)`."""
+    try:  # TensorFlow marks the graph it traces for XLA with a control-flow context.
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without the module
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def resolve_cache_chunk(cache_chunk, use_cache):
+    """Checks `cache_chunk`; None where the cache must not grow: without a
+    cache, or under XLA, which needs the fixed shapes of a preallocated one."""
+    if cache_chunk is not None and (not isinstance(cache_chunk, int) or cache_chunk < 1):
+        raise ValueError(f"`cache_chunk` must be a positive int or None. Received: cache_chunk={cache_chunk!r}")
+    if not use_cache or _tracing_for_xla():
+        return None
+    return cache_chunk
+
+
+def init_decoder_cache(model, encoder_output, max_length, cache_chunk):
+    """The decoder cache, with self-attention room for `cache_chunk`
+    positions (at most `max_length`), or for all `max_length` when None."""
+    capacity = max_length if cache_chunk is None else tf.minimum(cache_chunk, max_length)
+    return model.init_cache(encoder_output, capacity)
+
+
+def grow_cache(cache, index, cache_chunk):
+    """`cache` with room at position `index`: self-attention caches
+    [B, 2, N, L, H] that are full get `cache_chunk` more positions.
+
+    Only the filled part of a cache is then read (and, in beam search,
+    reordered) at each step, instead of all `max_length` positions.
+    """
+    if cache_chunk is None or not cache:
+        return cache
+
+    def grown():
+        pad = [[0, 0], [0, 0], [0, 0], [0, cache_chunk], [0, 0]]
+        return [{**c, "self_attention": tf.pad(c["self_attention"], pad)} for c in cache]
+
+    capacity = tf.shape(cache[0]["self_attention"])[3]
+    return tf.cond(index < capacity, lambda: cache, grown)
+
+
+def loop_shapes(state, cache_position, cache_chunk):
+    """`tf.while_loop` shape invariants for `state`: every shape fixed, but
+    the length of the self-attention caches at `state[cache_position]` when
+    they grow."""
+    shapes = tf.nest.map_structure(lambda t: tf.TensorShape(t.shape), state)
+    if cache_chunk is not None:
+        shapes = list(shapes)
+        shapes[cache_position] = [
+            {**c, "self_attention": c["self_attention"][:3].concatenate([None]).concatenate(c["self_attention"][4:])}
+            for c in shapes[cache_position]
+        ]
+    return tuple(shapes)
+
+
 def greedy_decode(
-    model, source, max_length, start_id=START_ID, end_id=END_ID, use_cache=True, max_extra_length=None
+    model, source, max_length, start_id=START_ID, end_id=END_ID, use_cache=True, max_extra_length=None,
+    cache_chunk=16,
 ):
     """Arg-max decoding of a `Transformer`, one token per step.
 
@@ -56,22 +115,30 @@ def greedy_decode(
             tokens generates at most n + max_extra_length, the last one
             forced to [END], so a translation does not depend on the other
             sentences in the batch.
+        cache_chunk: int, the self-attention cache grows by this many
+            positions when full, so each step reads only about as many
+            positions as have been generated. None allocates all
+            `max_length` positions up front: the fixed shapes XLA needs,
+            which are also used whenever this is traced inside
+            `tf.function(jit_compile=True)`.
 
     Returns:
         int32 [B, max_length]: the generated ids after [START], ending with
         `end_id` and 0-padded after it.
     """
     check_max_length(model, max_length)
+    cache_chunk = resolve_cache_chunk(cache_chunk, use_cache)
     source = tf.convert_to_tensor(source)
     batch = tf.shape(source)[0]
     encoder_output, source_mask = model.encode(source)
-    cache = model.init_cache(encoder_output, max_length) if use_cache else []
+    cache = init_decoder_cache(model, encoder_output, max_length, cache_chunk) if use_cache else []
     tokens = tf.zeros([max_length, batch], tf.int32)
     limits = sentence_limits(source, max_length, max_extra_length)
     start = tf.fill([batch], tf.constant(start_id, tf.int32))
 
     def step(i, token, cache, tokens, done):
         if use_cache:
+            cache = grow_cache(cache, i, cache_chunk)
             logits, cache = model.decode(
                 token[:, None], encoder_output, source_mask, cache=cache, cache_index=i
             )
@@ -89,8 +156,8 @@ def greedy_decode(
     def not_finished(i, token, cache, tokens, done):
         return (i < max_length) & ~tf.reduce_all(done)
 
-    done = tf.zeros([batch], tf.bool)
+    state = (tf.constant(0), start, cache, tokens, tf.zeros([batch], tf.bool))
     _, _, _, tokens, _ = tf.while_loop(
-        not_finished, step, (tf.constant(0), start, cache, tokens, done)
+        not_finished, step, state, shape_invariants=loop_shapes(state, 2, cache_chunk)
     )
     return tf.transpose(tokens)  # [B, max_length]

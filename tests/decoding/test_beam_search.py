@@ -89,3 +89,45 @@ def test_runs_in_a_tf_function_with_unknown_shapes(model, source):
         input_signature=[tf.TensorSpec([None, None], tf.int32)],
     )
     np.testing.assert_array_equal(fn(source).numpy(), beam_search(model, source, 10, beam_size=2)["ids"].numpy())
+
+
+def test_per_head_attention_equals_a_full_pass_over_the_best_hypothesis(model, source):
+    out = beam_search(model, source, 10, beam_size=3, return_attention="heads")
+    heads, ids = out["attention"].numpy(), out["ids"].numpy()
+    assert heads.shape == (3, 3, 10, 4, 6)
+    mean = beam_search(model, source, 10, beam_size=3, return_attention=True)["attention"].numpy()
+    np.testing.assert_allclose(heads.mean(axis=3), mean, atol=1e-6)
+    for b in range(3):
+        best = ids[b, 0]
+        length = int(np.argmax(best == END)) + 1 if (best == END).any() else len(best)
+        target = np.concatenate([[START], best[: length - 1]])[None].astype("int32")
+        encoder_output, source_mask = model.encode(source[b : b + 1])
+        _, scores = model.decode(target, encoder_output, source_mask, return_attention_scores=True)
+        expected = np.transpose(scores[-1].numpy()[0], [1, 0, 2])  # [N, T, S] -> [T, N, S]
+        np.testing.assert_allclose(heads[b, 0, :length], expected, atol=1e-5)
+        assert (heads[b, 0, length:] == 0).all()
+
+
+@pytest.mark.parametrize("use_beam", [False, True])
+def test_a_growing_cache_gives_the_same_output_as_a_preallocated_one_and_recompute(model, source, use_beam):
+    def run(**kwargs):
+        if use_beam:
+            out = beam_search(model, source, 11, beam_size=3, end_id=-1, **kwargs)
+            return out["ids"].numpy(), out["log_probs"].numpy()
+        return greedy_decode(model, source, 11, end_id=-1, **kwargs).numpy(), None
+
+    reference_ids, reference_log_probs = run(use_cache=False)
+    for chunk in (1, 3, 16, None):  # grows at every step, 3 times, never; preallocated
+        ids, log_probs = run(cache_chunk=chunk)
+        np.testing.assert_array_equal(ids, reference_ids)
+        if use_beam:
+            np.testing.assert_allclose(log_probs, reference_log_probs, atol=1e-4)
+
+
+def test_bad_decoding_options_are_refused_by_name(model, source):
+    with pytest.raises(ValueError, match="cache_chunk"):
+        beam_search(model, source, 10, cache_chunk=0)
+    with pytest.raises(ValueError, match="cache_chunk"):
+        greedy_decode(model, source, 10, cache_chunk=2.5)
+    with pytest.raises(ValueError, match="return_attention"):
+        beam_search(model, source, 10, return_attention="max")
