@@ -6,8 +6,14 @@ over the whole prefix at every step, in the same run.
 
 Generation is forced to the full output length (no [END] can stop it), so
 every configuration does the same number of steps. Reports sentences per
-second and milliseconds per generated token (per sentence), and the
-uncached / cached time ratio.
+second and milliseconds per generated token (per sentence) of:
+
+- cached: the default, a self-attention cache that grows in chunks;
+- cached XLA: the same in `tf.function(jit_compile=True)`, where the cache is
+  preallocated to the full length (XLA needs fixed shapes);
+- uncached: the decoder re-run over the whole prefix at every step;
+
+and the uncached / cached time ratios.
 """
 
 import argparse
@@ -27,12 +33,12 @@ from keras_transformer.decoding import greedy_decode  # noqa: E402
 NEVER = -1  # an end id no step can produce
 
 
-def decoder_fn(model, method, use_cache, length):
+def decoder_fn(model, method, use_cache, length, jit_compile=False):
     if method == "greedy":
         fn = lambda s: greedy_decode(model, s, length, end_id=NEVER, use_cache=use_cache)  # noqa: E731
     else:
         fn = lambda s: beam_search(model, s, length, beam_size=4, end_id=NEVER, use_cache=use_cache)["ids"]  # noqa: E731
-    return tf.function(fn)
+    return tf.function(fn, jit_compile=jit_compile)
 
 
 def time_call(fn, source, repeats):
@@ -52,23 +58,32 @@ def main():
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--methods", nargs="+", default=["greedy", "beam4"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-xla", action="store_true", help="skip the XLA-compiled cached decoding")
     args = p.parse_args()
 
     keras.utils.set_random_seed(0)
     model = kt.Transformer.from_preset(args.preset, args.vocab_size, args.vocab_size, max_length=256)
     model.build()
     rng = np.random.default_rng(0)
-    print("| method | batch | output length | cached sent/s | cached ms/token | uncached sent/s | uncached ms/token | uncached / cached |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| method | batch | output length | cached sent/s | cached ms/token | cached XLA ms/token "
+        "| uncached sent/s | uncached ms/token | uncached / cached | uncached / cached XLA |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for method in args.methods:
         for batch in args.batch_sizes:
             source = tf.constant(rng.integers(4, args.vocab_size, size=(batch, args.source_length)), tf.int32)
             for length in args.lengths:
                 cached = time_call(decoder_fn(model, method, True, length), source, args.repeats)
+                xla = None if args.no_xla else time_call(
+                    decoder_fn(model, method, True, length, jit_compile=True), source, args.repeats
+                )
                 uncached = time_call(decoder_fn(model, method, False, length), source, args.repeats)
                 print(
                     f"| {method} | {batch} | {length} | {batch / cached:,.1f} | {cached / length * 1e3:.2f} "
-                    f"| {batch / uncached:,.1f} | {uncached / length * 1e3:.2f} | {uncached / cached:.2f}x |",
+                    + (f"| {xla / length * 1e3:.2f} " if xla is not None else "| - ")
+                    + f"| {batch / uncached:,.1f} | {uncached / length * 1e3:.2f} | {uncached / cached:.2f}x "
+                    + (f"| {uncached / xla:.2f}x |" if xla is not None else "| - |"),
                     flush=True,
                 )
 

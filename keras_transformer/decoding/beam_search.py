@@ -6,10 +6,11 @@ import tensorflow as tf
 from keras_transformer.decoding.greedy import END_ID
 from keras_transformer.decoding.greedy import START_ID
 from keras_transformer.decoding.greedy import check_max_length
+from keras_transformer.decoding.greedy import decoder_rows_shapes
 from keras_transformer.decoding.greedy import grow_cache
 from keras_transformer.decoding.greedy import init_decoder_cache
-from keras_transformer.decoding.greedy import loop_shapes
 from keras_transformer.decoding.greedy import never_generated
+from keras_transformer.decoding.greedy import relax
 from keras_transformer.decoding.greedy import resolve_cache_chunk
 from keras_transformer.decoding.greedy import sentence_limits
 
@@ -122,9 +123,33 @@ def beam_search(
     done_log_probs = tf.fill([batch, k], NEG_INF)
     done_attention = tf.zeros([batch, k, *attention_shape])
     last = tf.fill([batch * k], tf.constant(start_id, tf.int32))
+    # With a growing cache shapes are dynamic anyway, so a sentence that is
+    # done also leaves the decoder's batch: `active` lists the sentences still
+    # decoded, and `last`, the caches and the encoder context hold their
+    # K rows each. The per-sentence results stay full-sized [B, ...].
+    compact = cache_chunk is not None
 
-    def step(i, last, cache, live, done):
-        live_ids, live_log_probs, live_attention = live
+    def take(x, active):
+        return tf.gather(x, active) if compact else x
+
+    def put(full, part, active):
+        return tf.tensor_scatter_nd_update(full, active[:, None], part) if compact else part
+
+    def take_state(state, active, n):
+        ids, *values, attention = state
+        # Without return_attention the attention tensors stay empty, untouched.
+        attention = take(attention, active) if return_attention else tf.zeros([n, k, 0, 0])
+        return [take(ids, active), *[take(x, active) for x in values], attention]
+
+    def put_state(full, part, active):
+        merged = [put(f, p, active) for f, p in zip(full[:-1], part[:-1])]
+        return (*merged, put(full[-1], part[-1], active) if return_attention else full[-1])
+
+    def step(i, active, last, cache, context, live, done, sentence_done):
+        encoder_output, source_mask = context
+        n = tf.shape(active)[0]  # sentences decoded in this step
+        live_ids, live_log_probs, live_attention = take_state(live, active, n)
+        done_ids, done_scores, done_log_probs, done_attention = take_state(done, active, n)
         if use_cache:
             cache = grow_cache(cache, i, cache_chunk)
             logits, scores, cache = model.decode(
@@ -132,31 +157,32 @@ def beam_search(
                 return_attention_scores=True,
             )
         else:
-            prefix = tf.concat([tf.fill([batch * k, 1], start_id), tf.reshape(live_ids[:, :, :i], [batch * k, -1])], 1)
+            prefix = tf.concat([tf.fill([n * k, 1], start_id), tf.reshape(live_ids[:, :, :i], [n * k, -1])], 1)
             logits, scores = model.decode(prefix, encoder_output, source_mask, return_attention_scores=True)
             logits, scores = logits[:, -1:], [s[:, :, -1:] for s in scores]
         vocab = tf.shape(logits)[-1]
-        log_probs = tf.nn.log_softmax(tf.reshape(logits, [batch, k, vocab]))
+        log_probs = tf.nn.log_softmax(tf.reshape(logits, [n, k, vocab]))
         log_probs = never_generated(log_probs, start_id)
+        own_limits = take(limits, active)
         if max_extra_length is not None:
             # At its last allowed step a sentence can only end.
             only_end = tf.one_hot(end_id, vocab, on_value=0.0, off_value=NEG_INF)
-            log_probs = tf.where((i + 1 >= limits)[:, None, None], log_probs + only_end, log_probs)
+            log_probs = tf.where((i + 1 >= own_limits)[:, None, None], log_probs + only_end, log_probs)
 
         # Expand: the best 2K of all K x V continuations.
-        candidates = tf.reshape(live_log_probs[:, :, None] + log_probs, [batch, k * vocab])
-        cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [B, 2K]
+        candidates = tf.reshape(live_log_probs[:, :, None] + log_probs, [n, k * vocab])
+        cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [n, 2K]
         beam, token = flat // vocab, flat % vocab
         place = tf.one_hot(i, max_length, dtype=tf.int32)  # [L], 1 at step i
-        cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [B, 2K, L]
+        cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [n, 2K, L]
         cand_attention = _gather_beams(live_attention, beam)
         if return_attention:
-            # Last decoder layer: [B * K, N, 1, S] -> [B, K, N, S] or, averaged
-            # over heads, [B, K, S]; written into row i of [B, 2K, L, (N,) S].
+            # Last decoder layer: [n * K, N, 1, S] -> [n, K, N, S] or, averaged
+            # over heads, [n, K, S]; written into row i of [n, 2K, L, (N,) S].
             rows = tf.cast(scores[-1][:, :, 0, :], tf.float32)
             if not per_head:
                 rows = tf.reduce_mean(rows, axis=1)
-            rows = tf.reshape(rows, tf.concat([[batch, k], tf.shape(rows)[1:]], 0))
+            rows = tf.reshape(rows, tf.concat([[n, k], tf.shape(rows)[1:]], 0))
             rows = _gather_beams(rows, beam)[:, :, None]
             row_place = tf.reshape(tf.cast(place, tf.float32), [1, 1, -1] + [1] * (len(attention_shape) - 1))
             cand_attention += rows * row_place
@@ -169,13 +195,11 @@ def beam_search(
         live_log_probs, pick = tf.math.top_k(live_key, k)
         live_ids = _gather_beams(cand_ids, pick)
         live_attention = _gather_beams(cand_attention, pick)
-        origin = _gather_beams(beam, pick)  # [B, K], each live beam's parent
-        parents = tf.reshape(origin + tf.range(batch)[:, None] * k, [-1])
-        cache = [{**c, "self_attention": tf.gather(c["self_attention"], parents)} for c in cache]
-        last = tf.reshape(_gather_beams(token, pick), [-1])
+        origin = _gather_beams(beam, pick)  # [n, K], each live beam's parent
+        parents = origin + tf.range(n)[:, None] * k  # rows of the caches
+        last = _gather_beams(token, pick)
 
         # Finished: merge the candidates that ended with the kept ones.
-        done_ids, done_scores, done_log_probs, done_attention = done
         finish = ended & valid & in_top_k[None]
         new_scores = tf.where(finish, cand_log_probs / length_penalty(i + 1, alpha), NEG_INF)
         all_scores = tf.concat([done_scores, new_scores], axis=1)
@@ -183,29 +207,51 @@ def beam_search(
         done_ids = _gather_beams(tf.concat([done_ids, cand_ids], axis=1), best)
         done_log_probs = _gather_beams(tf.concat([done_log_probs, tf.where(finish, cand_log_probs, NEG_INF)], 1), best)
         done_attention = _gather_beams(tf.concat([done_attention, cand_attention], axis=1), best)
-        live = (live_ids, live_log_probs, live_attention)
-        return i + 1, last, cache, live, (done_ids, done_scores, done_log_probs, done_attention)
 
-    def not_finished(i, last, cache, live, done):
         # A live hypothesis's score can rise to at most its log-probability
         # over the largest penalty its sentence can still reach (at its own
         # length limit); once that is below the worst kept finished score,
-        # the sentence cannot improve.
-        best_possible = live[1][:, 0] / length_penalty(limits, alpha)
-        worst_done = done[1][:, -1]
-        return (i < max_length) & ~tf.reduce_all(worst_done >= best_possible)
+        # the sentence cannot improve: it is done.
+        sentence_done = done_scores[:, -1] >= live_log_probs[:, 0] / length_penalty(own_limits, alpha)
+        live = put_state(live, (live_ids, live_log_probs, live_attention), active)
+        done = put_state(done, (done_ids, done_scores, done_log_probs, done_attention), active)
+        if compact:
+            keep = tf.where(~sentence_done)[:, 0]
+            active, parents, last = tf.gather(active, keep), tf.gather(parents, keep), tf.gather(last, keep)
+            sentence_done = tf.gather(sentence_done, keep)  # all False; empty once every sentence is done
+            rows = tf.reshape(tf.range(n * k), [n, k])
+            kept_rows = tf.reshape(tf.gather(rows, keep), [-1])
+            # Rows of per-sentence tensors change only when a sentence leaves.
+            context, cross = tf.cond(
+                tf.size(keep) < n,
+                lambda: tf.nest.map_structure(
+                    lambda x: tf.gather(x, kept_rows), (context, [c["cross_attention"] for c in cache])
+                ),
+                lambda: (context, [c["cross_attention"] for c in cache]),
+            )
+            cache = [{**c, "cross_attention": x} for c, x in zip(cache, cross)]
+        parents, last = tf.reshape(parents, [-1]), tf.reshape(last, [-1])
+        cache = [{**c, "self_attention": tf.gather(c["self_attention"], parents)} for c in cache]
+        return i + 1, active, last, cache, context, live, done, sentence_done
+
+    def not_finished(i, active, last, cache, context, live, done, sentence_done):
+        return (i < max_length) & ~tf.reduce_all(sentence_done)
 
     live = (live_ids, live_log_probs, live_attention)
     done = (done_ids, done_scores, done_log_probs, done_attention)
-    state = (tf.constant(0), last, cache, live, done)
-    shapes = loop_shapes(state, 2, cache_chunk)
+    context = (encoder_output, source_mask)
+    state = (tf.constant(0), tf.range(batch), last, cache, context, live, done, tf.zeros([batch], tf.bool))
+    shapes = tf.nest.map_structure(lambda t: t.shape, state)
+    if compact:
+        i, active, last, cache, context, live, done, sentence_done = shapes
+        shapes = (i, relax(active, 0), relax(last, 0), *decoder_rows_shapes(cache, context), live, done, relax(sentence_done, 0))
 
     def same_shapes_step(*state):
         # Gathers by computed indices lose static batch sizes; keep them so
         # tf.while_loop sees loop variables of unchanged shape.
         return tf.nest.map_structure(tf.ensure_shape, step(*state), shapes)
 
-    length, _, _, live, done = tf.while_loop(not_finished, same_shapes_step, state, shape_invariants=shapes)
+    length, *_, live, done, _ = tf.while_loop(not_finished, same_shapes_step, state, shape_invariants=shapes)
     done_ids, done_scores, done_log_probs, done_attention = done
     live_ids, live_log_probs, live_attention = live
     # A sentence that finished nothing by max_length returns its live beams.

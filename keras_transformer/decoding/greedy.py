@@ -79,18 +79,21 @@ def grow_cache(cache, index, cache_chunk):
     return tf.cond(index < capacity, lambda: cache, grown)
 
 
-def loop_shapes(state, cache_position, cache_chunk):
-    """`tf.while_loop` shape invariants for `state`: every shape fixed, but
-    the length of the self-attention caches at `state[cache_position]` when
-    they grow."""
-    shapes = tf.nest.map_structure(lambda t: tf.TensorShape(t.shape), state)
-    if cache_chunk is not None:
-        shapes = list(shapes)
-        shapes[cache_position] = [
-            {**c, "self_attention": c["self_attention"][:3].concatenate([None]).concatenate(c["self_attention"][4:])}
-            for c in shapes[cache_position]
-        ]
-    return tuple(shapes)
+def relax(shape, *dims):
+    """`shape` with the sizes at `dims` unknown (a `tf.while_loop` shape
+    invariant for a loop variable that changes size there)."""
+    return tf.TensorShape([None if d in dims else size for d, size in enumerate(shape.as_list())])
+
+
+def decoder_rows_shapes(cache, context):
+    """Shape invariants of the decoder's caches and context (encoder output
+    and mask) when sentences leave the batch (axis 0) and the self-attention
+    caches grow (axis 3)."""
+    cache = [
+        {"self_attention": relax(c["self_attention"], 0, 3), "cross_attention": relax(c["cross_attention"], 0)}
+        for c in cache
+    ]
+    return cache, tuple(relax(x, 0) for x in context)
 
 
 def greedy_decode(
@@ -136,7 +139,15 @@ def greedy_decode(
     limits = sentence_limits(source, max_length, max_extra_length)
     start = tf.fill([batch], tf.constant(start_id, tf.int32))
 
-    def step(i, token, cache, tokens, done):
+    # With a growing cache shapes are dynamic anyway, so a sentence that has
+    # ended also leaves the decoder's batch: `active` lists the sentences
+    # still decoded; `token`, `done`, the caches and the encoder context hold
+    # their rows.
+    compact = cache_chunk is not None
+
+    def step(i, active, token, cache, context, tokens, done):
+        encoder_output, source_mask = context
+        n = tf.shape(active)[0]  # sentences decoded in this step
         if use_cache:
             cache = grow_cache(cache, i, cache_chunk)
             logits, cache = model.decode(
@@ -148,16 +159,27 @@ def greedy_decode(
         logits = never_generated(logits[:, -1], start_id)
         token = tf.argmax(logits, axis=-1, output_type=tf.int32)
         if max_extra_length is not None:
-            token = tf.where(i + 1 >= limits, end_id, token)
+            token = tf.where(i + 1 >= tf.gather(limits, active), end_id, token)
         token = tf.where(done, 0, token)
         done = done | tf.equal(token, end_id)
-        return i + 1, token, cache, tf.tensor_scatter_nd_update(tokens, [[i]], token[None]), done
+        tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([tf.fill(tf.shape(active), i), active], 1), token)
+        if compact:
+            keep = tf.where(~done)[:, 0]
+            active, token, done = tf.gather(active, keep), tf.gather(token, keep), tf.gather(done, keep)
+            cache, context = tf.cond(
+                tf.size(keep) < n,
+                lambda: tf.nest.map_structure(lambda x: tf.gather(x, keep), (cache, context)),
+                lambda: (cache, context),
+            )
+        return i + 1, active, token, cache, context, tokens, done
 
-    def not_finished(i, token, cache, tokens, done):
+    def not_finished(i, active, token, cache, context, tokens, done):
         return (i < max_length) & ~tf.reduce_all(done)
 
-    state = (tf.constant(0), start, cache, tokens, tf.zeros([batch], tf.bool))
-    _, _, _, tokens, _ = tf.while_loop(
-        not_finished, step, state, shape_invariants=loop_shapes(state, 2, cache_chunk)
-    )
+    state = (tf.constant(0), tf.range(batch), start, cache, (encoder_output, source_mask), tokens, tf.zeros([batch], tf.bool))
+    shapes = tf.nest.map_structure(lambda t: t.shape, state)
+    if compact:
+        i, active, token, cache, context, tokens, done = shapes
+        shapes = (i, relax(active, 0), relax(token, 0), *decoder_rows_shapes(cache, context), tokens, relax(done, 0))
+    tokens = tf.while_loop(not_finished, step, state, shape_invariants=shapes)[5]
     return tf.transpose(tokens)  # [B, max_length]

@@ -50,15 +50,19 @@ def test_trained_model_copies(trained):
     assert copied > 0.8
 
 
-def test_cached_equals_uncached_on_the_trained_model(trained):
+@pytest.mark.parametrize("cache_chunk", [2, 16, None])
+def test_cached_equals_uncached_on_the_trained_model(trained, cache_chunk):
+    # The short sentences end first; with a growing cache (2, 16) they also
+    # leave the decoder's batch, with a preallocated one (None) they stay.
     model, source, _ = trained
-    np.testing.assert_array_equal(
-        greedy_decode(model, source, 10).numpy(), greedy_decode(model, source, 10, use_cache=False).numpy()
-    )
-    cached = beam_search(model, source, 10, beam_size=3)
+    uncached_greedy = greedy_decode(model, source, 10, use_cache=False).numpy()
+    assert len({int(np.argmax(row == END)) for row in uncached_greedy}) > 1  # sentences end at different steps
+    np.testing.assert_array_equal(greedy_decode(model, source, 10, cache_chunk=cache_chunk).numpy(), uncached_greedy)
+    cached = beam_search(model, source, 10, beam_size=3, cache_chunk=cache_chunk)
     uncached = beam_search(model, source, 10, beam_size=3, use_cache=False)
     np.testing.assert_array_equal(cached["ids"].numpy(), uncached["ids"].numpy())
     np.testing.assert_allclose(cached["log_probs"].numpy(), uncached["log_probs"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(cached["scores"].numpy(), uncached["scores"].numpy(), atol=1e-4)
 
 
 def test_beam_never_worse_than_greedy_and_scores_rescore(trained):
