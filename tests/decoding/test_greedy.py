@@ -49,6 +49,10 @@ def test_translator_keeps_order_and_ignores_batch_company():
     alone = [translator.translate([t])[0] for t in texts]
     assert together == alone
     assert translator.translate([]) == []
+    for beam_size in (1, 4):
+        plain = Translator(model, tokenizer, beam_size=beam_size, max_extra_length=5).translate(texts)
+        compiled = Translator(model, tokenizer, beam_size=beam_size, max_extra_length=5, jit_compile=True)
+        assert compiled.translate(texts, batch_size=3) == plain
 
 
 def test_bad_inputs_give_clear_errors_or_empty_results():
