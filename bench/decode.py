@@ -79,13 +79,13 @@ def main():
                     decoder_fn(model, method, True, length, jit_compile=True), source, args.repeats
                 )
                 uncached = time_call(decoder_fn(model, method, False, length), source, args.repeats)
-                print(
-                    f"| {method} | {batch} | {length} | {batch / cached:,.1f} | {cached / length * 1e3:.2f} "
-                    + (f"| {xla / length * 1e3:.2f} " if xla is not None else "| - ")
-                    + f"| {batch / uncached:,.1f} | {uncached / length * 1e3:.2f} | {uncached / cached:.2f}x "
-                    + (f"| {uncached / xla:.2f}x |" if xla is not None else "| - |"),
-                    flush=True,
-                )
+                cells = [
+                    method, batch, length, f"{batch / cached:,.1f}", f"{cached / length * 1e3:.2f}",
+                    "-" if xla is None else f"{xla / length * 1e3:.2f}",
+                    f"{batch / uncached:,.1f}", f"{uncached / length * 1e3:.2f}", f"{uncached / cached:.2f}x",
+                    "-" if xla is None else f"{uncached / xla:.2f}x",
+                ]
+                print("| " + " | ".join(map(str, cells)) + " |", flush=True)
 
 
 if __name__ == "__main__":

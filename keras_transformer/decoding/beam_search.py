@@ -135,21 +135,17 @@ def beam_search(
     def put(full, part, active):
         return tf.tensor_scatter_nd_update(full, active[:, None], part) if compact else part
 
-    def take_state(state, active, n):
-        ids, *values, attention = state
-        # Without return_attention the attention tensors stay empty, untouched.
-        attention = take(attention, active) if return_attention else tf.zeros([n, k, 0, 0])
-        return [take(ids, active), *[take(x, active) for x in values], attention]
-
     def put_state(full, part, active):
+        # Without return_attention the attention tensors are empty, [B, K, 0, 0],
+        # and a scatter into an empty tensor fails: they are left as they are.
         merged = [put(f, p, active) for f, p in zip(full[:-1], part[:-1])]
         return (*merged, put(full[-1], part[-1], active) if return_attention else full[-1])
 
     def step(i, active, last, cache, context, live, done, sentence_done):
         encoder_output, source_mask = context
         n = tf.shape(active)[0]  # sentences decoded in this step
-        live_ids, live_log_probs, live_attention = take_state(live, active, n)
-        done_ids, done_scores, done_log_probs, done_attention = take_state(done, active, n)
+        live_ids, live_log_probs, live_attention = [take(x, active) for x in live]
+        done_ids, done_scores, done_log_probs, done_attention = [take(x, active) for x in done]
         if use_cache:
             cache = grow_cache(cache, i, cache_chunk)
             logits, scores, cache = model.decode(
@@ -219,16 +215,13 @@ def beam_search(
             keep = tf.where(~sentence_done)[:, 0]
             active, parents, last = tf.gather(active, keep), tf.gather(parents, keep), tf.gather(last, keep)
             sentence_done = tf.gather(sentence_done, keep)  # all False; empty once every sentence is done
-            rows = tf.reshape(tf.range(n * k), [n, k])
-            kept_rows = tf.reshape(tf.gather(rows, keep), [-1])
             # Rows of per-sentence tensors change only when a sentence leaves.
-            context, cross = tf.cond(
-                tf.size(keep) < n,
-                lambda: tf.nest.map_structure(
-                    lambda x: tf.gather(x, kept_rows), (context, [c["cross_attention"] for c in cache])
-                ),
-                lambda: (context, [c["cross_attention"] for c in cache]),
-            )
+            def drop_done_rows(tensors):
+                kept_rows = tf.reshape(keep[:, None] * k + tf.range(k, dtype=keep.dtype), [-1])
+                return tf.nest.map_structure(lambda x: tf.gather(x, kept_rows), tensors)
+
+            per_sentence = (context, [c["cross_attention"] for c in cache])
+            context, cross = tf.cond(tf.size(keep) < n, lambda: drop_done_rows(per_sentence), lambda: per_sentence)
             cache = [{**c, "cross_attention": x} for c, x in zip(cache, cross)]
         parents, last = tf.reshape(parents, [-1]), tf.reshape(last, [-1])
         cache = [{**c, "self_attention": tf.gather(c["self_attention"], parents)} for c in cache]
