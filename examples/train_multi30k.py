@@ -52,6 +52,10 @@ def parse_args():
     p.add_argument("--max-length", type=int, default=128, help="longest pair kept, in tokens")
     p.add_argument("--vocab-size", type=int, default=10000, help="joint WordPiece vocabulary size")
     p.add_argument("--warmup-steps", type=int, default=1000)
+    p.add_argument(
+        "--schedule", default="inverse_sqrt", choices=["inverse_sqrt", "linear"],
+        help="after warm-up: the paper's inverse square root, or linear decay to zero at the end of --minutes",
+    )
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the paper's schedule")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--average-last", type=int, default=10, help="epoch checkpoints to average")
@@ -109,7 +113,7 @@ def train_model(args, tokenizer, train, val):
         model.build()
         training.compile_for_translation(
             model, warmup_steps=args.warmup_steps, learning_rate_scale=args.lr_scale,
-            label_smoothing=args.label_smoothing, jit_compile=args.jit_compile,
+            label_smoothing=args.label_smoothing, jit_compile=args.jit_compile, schedule=args.schedule,
         )
     print(f"{args.preset}: {model.count_params():,} parameters, dtype policy {model.dtype_policy.name}")
     start = time.time()

@@ -14,4 +14,6 @@ from keras_transformer.training.fit import train
 from keras_transformer.training.losses import MaskedAccuracy
 from keras_transformer.training.losses import MaskedCrossEntropy
 from keras_transformer.training.schedules import WarmupInverseSqrt
+from keras_transformer.training.schedules import WarmupLinearDecay
 from keras_transformer.training.schedules import paper_optimizer
+from keras_transformer.training.schedules import translation_optimizer

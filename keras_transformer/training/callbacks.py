@@ -136,19 +136,47 @@ def list_checkpoints(directory: str) -> List[str]:
 class TimeBudget(keras.callbacks.Callback):
     """Stops training once `minutes` of wall-clock time have passed since
     training began; the current epoch ends early (with its validation and
-    checkpoint)."""
+    checkpoint).
 
-    def __init__(self, minutes: float):
+    Given a `schedule` with `set_total_steps` (`WarmupLinearDecay`), it
+    also moves the schedule's end to the step the budget will run out at,
+    re-estimated after every batch from the steps per second so far
+    (validation time included), so the learning rate reaches zero as time
+    runs out even when the machine's speed changes during the run.
+
+    Args:
+        minutes: float, the budget.
+        schedule: optional schedule to fit to the budget.
+        max_steps: optional int, the run's last step in any case (for
+            example epochs * steps_per_epoch); the estimate never exceeds it.
+        clock: function returning seconds (for tests). Default
+            `time.monotonic`.
+    """
+
+    def __init__(self, minutes: float, schedule=None, max_steps=None, clock=time.monotonic):
         super().__init__()
         self.seconds = 60.0 * minutes
+        self.schedule = schedule
+        self.max_steps = max_steps
+        self.clock = clock
         self.start = None
+        self.start_step = None
         self.stopped_early = False
 
     def on_train_begin(self, logs=None):
         if self.start is None:
-            self.start = time.monotonic()
+            self.start = self.clock()
+            self.start_step = int(self.model.optimizer.iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start >= self.seconds:
+        elapsed = self.clock() - self.start
+        if elapsed >= self.seconds:
             self.model.stop_training = True
             self.stopped_early = True
+        elif self.schedule is not None and elapsed > 0:
+            step = int(self.model.optimizer.iterations.numpy())
+            rate = (step - self.start_step) / elapsed
+            total = step + int(rate * max(self.seconds - elapsed, 0.0))
+            if self.max_steps is not None:
+                total = min(total, self.max_steps)
+            self.schedule.set_total_steps(max(total, step + 1, self.schedule.warmup_steps + 1))

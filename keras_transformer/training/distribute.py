@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from keras_transformer.training.callbacks import list_checkpoints
 from keras_transformer.training.callbacks import save_epoch_checkpoint
+from keras_transformer.training.schedules import schedule_to_fit
 
 STRATEGY_CHOICES = ("default", "mirrored", "multi-worker")
 
@@ -84,6 +85,9 @@ def train_custom_loop(
     """
     loss_fn = model.loss
     optimizer = model.optimizer
+    schedule = schedule_to_fit(optimizer)
+    if schedule is not None:
+        schedule.set_total_steps(max(epochs * steps_per_epoch, schedule.warmup_steps + 1))
     replicas = strategy.num_replicas_in_sync
     checkpoint_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
 

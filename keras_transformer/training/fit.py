@@ -14,7 +14,8 @@ from keras_transformer.training.callbacks import TimeBudget
 from keras_transformer.training.callbacks import list_checkpoints
 from keras_transformer.training.losses import MaskedAccuracy
 from keras_transformer.training.losses import MaskedCrossEntropy
-from keras_transformer.training.schedules import paper_optimizer
+from keras_transformer.training.schedules import schedule_to_fit
+from keras_transformer.training.schedules import translation_optimizer
 
 
 def compile_for_translation(
@@ -24,12 +25,15 @@ def compile_for_translation(
     label_smoothing: float = 0.1,
     jit_compile: bool = False,
     optimizer=None,
+    schedule: str = "inverse_sqrt",
 ):
     """Compiles `model` with the paper's recipe: label-smoothed masked
     cross-entropy, masked accuracy, and Adam(0.9, 0.98, 1e-9) on the warm-up
-    schedule (unless `optimizer` is given)."""
+    schedule (unless `optimizer` is given). `schedule="linear"` keeps the
+    warm-up and peak but then decays linearly to zero at the end of the
+    run that `train` is given (its epochs, or its time budget)."""
     if optimizer is None:
-        optimizer = paper_optimizer(model.d_model, warmup_steps, learning_rate_scale)
+        optimizer = translation_optimizer(model.d_model, warmup_steps, learning_rate_scale, schedule)
     model.compile(
         optimizer=optimizer,
         loss=MaskedCrossEntropy(label_smoothing=label_smoothing),
@@ -62,6 +66,11 @@ def train(
     an interruption, it restores the backup and continues from the exact
     step it reached, skipping the batches already seen.
 
+    An optimizer on `WarmupLinearDecay` made without an end (as
+    `compile_for_translation(schedule="linear")` makes it) decays to zero
+    at `epochs * steps_per_epoch`, or, with `minutes`, at the step the
+    budget is estimated to run out at (see `TimeBudget`).
+
     Args:
         model: a compiled Keras model whose variables exist (call `build`).
         train_stream: an endless, deterministic dataset of batches (see
@@ -87,7 +96,10 @@ def train(
         raise ValueError("`early_stopping_patience` needs `validation_data` to watch val_loss")
     backup = StepBackup(os.path.join(run_dir, "backup"), save_freq=backup_every)
     step = backup.restore(model)
-    budget = TimeBudget(minutes) if minutes else None
+    schedule = schedule_to_fit(model.optimizer)
+    if schedule is not None:
+        schedule.set_total_steps(max(epochs * steps_per_epoch, schedule.warmup_steps + 1))
+    budget = TimeBudget(minutes, schedule, max_steps=epochs * steps_per_epoch) if minutes else None
     all_callbacks = [
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         EpochCheckpoints(os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints),

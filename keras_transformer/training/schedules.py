@@ -47,3 +47,102 @@ def paper_optimizer(d_model, warmup_steps=4000, scale=1.0):
         beta_2=0.98,
         epsilon=1e-9,
     )
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak_learning_rate`, then linear decay to zero at
+    `total_steps`.
+
+    With a fixed budget of steps or of time, ending at zero beats a schedule
+    that is still high when the budget runs out (Li et al., "Budgeted
+    Training", ICLR 2020). `total_steps` lives in a variable that
+    `set_total_steps` changes while training runs: `train(minutes=...)`
+    re-estimates it from the measured step rate, so the decay reaches zero
+    as the time budget ends.
+
+        lrate = peak * min(step / warmup_steps, (total - step) / (total - warmup_steps))
+
+    clipped at 0. Steps count from 1 (step 0 is treated as step 1).
+
+    Args:
+        peak_learning_rate: float, the rate at `warmup_steps`.
+        warmup_steps: int.
+        total_steps: int > warmup_steps, or None to leave it to `train`,
+            which sets it from its epochs and time budget.
+    """
+
+    def __init__(self, peak_learning_rate, warmup_steps, total_steps=None):
+        if peak_learning_rate <= 0 or warmup_steps <= 0:
+            raise ValueError(
+                "`peak_learning_rate` and `warmup_steps` must be positive. Received: "
+                f"peak_learning_rate={peak_learning_rate!r}, warmup_steps={warmup_steps!r}"
+            )
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        # Made without an end, `train` fits the end to its epochs and budget.
+        self.fit_to_run = total_steps is None
+        self._total = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="total_steps")
+        self.set_total_steps(total_steps)
+
+    @property
+    def total_steps(self):
+        """The step at which the rate reaches zero (int), or None if unset."""
+        total = int(round(float(self._total.numpy())))
+        return total or None
+
+    def set_total_steps(self, total_steps):
+        """Sets where the decay reaches zero; None unsets it. May be called
+        between steps of a running `fit`."""
+        if total_steps is not None and total_steps <= self.warmup_steps:
+            raise ValueError(
+                f"`total_steps` must be larger than `warmup_steps` ({self.warmup_steps}). "
+                f"Received: total_steps={total_steps!r}"
+            )
+        self._total.assign(0.0 if total_steps is None else float(total_steps))
+
+    def __call__(self, step):
+        step = tf.maximum(tf.cast(step, tf.float32), 1.0)
+        # Unset (0) behaves as no decay at all, so the rate stays at the peak.
+        total = tf.where(self._total > 0, self._total, tf.float32.max)
+        warmup = step / self.warmup_steps
+        decay = (total - step) / (total - self.warmup_steps)
+        return self.peak_learning_rate * tf.maximum(tf.minimum(warmup, decay), 0.0)
+
+    def get_config(self):
+        return {
+            "peak_learning_rate": self.peak_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def schedule_to_fit(optimizer):
+    """The optimizer's `WarmupLinearDecay` if it was made without an end
+    (`total_steps=None`), for the training loop to set; else None."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, WarmupLinearDecay) and schedule.fit_to_run:
+        return schedule
+    return None
+
+
+def paper_peak_learning_rate(d_model, warmup_steps, scale=1.0):
+    """The peak of `WarmupInverseSqrt`: scale * (d_model * warmup_steps)^-0.5."""
+    return scale * (d_model * warmup_steps) ** -0.5
+
+
+def translation_optimizer(d_model, warmup_steps=4000, scale=1.0, schedule="inverse_sqrt"):
+    """Adam(0.9, 0.98, 1e-9) on the paper's schedule (`"inverse_sqrt"`) or
+    on `WarmupLinearDecay` with the same warm-up and peak (`"linear"`, its
+    end set by `train`)."""
+    if schedule == "inverse_sqrt":
+        return paper_optimizer(d_model, warmup_steps, scale)
+    if schedule != "linear":
+        raise ValueError(f"`schedule` must be 'inverse_sqrt' or 'linear'. Received: schedule={schedule!r}")
+    return keras.optimizers.Adam(
+        learning_rate=WarmupLinearDecay(paper_peak_learning_rate(d_model, warmup_steps, scale), warmup_steps),
+        beta_1=0.9,
+        beta_2=0.98,
+        epsilon=1e-9,
+    )

@@ -159,3 +159,64 @@ def test_compiled_model_loads_with_only_the_package_imported(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-2:] == ["WarmupInverseSqrt", "2"]
+
+
+def _linear_model(warmup_steps=2):
+    model = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=0.0, max_length=32)
+    model.build()
+    return training.compile_for_translation(model, warmup_steps=warmup_steps, schedule="linear")
+
+
+def test_linear_schedule_ends_at_zero_with_the_run(tmp_path):
+    model = _linear_model()
+    schedule = model.optimizer._learning_rate
+    training.train(model, _stream(), 4, 2, str(tmp_path), verbose=0)
+    assert schedule.total_steps == 8
+    assert float(model.optimizer.learning_rate) == 0.0
+    # The compiled step reads the end live: at a rate of zero a step changes
+    # nothing; moving the end on makes the next step change the weights.
+    ds = _stream(seed=3)
+    before = _weights(model)
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(model)))
+    schedule.set_total_steps(100)
+    model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(model)))
+
+
+class _FakeClock:
+    """Advances one second at every reading after the first."""
+
+    def __init__(self):
+        self.now = -1.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+class _RecordTotal(keras.callbacks.Callback):
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule, self.totals = schedule, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.totals.append(self.schedule.total_steps)
+
+
+def test_time_budget_moves_the_decay_end_to_when_time_runs_out():
+    model = _linear_model()
+    schedule = model.optimizer._learning_rate
+    # One step a second and a 12-second budget: the run ends at step 12.
+    budget = training.TimeBudget(12 / 60, schedule, max_steps=1000, clock=_FakeClock())
+    record = _RecordTotal(schedule)
+    model.fit(_stream(), steps_per_epoch=50, epochs=1, callbacks=[budget, record], verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 12
+    assert record.totals[:11] == [12] * 11
+    assert float(schedule(12)) == 0.0
+    # An epochs limit that comes before the budget wins.
+    model = _linear_model()
+    schedule = model.optimizer._learning_rate
+    budget = training.TimeBudget(12 / 60, schedule, max_steps=6, clock=_FakeClock())
+    model.fit(_stream(), steps_per_epoch=3, epochs=1, callbacks=[budget], verbose=0)
+    assert schedule.total_steps == 6

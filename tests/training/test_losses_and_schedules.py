@@ -7,7 +7,9 @@ import pytest
 from keras_transformer.training import MaskedAccuracy
 from keras_transformer.training import MaskedCrossEntropy
 from keras_transformer.training import WarmupInverseSqrt
+from keras_transformer.training import WarmupLinearDecay
 from keras_transformer.training import paper_optimizer
+from keras_transformer.training import translation_optimizer
 
 
 def _reference_loss(labels, logits, smoothing):
@@ -63,3 +65,31 @@ def test_schedule_values_at_chosen_steps():
     assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.9, 0.98, 1e-9)
     with pytest.raises(ValueError, match="warmup_steps=0"):
         WarmupInverseSqrt(128, warmup_steps=0)
+
+
+def test_linear_decay_values_at_chosen_steps():
+    schedule = WarmupLinearDecay(1e-3, warmup_steps=10, total_steps=30)
+    expected = {0: 1e-4, 1: 1e-4, 5: 5e-4, 10: 1e-3, 15: 7.5e-4, 20: 5e-4, 29: 5e-5, 30: 0.0, 45: 0.0}
+    for step, value in expected.items():
+        assert float(schedule(step)) == pytest.approx(value, rel=1e-5, abs=1e-9), step
+    # Moving the end changes the rate the same object gives for the same step.
+    schedule.set_total_steps(110)
+    assert float(schedule(60)) == pytest.approx(1e-3 * 50 / 100, rel=1e-5)
+    # No end yet: it stays at the peak after warm-up.
+    assert float(WarmupLinearDecay(1e-3, 10)(10_000)) == pytest.approx(1e-3)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert restored.total_steps == 110 and not restored.fit_to_run
+    assert float(restored(60)) == float(schedule(60))
+    with pytest.raises(ValueError, match="total_steps=10"):
+        WarmupLinearDecay(1e-3, warmup_steps=10, total_steps=10)
+    with pytest.raises(ValueError, match="peak_learning_rate=0"):
+        WarmupLinearDecay(0, warmup_steps=10)
+
+
+def test_translation_optimizer_linear_keeps_the_papers_peak():
+    optimizer = translation_optimizer(128, warmup_steps=1000, scale=0.5, schedule="linear")
+    peak = float(WarmupInverseSqrt(128, warmup_steps=1000, scale=0.5)(1000))
+    assert float(optimizer.learning_rate) == pytest.approx(peak / 1000, rel=1e-5)  # step 0 counts as 1
+    assert optimizer._learning_rate.peak_learning_rate == pytest.approx(peak, rel=1e-6)
+    with pytest.raises(ValueError, match="schedule='cosine'"):
+        translation_optimizer(128, schedule="cosine")
