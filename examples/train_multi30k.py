@@ -65,6 +65,14 @@ def parse_args():
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate run-dir/model.keras")
+    p.add_argument(
+        "--eval-split", default="test_2016_flickr", choices=["test_2016_flickr", "val"],
+        help="the split to translate and score (val for choosing settings)",
+    )
+    p.add_argument(
+        "--eval-checkpoints", type=int, default=None,
+        help="with --evaluate-only: score the average of the run's last N epoch checkpoints",
+    )
     p.add_argument("--eval-batch-size", type=int, default=100)
     p.add_argument("--beam-size", type=int, default=4, help="1 for greedy decoding")
     p.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty")
@@ -137,8 +145,8 @@ def train_model(args, tokenizer, train, val):
 
 
 def evaluate(args, model, tokenizer):
-    tok_path, raw_path = split_paths(args.data_dir, "test_2016_flickr", args.target_lang)
-    source_path, _ = split_paths(args.data_dir, "test_2016_flickr", args.source_lang)
+    tok_path, raw_path = split_paths(args.data_dir, args.eval_split, args.target_lang)
+    source_path, _ = split_paths(args.data_dir, args.eval_split, args.source_lang)
     sources, tok_refs = data.read_parallel(source_path, tok_path)
     raw_refs = data.read_lines(raw_path)
     start = time.time()
@@ -149,6 +157,7 @@ def evaluate(args, model, tokenizer):
     raw_hyps = [detok.detokenize(h.split()) for h in hyps]
     results = {
         "decoding": "greedy" if args.beam_size == 1 else f"beam {args.beam_size}, alpha {args.alpha}",
+        "split": args.eval_split,
         "sentences": len(sources),
         "translate_seconds": round(seconds, 1),
         "bleu_tok": sacrebleu.corpus_bleu(hyps, [tok_refs], tokenize="none", force=True).score,
@@ -172,12 +181,19 @@ def main():
     results = {"preset": args.preset, "policy": policy}
     if args.evaluate_only:
         model = keras.saving.load_model(os.path.join(args.run_dir, "model.keras"))
+        if args.eval_checkpoints:
+            used = training.average_last_checkpoints(model, args.run_dir, args.eval_checkpoints)
+            results["checkpoints_averaged"] = len(used)
     else:
         model, minutes = train_model(args, tokenizer, train, data.read_parallel(*val_paths))
         results.update(train_minutes=round(minutes, 1), steps=int(model.optimizer.iterations.numpy()))
     results.update(evaluate(args, model, tokenizer))
     print(json.dumps(results, indent=2))
     name = "greedy" if args.beam_size == 1 else f"beam{args.beam_size}"
+    if args.eval_split != "test_2016_flickr":
+        name += f"-{args.eval_split}"
+    if args.evaluate_only and args.eval_checkpoints:
+        name += f"-avg{args.eval_checkpoints}"
     with open(os.path.join(args.run_dir, f"results-{name}.json"), "w") as f:
         json.dump(results, f, indent=2)
 
