@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from keras_transformer.training.callbacks import list_checkpoints
 from keras_transformer.training.callbacks import save_epoch_checkpoint
-from keras_transformer.training.schedules import schedule_to_fit
+from keras_transformer.training.schedules import fit_schedule_to_run
 
 STRATEGY_CHOICES = ("default", "mirrored", "multi-worker")
 
@@ -85,9 +85,7 @@ def train_custom_loop(
     """
     loss_fn = model.loss
     optimizer = model.optimizer
-    schedule = schedule_to_fit(optimizer)
-    if schedule is not None:
-        schedule.set_total_steps(max(epochs * steps_per_epoch, schedule.warmup_steps + 1))
+    fit_schedule_to_run(optimizer, epochs * steps_per_epoch)
     replicas = strategy.num_replicas_in_sync
     checkpoint_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
 

@@ -14,7 +14,7 @@ from keras_transformer.training.callbacks import TimeBudget
 from keras_transformer.training.callbacks import list_checkpoints
 from keras_transformer.training.losses import MaskedAccuracy
 from keras_transformer.training.losses import MaskedCrossEntropy
-from keras_transformer.training.schedules import schedule_to_fit
+from keras_transformer.training.schedules import fit_schedule_to_run
 from keras_transformer.training.schedules import translation_optimizer
 
 
@@ -96,9 +96,7 @@ def train(
         raise ValueError("`early_stopping_patience` needs `validation_data` to watch val_loss")
     backup = StepBackup(os.path.join(run_dir, "backup"), save_freq=backup_every)
     step = backup.restore(model)
-    schedule = schedule_to_fit(model.optimizer)
-    if schedule is not None:
-        schedule.set_total_steps(max(epochs * steps_per_epoch, schedule.warmup_steps + 1))
+    schedule = fit_schedule_to_run(model.optimizer, epochs * steps_per_epoch)
     budget = TimeBudget(minutes, schedule, max_steps=epochs * steps_per_epoch) if minutes else None
     all_callbacks = [
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),

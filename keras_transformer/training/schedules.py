@@ -117,14 +117,16 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def schedule_to_fit(optimizer):
-    """The optimizer's `WarmupLinearDecay` if it was made without an end
-    (`total_steps=None`), for the training loop to set; else None."""
+def fit_schedule_to_run(optimizer, total_steps):
+    """Ends the optimizer's `WarmupLinearDecay` at `total_steps` (at least
+    one past the warm-up) if it was made without an end; returns it, or None
+    when the optimizer has no such schedule."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
     schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, WarmupLinearDecay) and schedule.fit_to_run:
-        return schedule
-    return None
+    if not (isinstance(schedule, WarmupLinearDecay) and schedule.fit_to_run):
+        return None
+    schedule.set_total_steps(max(total_steps, schedule.warmup_steps + 1))
+    return schedule
 
 
 def paper_peak_learning_rate(d_model, warmup_steps, scale=1.0):
