@@ -46,6 +46,10 @@ def parse_args():
     p.add_argument("--target-lang", default="de")
     p.add_argument("--preset", default="tiny", choices=sorted(kt.PRESETS))
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    p.add_argument(
+        "--attention-dropout", type=float, default=None,
+        help="dropout on attention probabilities (default: the same as --dropout)",
+    )
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget")
     p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
     p.add_argument("--tokens-per-batch", type=int, default=4096)
@@ -113,7 +117,11 @@ def train_model(args, tokenizer, train, val):
         data.tokenized_pairs(tokenizer, *val, max_length=args.max_length),
         args.tokens_per_batch, args.max_length, shuffle=False, batch_multiple=replicas,
     ).cache()
-    overrides = {} if args.dropout is None else {"dropout": args.dropout}
+    overrides = {}
+    if args.dropout is not None:
+        overrides["dropout"] = args.dropout
+    if args.attention_dropout is not None:
+        overrides["attention_dropout"] = args.attention_dropout
     with strategy.scope():
         model = kt.Transformer.from_preset(
             args.preset, tokenizer.vocab_size, tokenizer.vocab_size, max_length=args.max_length + 64, **overrides
