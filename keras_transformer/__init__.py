@@ -2,6 +2,7 @@
 
 from keras_transformer.layers import Decoder
 from keras_transformer.layers import DecoderLayer
+from keras_transformer.layers import Dropout
 from keras_transformer.layers import Encoder
 from keras_transformer.layers import EncoderLayer
 from keras_transformer.layers import FeedForward

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_transformer.layers import masks
 from keras_transformer.layers import validation
+from keras_transformer.layers.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -94,7 +95,7 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self._dropout_layer = Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, query_shape, value_shape, key_shape=None):
         validation.check_rank("query", query_shape, 3)

@@ -3,6 +3,7 @@
 import keras
 
 from keras_transformer.layers import validation
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.attention import MultiHeadAttention
 from keras_transformer.layers.feed_forward import FeedForward
 
@@ -103,4 +104,4 @@ class TransformerBlock(keras.layers.Layer):
         return x if self.norm_first else self.feed_forward_norm(x)
 
     def _dropout(self):
-        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        return Dropout(self.dropout, dtype=self.dtype_policy)

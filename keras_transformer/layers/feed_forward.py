@@ -3,6 +3,7 @@
 import keras
 
 from keras_transformer.layers import validation
+from keras_transformer.layers.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -41,7 +42,7 @@ class FeedForward(keras.layers.Layer):
             dtype=self.dtype_policy, name="inner",
         )
         self.inner.build(inputs_shape)
-        self.inner_dropout = keras.layers.Dropout(self.activation_dropout, dtype=self.dtype_policy)
+        self.inner_dropout = Dropout(self.activation_dropout, dtype=self.dtype_policy)
         self.outer = keras.layers.Dense(
             inputs_shape[-1], kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy, name="outer",

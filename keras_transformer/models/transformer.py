@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_transformer.layers import masks
 from keras_transformer.layers import validation
 from keras_transformer.layers.block import check_heads_divide
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
 from keras_transformer.layers.positional_encoding import PositionalEncoding
 from keras_transformer.layers.stacks import Decoder
@@ -109,8 +110,8 @@ class Transformer(keras.Model):
                 target_vocab_size, dtype=policy, name="output_projection"
             )
         self.positional_encoding = PositionalEncoding(max_length, dtype=policy, name="positional_encoding")
-        self.source_dropout = keras.layers.Dropout(dropout, dtype=policy)
-        self.target_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.source_dropout = Dropout(dropout, dtype=policy)
+        self.target_dropout = Dropout(dropout, dtype=policy)
         stack_args = dict(
             num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, dropout=dropout,
             norm_first=norm_first, activation=activation, attention_dropout=attention_dropout,
