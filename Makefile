@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data/multi30k
+# Test processes (pytest-xdist); one test file stays in one process, so module fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: install test demo bench multi30k export serve serve-docker clean
 
@@ -19,7 +21,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

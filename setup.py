@@ -28,6 +28,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout",
+            "pytest-xdist",
             "matplotlib",
         ],
         "bench": [
