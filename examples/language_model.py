@@ -94,16 +94,23 @@ def init_cache(model: keras.Model, batch_size, max_length) -> List[tf.Tensor]:
     return [layer.init_cache(batch_size, max_length) for layer in decoder_layers(model)]
 
 
-def decode_step(model: keras.Model, ids, cache, cache_index):
-    """Ids [B, T] at positions `[cache_index, cache_index + T)` -> (logits
-    [B, T, V], updated cache): the model's forward pass, one layer at a time,
-    attending to the cached keys and values of every earlier position."""
+def decode_step(model: keras.Model, ids, cache, cache_index, positions=None, slots=None):
+    """Ids [B, T] written at cache slots `[cache_index, cache_index + T)` ->
+    (logits [B, T, V], updated cache): the model's forward pass, one layer at
+    a time, attending to the cached keys and values of every earlier slot.
+
+    `positions` (int [B]) is each row's position of its first id when rows
+    are at different positions (default: `cache_index` for every row);
+    `slots` (bool [B, L]) marks the cache slots that hold real tokens, so
+    padding in the cache is never attended to (default: every slot).
+    """
     embedding = model.get_layer("embedding")
     x = embedding(ids)
-    x = model.get_layer("positional_encoding")(x, start_index=cache_index)
+    x = model.get_layer("positional_encoding")(x, start_index=cache_index if positions is None else positions)
+    attention_mask = None if slots is None else slots[:, None, :]  # [B, 1, L]
     new_cache = []
     for layer, layer_cache in zip(decoder_layers(model), cache):
-        x, layer_cache = layer(x, cache=layer_cache, cache_index=cache_index)
+        x, layer_cache = layer(x, attention_mask=attention_mask, cache=layer_cache, cache_index=cache_index)
         new_cache.append(layer_cache)
     x = model.get_layer("final_norm")(x)
     return embedding(x, reverse=True), new_cache
@@ -122,9 +129,16 @@ def _next_token(logits, temperature, seed):
 def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0.0, seed: int = 0):
     """Continues each prompt until [END] or `max_length` tokens, with the cache.
 
+    Prompts of unequal length come right-padded with 0s. All prompts fill
+    cache slots `[0, P)` in one pass, the padded slots masked out; then step
+    s writes every row's next token to slot P + s at the row's own position
+    (its prompt length + s), so each row is continued exactly as it would be
+    alone.
+
     Args:
         model: from `build_language_model`.
-        prompt: int32 [B, P] ids, starting with [START], no padding.
+        prompt: int32 [B, P] ids, each row starting with [START], then
+            0s (padding) only at the end.
         max_length: int, total length (prompt included); at most the
             model's positional-encoding length.
         temperature: float, 0 for greedy decoding, else the sampling
@@ -132,44 +146,66 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
         seed: int, the sampling seed.
 
     Returns:
-        int32 [B, max_length]: the prompt, the generated ids up to and with
-        [END], then 0s. Wrap in `tf.function` for speed.
+        int32 [B, max_length]: each prompt without its padding, the
+        generated ids up to and with [END], then 0s. Wrap in `tf.function`
+        for speed.
     """
     prompt = tf.convert_to_tensor(prompt, tf.int32)
     batch, prompt_length = tf.shape(prompt)[0], tf.shape(prompt)[1]
-    # The prompt fills cache positions [0, P) in one pass.
-    cache = init_cache(model, batch, max_length)
-    logits, cache = decode_step(model, prompt, cache, 0)
-    tokens = tf.pad(prompt, [[0, 0], [0, max_length - prompt_length]])  # [B, L]
+    real = tf.not_equal(prompt, PAD_ID)
+    lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)  # [B]
+    checks = [
+        tf.debugging.assert_equal(
+            real, tf.sequence_mask(lengths, prompt_length),
+            message="`prompt` rows must be [START] and ids, then padding (0) only at the end",
+        ),
+        tf.debugging.assert_less(
+            tf.reduce_max(lengths), max_length + 1, message="a prompt is longer than `max_length`"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        # Slots past P hold generated tokens; the shortest prompt needs the most.
+        cache_length = prompt_length + max_length - tf.reduce_min(lengths)
+    slots = tf.pad(real, [[0, 0], [0, cache_length - prompt_length]])  # [B, cache_length]
+    cache = init_cache(model, batch, cache_length)
+    logits, cache = decode_step(model, prompt, cache, 0, slots=slots)
+    logits = tf.gather(logits, lengths - 1, axis=1, batch_dims=1)[:, None]  # each row's last real id
+    tokens = tf.pad(prompt, [[0, 0], [0, max_length - prompt_length]])  # [B, max_length]
 
-    def step(i, logits, cache, tokens, done):
-        token = _next_token(logits[:, -1], temperature, tf.stack([seed, i]))
+    def step(s, logits, cache, slots, tokens, done):
+        slot = prompt_length + s
+        token = _next_token(logits[:, -1], temperature, tf.stack([seed, slot]))
         token = tf.where(done, PAD_ID, token)
-        tokens += token[:, None] * tf.one_hot(i, max_length, dtype=tf.int32)[None]
-        done = done | tf.equal(token, END_ID)
-        logits, cache = decode_step(model, token[:, None], cache, i)
-        return i + 1, logits, cache, tokens, done
+        column = tf.one_hot(lengths + s, max_length, dtype=tf.int32)  # [B, max_length]; 0 past the end
+        tokens += token[:, None] * column
+        slots |= (~done)[:, None] & tf.equal(tf.range(cache_length), slot)[None, :]
+        done = done | tf.equal(token, END_ID) | (lengths + s + 1 >= max_length)
+        logits, cache = decode_step(model, token[:, None], cache, slot, positions=lengths + s, slots=slots)
+        return s + 1, logits, cache, slots, tokens, done
 
-    def not_finished(i, logits, cache, tokens, done):
-        return (i < max_length) & ~tf.reduce_all(done)
+    def not_finished(s, logits, cache, slots, tokens, done):
+        return ~tf.reduce_all(done)
 
-    done = tf.zeros([batch], tf.bool)
-    logits = logits[:, -1:]  # [B, 1, V], the shape every step keeps
-    _, _, _, tokens, _ = tf.while_loop(not_finished, step, (prompt_length, logits, cache, tokens, done))
+    done = lengths >= max_length
+    _, _, _, _, tokens, _ = tf.while_loop(
+        not_finished, step, (tf.constant(0), logits, cache, slots, tokens, done)
+    )
     return tokens
 
 
 def generate_uncached(model: keras.Model, prompt, max_length: int) -> np.ndarray:
-    """Greedy reference for `generate`: runs the whole model over the whole
-    prefix at every step, no cache. Same arguments and output."""
-    tokens = np.asarray(prompt, np.int32)
-    done = np.zeros(len(tokens), bool)
-    while tokens.shape[1] < max_length and not done.all():
-        logits = model(tokens, training=False)[:, -1]
-        token = np.where(done, PAD_ID, _next_token(logits, 0.0, None).numpy())
-        done |= token == END_ID
-        tokens = np.concatenate([tokens, token[:, None]], axis=1)
-    return np.pad(tokens, [(0, 0), (0, max_length - tokens.shape[1])])
+    """Greedy reference for `generate`: runs the whole model over each row's
+    whole prefix (padding removed) at every step, no cache. Same arguments
+    and output."""
+    rows = []
+    for row in np.asarray(prompt, np.int32):
+        tokens, token = row[row != PAD_ID][None], None
+        while tokens.shape[1] < max_length and token != END_ID:
+            logits = model(tokens, training=False)[:, -1]
+            token = int(_next_token(logits, 0.0, None)[0])
+            tokens = np.concatenate([tokens, [[token]]], axis=1)
+        rows.append(np.pad(tokens[0], [0, max_length - tokens.shape[1]]))
+    return np.stack(rows)
 
 
 def perplexity(model: keras.Model, dataset: tf.data.Dataset) -> float:

@@ -44,8 +44,12 @@ class MultiHeadAttention(keras.layers.Layer):
         query: [B, T, Dq] tensor.
         value: [B, S, Dv] tensor.
         key: optional [B, S, Dk] tensor; defaults to `value`.
-        attention_mask: optional [B, T, S] bool (or 0/1) tensor, `True` where
-            query t may attend to key s.
+        attention_mask: optional [B, T, S] (or [B, 1, S]) bool or 0/1
+            tensor, `True` where query t may attend to key s. In a cached
+            self-attention step S is the cache length L, and the mask is
+            how to hide cache slots that hold padding: the Keras masks of
+            `value` and `key` cover only this step's tokens and are not
+            applied there.
         return_attention_scores: bool, also return the scores [B, N, T, S].
         training: bool, whether dropout is active.
         use_causal_mask: bool, mask keys after each query position.

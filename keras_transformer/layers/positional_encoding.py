@@ -33,11 +33,14 @@ class PositionalEncoding(keras.layers.Layer):
     Call arguments:
         inputs: [B, T, D] tensor.
         start_index: int or scalar int tensor, position of the first element
-            (the decoding step in incremental decoding). Default 0.
+            (the decoding step in incremental decoding), or int [B] tensor,
+            one first position per row (prompts of unequal length decoded
+            in one batch). Default 0.
 
     Returns:
-        `inputs + PE[start_index : start_index + T]`, [B, T, D]; the Keras
-        mask of `inputs` is passed on.
+        `inputs + PE[start_index : start_index + T]`, [B, T, D] (row b gets
+        `PE[start_index[b] : start_index[b] + T]` for a [B] start); the
+        Keras mask of `inputs` is passed on.
 
     Example:
     >>> layer = PositionalEncoding(max_length=16)
@@ -68,12 +71,20 @@ class PositionalEncoding(keras.layers.Layer):
                     f"{self.max_length}. Received: start_index={start_index}, length={static_length}"
                 )
         start_index = tf.cast(start_index, tf.int32)
+        if start_index.shape.rank not in (None, 0, 1):
+            raise ValueError(
+                f"`start_index` must be a scalar or a [batch] vector. Received shape {start_index.shape}"
+            )
         check = tf.debugging.assert_less_equal(
-            start_index + length,
+            tf.reduce_max(start_index) + length,
             self.max_length,
             message=f"Sequence is longer than `max_length` ({self.max_length}) of PositionalEncoding",
         )
         with tf.control_dependencies([check]):
+            if start_index.shape.rank == 1:
+                # One offset per row: gather each row's positions.
+                positions = start_index[:, None] + tf.range(length)[None, :]
+                return inputs + tf.cast(tf.gather(self._table, positions), inputs.dtype)
             table = tf.slice(self._table, [start_index, 0], [length, -1])
         return inputs + tf.cast(table, inputs.dtype)[None]
 

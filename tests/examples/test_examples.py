@@ -77,6 +77,62 @@ def test_cached_generation_equals_uncached_token_for_token():
     assert (cached[:, 3] != 0).all()  # generation did happen
 
 
+def _context_sensitive_language_model():
+    """Random weights large enough that greedy output depends on the whole
+    context (at the default scale a random model mostly repeats its input)."""
+    model = _random_language_model()
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") if w.ndim == 2 else w
+                       for w in model.get_weights()])
+    return model
+
+
+def test_padded_cached_steps_give_each_rows_full_pass_logits():
+    model = _random_language_model()
+    rows = [[START, 5, 6, 7, 8, 9], [START, 30, 11], [START, 7, 8, 9, 10]]
+    prompt_length, extra = 3, 3  # prefill 3 slots (padded), then 3 single-token steps
+    lengths = np.array([3, 1, 2])  # each row's prompt length
+    prompts = [r[:n] for r, n in zip(rows, lengths)]
+    padded = tf.constant([p + [0] * (prompt_length - len(p)) for p in prompts], tf.int32)
+    cache_length = prompt_length + extra
+    slots = tf.pad(padded != 0, [[0, 0], [0, extra]])
+    cache = language_model.init_cache(model, 3, cache_length)
+    prefill, cache = language_model.decode_step(model, padded, cache, 0, slots=slots)
+    for b, row in enumerate(rows):
+        np.testing.assert_allclose(prefill[b, : lengths[b]], model(tf.constant([row[: lengths[b]]]))[0], atol=1e-5)
+    for s in range(extra):
+        # Each row's next real token goes to slot prompt_length + s, at position lengths + s.
+        ids = tf.constant([[r[lengths[b] + s] if lengths[b] + s < len(r) else 0] for b, r in enumerate(rows)], tf.int32)
+        slots = slots | (tf.range(cache_length) == prompt_length + s)[None, :]
+        logits, cache = language_model.decode_step(
+            model, ids, cache, prompt_length + s, positions=tf.constant(lengths + s, tf.int32), slots=slots
+        )
+        for b, row in enumerate(rows):
+            if lengths[b] + s < len(row):
+                full = model(tf.constant([row[: lengths[b] + s + 1]]))[0, -1]
+                np.testing.assert_allclose(logits[b, 0], full, atol=1e-5)
+
+
+def test_prompts_of_unequal_length_are_continued_as_if_alone():
+    model = _context_sensitive_language_model()
+    prompts = [[START, 5, 6, 7, 8], [START, 30], [START, 7, 8, 9]]
+    padded = np.array([p + [0] * (5 - len(p)) for p in prompts], np.int32)
+    generate = tf.function(lambda p: language_model.generate(model, p, 12))
+    batched = generate(tf.constant(padded)).numpy()
+    alone = np.concatenate([generate(tf.constant([p], tf.int32)).numpy() for p in prompts])
+    np.testing.assert_array_equal(batched, alone)
+    np.testing.assert_array_equal(batched, language_model.generate_uncached(model, padded, 12))
+    for row, p in zip(batched, prompts):
+        np.testing.assert_array_equal(row[: len(p)], p)
+        assert row[len(p)] != 0  # generation did happen right after the prompt
+
+
+def test_prompt_with_padding_inside_is_refused():
+    model = _random_language_model()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="padding .0. only at the end"):
+        language_model.generate(model, tf.constant([[START, 0, 5]], tf.int32), 12)
+
+
 def test_cached_step_logits_equal_full_pass():
     model = _random_language_model()
     ids = tf.constant([[START, 5, 6, 7, 8, 9]], tf.int32)

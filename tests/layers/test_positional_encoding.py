@@ -49,6 +49,20 @@ def test_adds_table_slice_at_start_index():
     np.testing.assert_allclose(in_graph(x, tf.constant(7)), x + table[7:10], atol=1e-6)
 
 
+def test_per_row_start_index_offsets_each_row():
+    x = np.random.normal(size=(3, 2, 8)).astype("float32")
+    layer = PositionalEncoding(max_length=10)
+    table = positional_encoding(10, 8)
+    expected = np.stack([x[0] + table[0:2], x[1] + table[5:7], x[2] + table[8:10]])
+    np.testing.assert_allclose(layer(x, start_index=tf.constant([0, 5, 8])), expected, atol=1e-6)
+    in_graph = tf.function(lambda x, i: layer(x, start_index=i))
+    np.testing.assert_allclose(in_graph(x, tf.constant([0, 5, 8])), expected, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than `max_length`"):
+        in_graph(x, tf.constant([0, 5, 9]))
+    with pytest.raises(ValueError, match=r"scalar or a \[batch\] vector"):
+        layer(x, start_index=tf.zeros([3, 1], tf.int32))
+
+
 def test_too_long_sequence_is_a_clear_error():
     layer = PositionalEncoding(max_length=4)
     with pytest.raises(ValueError, match=r"exceed `max_length`.*4.*length=5"):
