@@ -164,7 +164,10 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
         ),
     ]
     with tf.control_dependencies(checks):
-        # Slots past P hold generated tokens; the shortest prompt needs the most.
+        # Padding past the longest prompt is dropped. Slots past P hold
+        # generated tokens; the shortest prompt needs the most.
+        prompt_length = tf.reduce_max(lengths)
+        prompt, real = prompt[:, :prompt_length], real[:, :prompt_length]
         cache_length = prompt_length + max_length - tf.reduce_min(lengths)
     slots = tf.pad(real, [[0, 0], [0, cache_length - prompt_length]])  # [B, cache_length]
     cache = init_cache(model, batch, cache_length)

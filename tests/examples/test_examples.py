@@ -122,6 +122,9 @@ def test_prompts_of_unequal_length_are_continued_as_if_alone():
     alone = np.concatenate([generate(tf.constant([p], tf.int32)).numpy() for p in prompts])
     np.testing.assert_array_equal(batched, alone)
     np.testing.assert_array_equal(batched, language_model.generate_uncached(model, padded, 12))
+    # Extra padding columns change nothing, even past max_length.
+    wide = np.pad(padded, [(0, 0), (0, 10)])
+    np.testing.assert_array_equal(generate(tf.constant(wide)).numpy(), batched)
     for row, p in zip(batched, prompts):
         np.testing.assert_array_equal(row[: len(p)], p)
         assert row[len(p)] != 0  # generation did happen right after the prompt
