@@ -162,6 +162,7 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
         tf.debugging.assert_less(
             tf.reduce_max(lengths), max_length + 1, message="a prompt is longer than `max_length`"
         ),
+        tf.debugging.assert_positive(lengths, message="a `prompt` row is empty (it needs [START])"),
     ]
     with tf.control_dependencies(checks):
         # Padding past the longest prompt is dropped. Slots past P hold
@@ -183,7 +184,9 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
         tokens += token[:, None] * column
         slots |= (~done)[:, None] & tf.equal(tf.range(cache_length), slot)[None, :]
         done = done | tf.equal(token, END_ID) | (lengths + s + 1 >= max_length)
-        logits, cache = decode_step(model, token[:, None], cache, slot, positions=lengths + s, slots=slots)
+        # A row that is done stays at its last position (its outputs are unused).
+        positions = tf.minimum(lengths + s, max_length - 1)
+        logits, cache = decode_step(model, token[:, None], cache, slot, positions=positions, slots=slots)
         return s + 1, logits, cache, slots, tokens, done
 
     def not_finished(s, logits, cache, slots, tokens, done):

@@ -117,11 +117,12 @@ def test_prompts_of_unequal_length_are_continued_as_if_alone():
     model = _context_sensitive_language_model()
     prompts = [[START, 5, 6, 7, 8], [START, 30], [START, 7, 8, 9]]
     padded = np.array([p + [0] * (5 - len(p)) for p in prompts], np.int32)
-    generate = tf.function(lambda p: language_model.generate(model, p, 12))
+    # max_length is the model's longest position: the longest prompt ends there first.
+    generate = tf.function(lambda p: language_model.generate(model, p, 20))
     batched = generate(tf.constant(padded)).numpy()
     alone = np.concatenate([generate(tf.constant([p], tf.int32)).numpy() for p in prompts])
     np.testing.assert_array_equal(batched, alone)
-    np.testing.assert_array_equal(batched, language_model.generate_uncached(model, padded, 12))
+    np.testing.assert_array_equal(batched, language_model.generate_uncached(model, padded, 20))
     # Extra padding columns change nothing, even past max_length.
     wide = np.pad(padded, [(0, 0), (0, 10)])
     np.testing.assert_array_equal(generate(tf.constant(wide)).numpy(), batched)
@@ -134,6 +135,8 @@ def test_prompt_with_padding_inside_is_refused():
     model = _random_language_model()
     with pytest.raises(tf.errors.InvalidArgumentError, match="padding .0. only at the end"):
         language_model.generate(model, tf.constant([[START, 0, 5]], tf.int32), 12)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="row is empty"):
+        language_model.generate(model, tf.constant([[START, 5], [0, 0]], tf.int32), 12)
 
 
 def test_cached_step_logits_equal_full_pass():
