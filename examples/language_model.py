@@ -288,6 +288,12 @@ def main(argv=None):
         if not np.array_equal(cached, uncached):
             raise AssertionError(f"cached greedy output {cached} != uncached {uncached}")
     print(f"cached greedy generation equals uncached generation token for token on {len(prompts)} prompts")
+    width = max(p.shape[1] for p in prompts)
+    batch = tf.concat([tf.pad(p, [[0, 0], [0, width - p.shape[1]]]) for p in prompts], axis=0)
+    alone = np.concatenate([greedy_fn(p).numpy() for p in prompts])
+    if not np.array_equal(greedy_fn(batch).numpy(), alone):
+        raise AssertionError("greedy output of the padded prompt batch differs from each prompt alone")
+    print(f"the {len(prompts)} prompts right-padded into one batch give the same output as each alone")
 
     print("\ngreedy | sampled at temperature", args.temperature)
     for i, prompt in enumerate(prompts):
