@@ -49,7 +49,8 @@ class Encoder(_Stack):
 
     Call arguments:
         inputs: [B, S, D] embedded sequence; its Keras mask marks padding.
-        attention_mask: optional [B, S, S] bool mask.
+        attention_mask: optional [B, S, S] bool mask; with a cache, [B, 1, L]
+            over the cache slots (hides padded slots).
         use_causal_mask: bool, causal self-attention (decoder-only models).
         cache: optional list of per-layer caches from `init_cache`.
         cache_index: position of the first input in the cache.
@@ -101,7 +102,8 @@ class Decoder(_Stack):
         encoder_output: [B, S, De] encoder output.
         inputs_mask, encoder_output_mask: [B, T] and [B, S] padding masks;
             taken from the Keras masks of the inputs when not given.
-        attention_mask: optional [B, T, T] bool mask for self-attention.
+        attention_mask: optional [B, T, T] bool mask for self-attention;
+            with a cache, [B, 1, L] over the cache slots (hides padded slots).
         return_attention_scores: bool, also return the list of every layer's
             cross-attention scores [B, N, T, S].
         cache: optional list of per-layer caches from `init_cache`.
