@@ -130,10 +130,10 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
     """Continues each prompt until [END] or `max_length` tokens, with the cache.
 
     Prompts of unequal length come right-padded with 0s. All prompts fill
-    cache slots `[0, P)` in one pass, the padded slots masked out; then step
-    s writes every row's next token to slot P + s at the row's own position
-    (its prompt length + s), so each row is continued exactly as it would be
-    alone.
+    cache slots `[0, P)` in one pass, the padded slots masked out for good;
+    then step s writes every row's next token to slot P + s at the row's own
+    position (its prompt length + s), so each row is continued exactly as it
+    would be alone.
 
     Args:
         model: from `build_language_model`.
@@ -170,32 +170,31 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
         prompt_length = tf.reduce_max(lengths)
         prompt, real = prompt[:, :prompt_length], real[:, :prompt_length]
         cache_length = prompt_length + max_length - tf.reduce_min(lengths)
-    slots = tf.pad(real, [[0, 0], [0, cache_length - prompt_length]])  # [B, cache_length]
+    # Only the prompts' padding is hidden: the causal mask hides the slots
+    # not yet written, and a finished row's outputs are not used.
+    slots = tf.pad(real, [[0, 0], [0, cache_length - prompt_length]], constant_values=True)
     cache = init_cache(model, batch, cache_length)
     logits, cache = decode_step(model, prompt, cache, 0, slots=slots)
     logits = tf.gather(logits, lengths - 1, axis=1, batch_dims=1)[:, None]  # each row's last real id
     tokens = tf.pad(prompt, [[0, 0], [0, max_length - prompt_length]])  # [B, max_length]
 
-    def step(s, logits, cache, slots, tokens, done):
+    def step(s, logits, cache, tokens, done):
         slot = prompt_length + s
         token = _next_token(logits[:, -1], temperature, tf.stack([seed, slot]))
         token = tf.where(done, PAD_ID, token)
         column = tf.one_hot(lengths + s, max_length, dtype=tf.int32)  # [B, max_length]; 0 past the end
         tokens += token[:, None] * column
-        slots |= (~done)[:, None] & tf.equal(tf.range(cache_length), slot)[None, :]
         done = done | tf.equal(token, END_ID) | (lengths + s + 1 >= max_length)
         # A row that is done stays at its last position (its outputs are unused).
         positions = tf.minimum(lengths + s, max_length - 1)
         logits, cache = decode_step(model, token[:, None], cache, slot, positions=positions, slots=slots)
-        return s + 1, logits, cache, slots, tokens, done
+        return s + 1, logits, cache, tokens, done
 
-    def not_finished(s, logits, cache, slots, tokens, done):
+    def not_finished(s, logits, cache, tokens, done):
         return ~tf.reduce_all(done)
 
     done = lengths >= max_length
-    _, _, _, _, tokens, _ = tf.while_loop(
-        not_finished, step, (tf.constant(0), logits, cache, slots, tokens, done)
-    )
+    _, _, _, tokens, _ = tf.while_loop(not_finished, step, (tf.constant(0), logits, cache, tokens, done))
     return tokens
 
 
@@ -282,16 +281,17 @@ def main(argv=None):
         input_signature=[ids, tf.TensorSpec([], tf.int32)],
     )
     prompts = [add_start_end(tokenizer.tokenize([p]), START_ID, END_ID)[:, :-1].to_tensor() for p in PROMPTS]
+    alone = []
     for prompt in prompts:
         cached = greedy_fn(prompt).numpy()
         uncached = generate_uncached(model, prompt, args.max_length)
         if not np.array_equal(cached, uncached):
             raise AssertionError(f"cached greedy output {cached} != uncached {uncached}")
+        alone.append(cached)
     print(f"cached greedy generation equals uncached generation token for token on {len(prompts)} prompts")
     width = max(p.shape[1] for p in prompts)
     batch = tf.concat([tf.pad(p, [[0, 0], [0, width - p.shape[1]]]) for p in prompts], axis=0)
-    alone = np.concatenate([greedy_fn(p).numpy() for p in prompts])
-    if not np.array_equal(greedy_fn(batch).numpy(), alone):
+    if not np.array_equal(greedy_fn(batch).numpy(), np.concatenate(alone)):
         raise AssertionError("greedy output of the padded prompt batch differs from each prompt alone")
     print(f"the {len(prompts)} prompts right-padded into one batch give the same output as each alone")
 
