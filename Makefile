@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 
 # Train the tiny Transformer on Multi30k en->de for 60 minutes, then report BLEU.
-MULTI30K_ARGS ?= --minutes 60 --mixed-precision --dropout 0.1 --schedule linear --warmup-steps 800 --lr-scale 1.2 --average-last 5
+MULTI30K_ARGS ?= --minutes 60 --mixed-precision --dropout 0.1 --schedule linear --tokens-per-batch 2048 --warmup-steps 1400 --lr-scale 1.1 --average-last 5
 multi30k: $(STAMP)
 	$(PY) examples/train_multi30k.py --data-dir $(DATA_DIR) --run-dir runs/multi30k-en-de $(MULTI30K_ARGS)
 
