@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_transformer.layers import masks
+from keras_transformer.layers.initializers import clone_initializer
 from keras_transformer.layers import validation
 from keras_transformer.layers.dropout import Dropout
 
@@ -113,13 +114,16 @@ class MultiHeadAttention(keras.layers.Layer):
         n, hk, hv = self.num_heads, self.key_dim, self.value_dim
 
         def projection(name, rows, cols):
+            # Each weight its own initializer: one instance would give the
+            # four projections the same values.
             kernel = self.add_weight(
-                name=f"{name}_kernel", shape=(rows, cols), initializer=self.kernel_initializer
+                name=f"{name}_kernel", shape=(rows, cols),
+                initializer=clone_initializer(self.kernel_initializer),
             )
             bias = None
             if self.use_bias:
                 bias = self.add_weight(
-                    name=f"{name}_bias", shape=(cols,), initializer=self.bias_initializer
+                    name=f"{name}_bias", shape=(cols,), initializer=clone_initializer(self.bias_initializer)
                 )
             return kernel, bias
 

@@ -4,6 +4,7 @@ import keras
 
 from keras_transformer.layers import validation
 from keras_transformer.layers.dropout import Dropout
+from keras_transformer.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -15,7 +16,8 @@ class FeedForward(keras.layers.Layer):
         activation: activation of the inner layer. Default "relu".
         activation_dropout: float in [0, 1), dropout after the activation.
             Default 0 (the paper has none there).
-        kernel_initializer: initializer of both kernels.
+        kernel_initializer: initializer of both kernels (each gets its own
+            clone, so they start different).
 
     Call arguments:
         inputs: [B, T, D] tensor.
@@ -38,13 +40,13 @@ class FeedForward(keras.layers.Layer):
     def build(self, inputs_shape):
         validation.check_rank("inputs", inputs_shape, 3)
         self.inner = keras.layers.Dense(
-            self.d_ff, activation=self.activation, kernel_initializer=self.kernel_initializer,
+            self.d_ff, activation=self.activation, kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy, name="inner",
         )
         self.inner.build(inputs_shape)
         self.inner_dropout = Dropout(self.activation_dropout, dtype=self.dtype_policy)
         self.outer = keras.layers.Dense(
-            inputs_shape[-1], kernel_initializer=self.kernel_initializer,
+            inputs_shape[-1], kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy, name="outer",
         )
         self.outer.build(tuple(inputs_shape[:-1]) + (self.d_ff,))
