@@ -2,6 +2,7 @@
 
 from keras_transformer.data.pipeline import bucket_boundaries
 from keras_transformer.data.pipeline import padding_stats
+from keras_transformer.data.pipeline import shuffled_passes
 from keras_transformer.data.pipeline import teacher_forcing
 from keras_transformer.data.pipeline import token_batches
 from keras_transformer.data.pipeline import tokenized_pairs
