@@ -1,5 +1,7 @@
 """Losses, metrics, schedules, callbacks and the training entry point."""
 
+from keras_transformer.training.callbacks import BestCheckpoint
+from keras_transformer.training.callbacks import EarlyStopping
 from keras_transformer.training.callbacks import EpochCheckpoints
 from keras_transformer.training.callbacks import StepBackup
 from keras_transformer.training.callbacks import TimeBudget

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import time
-from typing import List
+from typing import Dict, List, Optional
 
 import keras
 import numpy as np
@@ -40,71 +40,193 @@ def save_epoch_checkpoint(model, directory, epoch):
 
 
 class StepBackup(keras.callbacks.Callback):
-    """Backs up everything needed to resume a run at the exact step it
-    stopped at: weights, optimizer state (its step counter included) and
-    dropout random states.
+    """Backs up everything needed to resume a run at the exact batch it
+    stopped at: weights, optimizer state, dropout random states, the count
+    of batches consumed, and the state of the callbacks given in `stateful`.
 
     Unlike `keras.callbacks.BackupAndRestore`, which restarts an interrupted
-    epoch from its first batch, this records the global step; `train` then
-    skips the batches already seen, so a resumed run sees the same batches
-    and ends with the same weights as one that never stopped. Files are
-    written to temporary names and renamed, so a kill during a save leaves
-    the previous backup intact.
+    epoch from its first batch, this records the number of batches the run
+    has consumed; `train` then skips them, so a resumed run sees the same
+    batches and ends with the same weights as one that never stopped. The
+    count is its own, not the optimizer's `iterations`: a
+    `LossScaleOptimizer` (mixed_float16) does not advance `iterations` on a
+    step whose gradients overflowed, though the batch was consumed.
+
+    A backup is all or nothing: the weights go to a new file and the small
+    JSON record that names it is renamed into place last, so a kill at any
+    point leaves the previous backup whole.
 
     Args:
         backup_dir: str, a directory used only by this callback.
-        save_freq: int, steps between backups; a backup is also written at
-            every epoch end and when training ends.
+        save_freq: int, batches between backups; a backup is also written at
+            every epoch end.
+        stateful: dict of name -> callback with `get_state()` and
+            `set_state(state)` (JSON-serializable), saved with each backup
+            and restored by `restore`. Put this callback after them in the
+            callback list, so an epoch-end backup holds their updated state.
     """
 
-    def __init__(self, backup_dir: str, save_freq: int = 100):
+    def __init__(self, backup_dir: str, save_freq: int = 100, stateful: Optional[Dict] = None):
         super().__init__()
-        if not isinstance(save_freq, int) or save_freq <= 0:
-            raise ValueError(f"`save_freq` must be a positive int. Received: {save_freq!r}")
+        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0:
+            raise ValueError(f"`save_freq` must be a positive int. Received: save_freq={save_freq!r}")
         self.backup_dir = backup_dir
         self.save_freq = save_freq
-        self._weights = os.path.join(backup_dir, "backup.weights.h5")
-        self._seeds = os.path.join(backup_dir, "seeds.npy")
+        self.stateful = dict(stateful or {})
         self._meta = os.path.join(backup_dir, "backup.json")
+        self.step = 0
+        self._epoch_start = 0
+        self._saved_step = None
 
     def exists(self) -> bool:
         return os.path.exists(self._meta)
 
     def restore(self, model) -> int:
-        """Loads the backup into `model` (built, compiled); returns the step
-        it was taken at, or 0 when there is none."""
+        """Loads the backup into `model` (built, compiled) and the stateful
+        callbacks; returns the number of batches consumed when it was taken
+        (0 when there is none)."""
+        self.step = self._saved_step = 0
         if not self.exists():
             return 0
+        with open(self._meta) as f:
+            meta = json.load(f)
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(self._weights)
-        states = np.load(self._seeds)
-        for variable, value in zip(_seed_states(model), states):
-            variable.assign(value)
-        with open(self._meta) as f:
-            step = json.load(f)["step"]
-        if int(model.optimizer.iterations.numpy()) != step:
+        model.load_weights(os.path.join(self.backup_dir, meta["weights"]))
+        seeds = _seed_states(model)
+        if len(seeds) != len(meta["seeds"]):
             raise ValueError(
-                f"Backup in {self.backup_dir} is inconsistent: metadata says step {step}, "
-                f"optimizer says {int(model.optimizer.iterations.numpy())}"
+                f"Backup in {self.backup_dir} holds {len(meta['seeds'])} dropout random states; "
+                f"the model has {len(seeds)}: it is not this model's backup"
             )
-        return step
+        for variable, value in zip(seeds, meta["seeds"]):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+        if int(model.optimizer.iterations.numpy()) != meta["iterations"]:
+            raise ValueError(
+                f"Backup in {self.backup_dir} is inconsistent: its record says optimizer step "
+                f"{meta['iterations']}, its weights file {int(model.optimizer.iterations.numpy())}"
+            )
+        for name, state in meta["callbacks"].items():
+            if name in self.stateful:
+                self.stateful[name].set_state(state)
+        self.step = self._saved_step = int(meta["step"])
+        return self.step
 
     def save(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        save_weights_atomically(self.model, self._weights)
-        seeds = np.stack([np.asarray(v.numpy()) for v in _seed_states(self.model)] or [np.zeros(2)])
-        with open(f"{self._seeds}.tmp", "wb") as f:
-            np.save(f, seeds)
-        os.replace(f"{self._seeds}.tmp", self._seeds)
-        _atomic_json(self._meta, {"step": int(self.model.optimizer.iterations.numpy())})
+        weights = f"backup-{self.step:010d}.weights.h5"
+        save_weights_atomically(self.model, os.path.join(self.backup_dir, weights))
+        meta = {
+            "step": self.step,
+            "iterations": int(self.model.optimizer.iterations.numpy()),
+            "weights": weights,
+            "seeds": [np.asarray(v.numpy()).tolist() for v in _seed_states(self.model)],
+            "callbacks": {name: callback.get_state() for name, callback in self.stateful.items()},
+        }
+        _atomic_json(self._meta, meta)  # the commit point
+        for old in glob.glob(os.path.join(self.backup_dir, "backup-*.weights.h5")):
+            if os.path.basename(old) != weights:
+                os.remove(old)
+        self._saved_step = self.step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.step
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.save_freq == 0:
+        # `batch` is the epoch's last batch index run (steps_per_execution
+        # may run several per call).
+        self.step = self._epoch_start + batch + 1
+        if self.step // self.save_freq > (self._saved_step or 0) // self.save_freq:
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
         self.save()
+
+
+class _ValidationWatch(keras.callbacks.Callback):
+    """Tracks the lowest `monitor` value seen at epoch ends."""
+
+    def __init__(self, monitor: str = "val_loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.best = float("inf")
+
+    def _improved(self, logs):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ValueError(
+                f"`{self.monitor}` is not in this epoch's logs (keys: {sorted(logs or {})}); "
+                "pass validation data"
+            )
+        if value < self.best:
+            self.best = float(value)
+            return True
+        return False
+
+
+class BestCheckpoint(_ValidationWatch):
+    """Saves the weights (atomically) whenever `monitor` reaches a new low.
+
+    Unlike `keras.callbacks.ModelCheckpoint(save_best_only=True)`, whose best
+    value starts at infinity in every new process, its state is restorable
+    (`get_state` / `set_state`, kept by `StepBackup`), so the first
+    validation after a restart does not overwrite a better checkpoint.
+
+    Args:
+        path: str, a `.weights.h5` file.
+        monitor: str, the logged value to minimize. Default "val_loss".
+    """
+
+    def __init__(self, path: str, monitor: str = "val_loss"):
+        super().__init__(monitor)
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._improved(logs):
+            save_weights_atomically(self.model, self.path)
+
+    def get_state(self):
+        return {"best": self.best}
+
+    def set_state(self, state):
+        self.best = float(state["best"])
+
+
+class EarlyStopping(_ValidationWatch):
+    """Stops training after `patience` epochs without a new low of
+    `monitor`.
+
+    Unlike `keras.callbacks.EarlyStopping`, it does not reset its count at
+    the start of every `fit` call, and its state is restorable (kept by
+    `StepBackup`), so a run that is interrupted and resumed stops at the
+    same epoch as one that never stopped.
+
+    Args:
+        patience: int, epochs without improvement before stopping.
+        monitor: str, the logged value to minimize. Default "val_loss".
+    """
+
+    def __init__(self, patience: int, monitor: str = "val_loss"):
+        super().__init__(monitor)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"`patience` must be a positive int. Received: patience={patience!r}")
+        self.patience = patience
+        self.wait = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.wait >= self.patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.wait = 0 if self._improved(logs) else self.wait + 1
+        if self.stopped:
+            self.model.stop_training = True
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait}
+
+    def set_state(self, state):
+        self.best, self.wait = float(state["best"]), int(state["wait"])
 
 
 class EpochCheckpoints(keras.callbacks.Callback):

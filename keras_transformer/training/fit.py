@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.training.callbacks import BestCheckpoint
+from keras_transformer.training.callbacks import EarlyStopping
 from keras_transformer.training.callbacks import EpochCheckpoints
 from keras_transformer.training.callbacks import StepBackup
 from keras_transformer.training.callbacks import TimeBudget
@@ -64,7 +66,11 @@ def train(
     `best.weights.h5` (lowest `val_loss`, with validation data) and
     `backup/` (a `StepBackup`). Called again with the same arguments after
     an interruption, it restores the backup and continues from the exact
-    step it reached, skipping the batches already seen.
+    batch it reached, skipping the batches already seen; the best
+    `val_loss` so far and early stopping's count of epochs without one are
+    restored too, so the resumed run keeps the same best checkpoint and
+    stops at the same epoch as a run that never stopped. Called again after
+    early stopping, it returns at once.
 
     An optimizer on `WarmupLinearDecay` made without an end (as
     `compile_for_translation(schedule="linear")` makes it) decays to zero
@@ -94,29 +100,26 @@ def train(
         raise ValueError("`model` must be built and compiled before `train` (call model.build() and compile).")
     if validation_data is None and early_stopping_patience is not None:
         raise ValueError("`early_stopping_patience` needs `validation_data` to watch val_loss")
-    backup = StepBackup(os.path.join(run_dir, "backup"), save_freq=backup_every)
+    watches = {}
+    if validation_data is not None:
+        watches["best_checkpoint"] = BestCheckpoint(os.path.join(run_dir, "best.weights.h5"))
+    if early_stopping_patience is not None:
+        watches["early_stopping"] = EarlyStopping(early_stopping_patience)
+    backup = StepBackup(os.path.join(run_dir, "backup"), save_freq=backup_every, stateful=watches)
     step = backup.restore(model)
+    if "early_stopping" in watches and watches["early_stopping"].stopped:
+        return {}
     schedule = fit_schedule_to_run(model.optimizer, epochs * steps_per_epoch)
     budget = TimeBudget(minutes, schedule, max_steps=epochs * steps_per_epoch) if minutes else None
+    # The backup comes last: its epoch-end save holds the watches' new state.
     all_callbacks = [
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         EpochCheckpoints(os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints),
-        backup,
         *callbacks,
+        *watches.values(),
+        *([budget] if budget is not None else []),
+        backup,
     ]
-    if validation_data is not None:
-        all_callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(run_dir, "best.weights.h5"), monitor="val_loss",
-                save_best_only=True, save_weights_only=True,
-            )
-        )
-    if early_stopping_patience is not None:
-        all_callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=early_stopping_patience)
-        )
-    if budget is not None:
-        all_callbacks.append(budget)
 
     history: Dict[str, List[float]] = {}
 
@@ -133,7 +136,7 @@ def train(
         )
         for key, values in h.history.items():
             history.setdefault(key, []).extend(values)
-        return int(model.optimizer.iterations.numpy())
+        return backup.step
 
     epoch, done_in_epoch = divmod(step, steps_per_epoch)
     if epoch >= epochs:

@@ -33,53 +33,153 @@ def _model(dropout=0.1):
 
 
 class Interrupt(keras.callbacks.Callback):
-    """Raises as a kill would: at the start of epoch `epoch`, or after step `step`."""
+    """Raises as a kill would: at the start of epoch `epoch`, after optimizer
+    step `step`, or after this process has run `after` batches."""
 
-    def __init__(self, epoch=None, step=None):
+    def __init__(self, epoch=None, step=None, after=None):
         super().__init__()
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.after = epoch, step, after
+        self.batches = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
             raise KeyboardInterrupt(f"interrupted before epoch {epoch}")
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.step:
-            raise KeyboardInterrupt(f"interrupted after step {self.step}")
+        self.batches += 1
+        if int(self.model.optimizer.iterations.numpy()) == self.step or self.batches == self.after:
+            raise KeyboardInterrupt(f"interrupted after step {self.step} / batch {self.batches}")
 
 
 def _weights(model):
     return [w.numpy() for w in model.weights]
 
 
-@pytest.mark.parametrize(
-    "interrupt, backup_step",
-    [(dict(epoch=1), 10), (dict(step=15), 12)],
-    ids=["between-epochs", "mid-epoch"],
-)
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, interrupt, backup_step):
-    # Dropout is on: its random state is part of the backup too.
-    keras.utils.set_random_seed(5)
-    straight = _model()
-    training.train(straight, _stream(), steps_per_epoch=10, epochs=2, run_dir=str(tmp_path / "a"), verbose=0)
-    assert int(straight.optimizer.iterations.numpy()) == 20
+def _run(tmp_path, name, epochs, interrupts=(), model=_model, callbacks=(), **kwargs):
+    """Trains a fresh seeded model for `epochs` of 6 steps in run_dir `name`,
+    killed at each of `interrupts` and resumed (each time in a fresh model,
+    as a new process would be), until it ends."""
+    run_dir = str(tmp_path / name)
+    resumed_at = []
+    for interrupt in [*interrupts, None]:
+        keras.utils.set_random_seed(5)
+        fresh = model()
+        extra = [*callbacks, *([Interrupt(**interrupt)] if interrupt else [])]
+        try:
+            history = training.train(fresh, _stream(), 6, epochs, run_dir, backup_every=4, callbacks=extra, verbose=0, **kwargs)
+        except KeyboardInterrupt:
+            resumed_at.append(training.StepBackup(os.path.join(run_dir, "backup")).restore(model()))
+            continue
+        assert interrupt is None, f"{interrupt} did not happen"
+    return fresh, history, resumed_at
 
-    keras.utils.set_random_seed(5)
-    run_dir = str(tmp_path / "b")
-    first = _model()
-    with pytest.raises(KeyboardInterrupt):
-        training.train(first, _stream(), 10, 2, run_dir, backup_every=4, callbacks=[Interrupt(**interrupt)], verbose=0)
-    assert training.StepBackup(os.path.join(run_dir, "backup")).restore(_model()) == backup_step
-    # A new process builds a fresh model (other weights here, to show the
-    # backup replaces them), then runs the same command with the same seed.
-    keras.utils.set_random_seed(99)
-    resumed = _model()
-    keras.utils.set_random_seed(5)
-    history = training.train(resumed, _stream(), 10, 2, run_dir, backup_every=4, verbose=0)
-    assert int(resumed.optimizer.iterations.numpy()) == 20
-    assert len(history["loss"]) == 1
+
+def test_a_run_interrupted_in_an_early_epoch_resumes_exactly(tmp_path):
+    # Four epochs of 6 batches, backups every 4 batches and at epoch ends.
+    # Killed after batch 5 (resumes at 4, in the first epoch), then after
+    # batch 10 (resumes at 8: that kill came in the second `fit` call, after
+    # the interrupted epoch was finished). The last run finishes epoch 2 and
+    # runs epochs 3 and 4 in a second `fit`. Every batch must be the one the
+    # straight run had at that position (dropout is on: its random state is
+    # in the backup too), so the weights end equal.
+    straight, _, _ = _run(tmp_path, "straight", 4)
+    resumed, history, resumed_at = _run(tmp_path, "resumed", 4, [dict(after=5), dict(after=6)])
+    assert resumed_at == [4, 8]
+    assert int(resumed.optimizer.iterations.numpy()) == 24
+    assert len(history["loss"]) == 3  # the rest of epoch 2, epochs 3 and 4
     for a, b in zip(_weights(straight), _weights(resumed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _ValLosses(keras.callbacks.Callback):
+    """Replaces the epoch's val_loss by a fixed sequence (callbacks after it
+    in the list see the same logs dict)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.values[epoch]
+
+
+def test_best_checkpoint_and_early_stopping_survive_restarts(tmp_path):
+    # val_loss falls to its low at epoch 2, then rises: with patience 2 a run
+    # stops after epoch 4, and best.weights.h5 holds epoch 2's weights. This
+    # one is killed before epoch 4 begins (resumes at batch 18) and after
+    # batch 21 (resumes at 20, inside epoch 4), so epoch 4's validation comes
+    # in a third process. Keras's ModelCheckpoint and EarlyStopping would
+    # start that process from best = inf and a count of 0: it would overwrite
+    # best.weights.h5 with epoch 4's weights and train on.
+    values = [3.0, 2.0, 2.5, 2.6, 2.7, 2.8]
+    kwargs = dict(validation_data=_stream(seed=1).take(1), early_stopping_patience=2)
+    model, _, resumed_at = _run(
+        tmp_path, "run", 6, [dict(epoch=3), dict(after=3)], callbacks=[_ValLosses(values)], **kwargs
+    )
+    assert resumed_at == [18, 20]
+    assert int(model.optimizer.iterations.numpy()) == 24  # stopped after epoch 4
+    run_dir = str(tmp_path / "run")
+    best, epoch_2 = _model(), _model()
+    best.load_weights(os.path.join(run_dir, "best.weights.h5"))
+    epoch_2.load_weights(os.path.join(run_dir, "checkpoints", "epoch-0002.weights.h5"))
+    for a, b in zip(_weights(best), _weights(epoch_2)):
+        np.testing.assert_array_equal(a, b)
+    # Run again after the early stop, it trains no further.
+    assert training.train(model, _stream(), 6, 6, run_dir, verbose=0, **kwargs) == {}
+    assert int(model.optimizer.iterations.numpy()) == 24
+
+
+def _float16_model():
+    # mixed_float16 with a loss scale so large that the first steps' float16
+    # gradients overflow: LossScaleOptimizer skips those updates (and does
+    # not count them in `iterations`) while halving the scale.
+    keras.config.set_dtype_policy("mixed_float16")
+    model = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=0.1, max_length=32)
+    model.build()
+    base = training.translation_optimizer(16, 20)
+    optimizer = keras.optimizers.LossScaleOptimizer(base, initial_scale=2.0**40)
+    return training.compile_for_translation(model, optimizer=optimizer)
+
+
+def test_resume_counts_batches_not_optimizer_steps_under_loss_scaling(tmp_path):
+    straight, _, _ = _run(tmp_path, "straight", 3, model=_float16_model)
+    skipped = 18 - int(straight.optimizer.iterations.numpy())
+    assert skipped >= 10  # the overflows happened
+    assert training.StepBackup(str(tmp_path / "straight" / "backup")).restore(_float16_model()) == 18
+    # Killed after batch 9: resumes at batch 8, though the optimizer counts
+    # fewer steps.
+    resumed, _, resumed_at = _run(tmp_path, "resumed", 3, [dict(after=9)], model=_float16_model)
+    assert resumed_at == [8]
+    assert int(resumed.optimizer.iterations.numpy()) == 18 - skipped
+    for a, b in zip(_weights(straight), _weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_backup_is_all_or_nothing(tmp_path, monkeypatch):
+    model = _model()
+    backup_dir = str(tmp_path / "backup")
+    training.train(model, _stream(), 4, 1, str(tmp_path), backup_every=4, verbose=0)
+    at_4 = _weights(model)
+    # A kill after the new weights file is written, before the record that
+    # names it: the backup still restores step 4 whole.
+    def killed(path, obj):
+        raise KeyboardInterrupt("killed while writing the backup record")
+
+    monkeypatch.setattr(training.callbacks, "_atomic_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(model, _stream(), 4, 2, str(tmp_path), backup_every=4, verbose=0)
+    monkeypatch.undo()
+    assert not all(np.array_equal(a, b) for a, b in zip(at_4, _weights(model)))
+    fresh = _model()
+    assert training.StepBackup(backup_dir).restore(fresh) == 4
+    for a, b in zip(at_4, _weights(fresh)):
+        np.testing.assert_array_equal(a, b)
+    # A backup of another model is refused by name.
+    other = kt.Transformer(VOCAB, VOCAB, num_layers=2, d_model=16, num_heads=2, d_ff=32, max_length=32)
+    other.build()
+    training.compile_for_translation(other)
+    with pytest.raises(ValueError):
+        training.StepBackup(backup_dir).restore(other)
 
 
 def test_checkpoints_are_kept_and_averaged(tmp_path):
