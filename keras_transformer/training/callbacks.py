@@ -249,10 +249,14 @@ class EpochCheckpoints(keras.callbacks.Callback):
             os.remove(old)
 
 
+def checkpoint_epoch(path: str) -> int:
+    """The 1-based epoch of an `epoch-NNNN.weights.h5` file."""
+    return int(re.search(r"epoch-(\d+)\.weights\.h5$", path).group(1))
+
+
 def list_checkpoints(directory: str) -> List[str]:
     """`epoch-NNNN.weights.h5` files in `directory`, oldest first."""
-    paths = glob.glob(os.path.join(directory, "epoch-*.weights.h5"))
-    return sorted(paths, key=lambda p: int(re.search(r"epoch-(\d+)", p).group(1)))
+    return sorted(glob.glob(os.path.join(directory, "epoch-*.weights.h5")), key=checkpoint_epoch)
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import keras
 import tensorflow as tf
 
+from keras_transformer.training.callbacks import checkpoint_epoch
 from keras_transformer.training.callbacks import list_checkpoints
 from keras_transformer.training.callbacks import save_epoch_checkpoint
 from keras_transformer.training.schedules import fit_schedule_to_run
@@ -73,12 +74,13 @@ def train_custom_loop(
     custom loop, for strategies where `model.fit` does not work.
 
     Every worker runs this with the same arguments. Each global batch of
-    `train_stream` is split across the replicas; every replica's loss is its
-    token mean divided by the replica count and the optimizer sums the
-    gradients across replicas, so all replicas apply the same update. The
-    chief writes `run_dir/checkpoints/epoch-NNNN.weights.h5` (optimizer state
+    `train_stream` is split across the replicas; the loss (`MaskedCrossEntropy`)
+    divides each replica's summed token losses by the global batch's token
+    count and the optimizer sums the gradients across replicas, so every
+    replica applies the update of the global batch's token mean. The chief
+    writes `run_dir/checkpoints/epoch-NNNN.weights.h5` (optimizer state
     included) at every epoch end; started again, every worker resumes from
-    the newest one.
+    the newest one, after the batches of the epochs it holds.
 
     Returns:
         {"loss": [mean training loss of each epoch]}.
@@ -86,22 +88,24 @@ def train_custom_loop(
     loss_fn = model.loss
     optimizer = model.optimizer
     fit_schedule_to_run(optimizer, epochs * steps_per_epoch)
-    replicas = strategy.num_replicas_in_sync
     checkpoint_dir = os.path.join(run_dir, "checkpoints") if run_dir else None
 
     start_epoch = 0
     if checkpoint_dir and list_checkpoints(checkpoint_dir):
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        model.load_weights(list_checkpoints(checkpoint_dir)[-1])
-        start_epoch = int(optimizer.iterations.numpy()) // steps_per_epoch
+        newest = list_checkpoints(checkpoint_dir)[-1]
+        model.load_weights(newest)
+        # The file's epoch, not optimizer.iterations // steps_per_epoch: a
+        # LossScaleOptimizer does not count the steps it skipped.
+        start_epoch = checkpoint_epoch(newest)
 
     def replica_step(inputs, labels):
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)
             loss = loss_fn(labels, logits)
             # LossScaleOptimizer (mixed_float16) scales here and unscales in apply.
-            scaled = optimizer.scale_loss(loss / replicas)
+            scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -110,7 +114,8 @@ def train_custom_loop(
     def train_step(iterator):
         inputs, labels = next(iterator)
         losses = strategy.run(replica_step, args=(inputs, labels))
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, losses, axis=None)
+        # Each replica's loss is its share of the global token mean.
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     stream = train_stream.skip(start_epoch * steps_per_epoch)
     options = tf.data.Options()

@@ -23,6 +23,11 @@ class MaskedCrossEntropy(keras.losses.Loss):
     Returns:
         Scalar: the summed token losses divided by the number of non-padding
         tokens in the batch, so padding neither adds loss nor dilutes it.
+        In a replica of a tf.distribute strategy, the replica's summed token
+        losses divided by the whole global batch's token count: summed over
+        replicas (as Keras and `strategy.run` loops sum gradients), that is
+        the global batch's token mean, whatever each replica's share of the
+        tokens. Do not divide it by the replica count again.
     """
 
     def __init__(self, label_smoothing=0.1, padding_id=0, name="masked_cross_entropy", **kwargs):
@@ -42,7 +47,16 @@ class MaskedCrossEntropy(keras.losses.Loss):
         uniform = -tf.reduce_mean(log_probs, axis=-1)  # [B, T]
         losses = (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
         weights = tf.cast(tf.not_equal(y_true, self.padding_id), tf.float32)
-        return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), tf.reduce_sum(weights))
+        tokens = tf.reduce_sum(weights)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Each replica holds part of the global batch: divide its sum
+            # by the global batch's token count. Keras and `strategy.run`
+            # loops sum the replicas' gradients, which then is the gradient
+            # of the global batch's token mean. (Keras divides only an
+            # unreduced loss by the replica count, not a scalar.)
+            tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+        return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), tokens)
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,7 @@ the tests compare. Started as a subprocess: strategies need a fresh process.
 
     python -m tests.training.distributed_worker mirrored OUT.npz
     TF_CONFIG=... python -m tests.training.distributed_worker multi-worker OUT.npz
+    python -m tests.training.distributed_worker same-step OUT.npz
 """
 
 import os
@@ -22,7 +23,51 @@ from tests.training.test_fit import VOCAB, _stream  # noqa: E402
 STREAM_ARGS = {"batch_multiple": 2}
 
 
+def _uneven_batch():
+    """One batch of 4 rows: the first two long, the last two short, so the
+    two replicas' halves hold 16 and 3 target tokens."""
+    target = np.zeros([4, 9], np.int32)
+    target[0, :9], target[1, :8], target[2, :2], target[3, :2] = 5, 6, 7, 8
+    target[:, 0] = 2
+    source = np.where(target > 0, 9, 0).astype(np.int32)
+    inputs = {"source": source, "target": target[:, :-1]}
+    return inputs, target[:, 1:]
+
+
+def same_step(out):
+    """Loss, val loss and one SGD step on one batch: on one device, with
+    `model.fit` under MirroredStrategy, and with `train_custom_loop`."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    inputs, labels = _uneven_batch()
+    batch = tf.data.Dataset.from_tensors((inputs, labels))
+    keras.utils.set_random_seed(3)
+    results = {}
+    initial = None
+    for name in ("one-device", "mirrored-fit", "mirrored-custom-loop"):
+        strategy = tf.distribute.get_strategy() if name == "one-device" else training.make_strategy("mirrored")
+        with strategy.scope():
+            model = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=0.0)
+            model.build()
+            training.compile_for_translation(model, optimizer=keras.optimizers.SGD(1.0))
+        if initial is None:
+            initial = model.get_weights()
+        model.set_weights(initial)
+        results[f"{name}/replicas"] = strategy.num_replicas_in_sync
+        results[f"{name}/eval"] = model.evaluate(batch, verbose=0)[0]
+        if name == "mirrored-custom-loop":
+            history = training.train_custom_loop(model, strategy, batch.repeat(), 1, 1)
+        else:
+            history = model.fit(batch, epochs=1, verbose=0).history
+        results[f"{name}/loss"] = history["loss"][0]
+        for i, (before, after) in enumerate(zip(initial, model.get_weights())):
+            results[f"{name}/update_{i}"] = after - before
+    np.savez(out, **results)
+
+
 def main(mode, out):
+    if mode == "same-step":
+        return same_step(out)
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -53,6 +53,27 @@ def test_mirrored_on_two_logical_cpus(tmp_path):
     assert float(result["replica_gap"]) == 0.0  # and both replicas hold the same weights
 
 
+def test_one_batch_gives_the_same_loss_and_step_on_one_device_and_two_replicas(tmp_path):
+    # Keras divides a loss by the replica count only when it returns
+    # unreduced values (keras/src/losses/loss.py, `reduce_values` returns a
+    # scalar as it is), then sums the replicas' gradients. The two replicas'
+    # halves of this batch hold 16 and 3 target tokens, so a per-replica
+    # token mean would also weigh the short half's tokens 16/3 times more.
+    out = tmp_path / "same.npz"
+    _finish(_worker("same-step", out))
+    result = np.load(out)
+    assert int(result["mirrored-fit/replicas"]) == 2 and int(result["mirrored-custom-loop/replicas"]) == 2
+    for name in ("mirrored-fit", "mirrored-custom-loop"):
+        assert float(result[f"{name}/eval"]) == pytest.approx(float(result["one-device/eval"]), rel=1e-5), name
+        assert float(result[f"{name}/loss"]) == pytest.approx(float(result["one-device/loss"]), rel=1e-5), name
+        updates = sorted(k.split("/")[1] for k in result.files if k.startswith(f"{name}/update_"))
+        assert len(updates) > 10
+        for key in updates:
+            expected = result[f"one-device/{key}"]
+            np.testing.assert_allclose(result[f"{name}/{key}"], expected, rtol=1e-4, atol=1e-6, err_msg=f"{name} {key}")
+    assert np.abs(result["one-device/update_0"]).max() > 1e-3  # the step moved the weights
+
+
 def test_multi_worker_on_two_local_processes(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
