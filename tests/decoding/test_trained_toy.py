@@ -15,24 +15,33 @@ START, END, VOCAB, LENGTH = 2, 3, 16, 6
 
 
 def _copy_batch(rng, n):
-    body = rng.integers(4, VOCAB, size=(n, LENGTH))
-    source = np.concatenate([np.full((n, 1), START), body, np.full((n, 1), END)], axis=1)
-    return source, body
+    """[START, w_1 .. w_k, END, 0 ..] sequences of k = 1 .. LENGTH words, and k."""
+    lengths = rng.integers(1, LENGTH + 1, size=n)
+    body = rng.integers(4, VOCAB, size=(n, LENGTH)) * (np.arange(LENGTH) < lengths[:, None])
+    seq = np.zeros((n, LENGTH + 2), np.int32)
+    seq[:, 0], seq[:, 1:LENGTH + 1] = START, body
+    seq[np.arange(n), lengths + 1] = END
+    return seq, lengths
+
+
+def _end_steps(ids):
+    return [int(np.argmax(row == END)) if (row == END).any() else len(row) for row in ids]
 
 
 @pytest.fixture(scope="module")
 def trained():
+    # A copy task of 1 to 6 words: a model that has learned it ends each
+    # output after as many words as its source has, so sentences of a batch
+    # end at different steps because their sources differ in length (not
+    # because of how one machine's training happened to turn out).
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    source, body = _copy_batch(rng, 4096)
-    target = np.concatenate([np.full((len(body), 1), START), body, np.full((len(body), 1), END)], axis=1)
+    seq, _ = _copy_batch(np.random.default_rng(0), 4096)
     model = kt.Transformer(VOCAB, VOCAB, num_layers=1, d_model=32, num_heads=2, d_ff=64, dropout=0.0, max_length=32)
     model.build()
     training.compile_for_translation(model, warmup_steps=100, learning_rate_scale=2.0, label_smoothing=0.0)
-    model.fit({"source": source, "target": target[:, :-1]}, target[:, 1:], batch_size=64, epochs=4, verbose=0)
-    test_source, test_body = _copy_batch(np.random.default_rng(1), 32)
-    test_source[5:9, 4:] = 0  # some shorter sentences, padded
-    return model, test_source.astype("int32"), test_body
+    model.fit({"source": seq, "target": seq[:, :-1]}, seq[:, 1:], batch_size=64, epochs=5, verbose=0)
+    test_source, test_lengths = _copy_batch(np.random.default_rng(1), 32)
+    return model, test_source, test_lengths
 
 
 def _rescore(model, source, ids):
@@ -43,20 +52,23 @@ def _rescore(model, source, ids):
 
 
 def test_trained_model_copies(trained):
-    model, source, body = trained
+    model, source, lengths = trained
     ids = greedy_decode(model, source, 10).numpy()
-    full = [b for b in range(32) if not 5 <= b < 9]
-    copied = np.mean([np.array_equal(ids[b, :LENGTH], body[b]) and ids[b, LENGTH] == END for b in full])
-    assert copied > 0.8
+    copied = [np.array_equal(ids[b, : lengths[b] + 1], source[b, 1 : lengths[b] + 2]) for b in range(len(source))]
+    assert np.mean(copied) > 0.6  # 0.81 to 1.0 over four training seeds
+    # The precondition of the cached-decoding tests below: sentences end at
+    # several different steps.
+    assert len(set(_end_steps(ids))) >= 4
 
 
 @pytest.mark.parametrize("cache_chunk", [2, 16, None])
 def test_cached_equals_uncached_on_the_trained_model(trained, cache_chunk):
-    # The short sentences end first; with a growing cache (2, 16) they also
-    # leave the decoder's batch, with a preallocated one (None) they stay.
+    # Sources of 1 to 6 words: the short sentences end first; with a growing
+    # cache (2, 16) they also leave the decoder's batch, with a preallocated
+    # one (None) they stay.
     model, source, _ = trained
     uncached_greedy = greedy_decode(model, source, 10, use_cache=False).numpy()
-    assert len({int(np.argmax(row == END)) for row in uncached_greedy}) > 1  # sentences end at different steps
+    assert len(set(_end_steps(uncached_greedy))) >= 3  # sentences end at different steps
     np.testing.assert_array_equal(greedy_decode(model, source, 10, cache_chunk=cache_chunk).numpy(), uncached_greedy)
     cached = beam_search(model, source, 10, beam_size=3, cache_chunk=cache_chunk)
     uncached = beam_search(model, source, 10, beam_size=3, use_cache=False)
