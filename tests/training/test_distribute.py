@@ -70,7 +70,10 @@ def test_one_batch_gives_the_same_loss_and_step_on_one_device_and_two_replicas(t
         assert len(updates) > 10
         for key in updates:
             expected = result[f"one-device/{key}"]
-            np.testing.assert_allclose(result[f"{name}/{key}"], expected, rtol=1e-4, atol=1e-6, err_msg=f"{name} {key}")
+            # Summing two replicas' gradients rounds differently from one
+            # device's: a tolerance relative to the update's size.
+            atol = 1e-5 * max(float(np.abs(expected).max()), 1e-3)
+            np.testing.assert_allclose(result[f"{name}/{key}"], expected, rtol=1e-4, atol=atol, err_msg=f"{name} {key}")
     assert np.abs(result["one-device/update_0"]).max() > 1e-3  # the step moved the weights
 
 
