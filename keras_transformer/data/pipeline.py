@@ -82,18 +82,29 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
     depend on TensorFlow's global seed.
 
     Each pass is read in windows of `buffer_size` elements, and each window
-    is permuted by a stateless shuffle seeded with (seed, pass, window); a
-    dataset no larger than `buffer_size` is shuffled whole.
+    is permuted by a stateless shuffle seeded with (seed, pass, window): a
+    dataset no larger than `buffer_size` is shuffled whole, a larger one
+    window by window (window 0's elements always come before window 1's).
+    A window is held in memory padded to its longest element.
+
+    Raises:
+        ValueError: `dataset` is empty, or an element has a part of unknown rank.
     """
     buffer_size = int(buffer_size)
     if buffer_size < 1:
         raise ValueError(f"`buffer_size` must be a positive integer. Received: buffer_size={buffer_size!r}")
+    spec = dataset.element_spec
+    if any(part.shape.rank is None for part in tf.nest.flatten(spec)):
+        raise ValueError(f"`dataset` elements must have parts of known rank. Received: element_spec={spec}")
+    cardinality = int(dataset.cardinality())
+    if cardinality == 0 or (cardinality < 0 and next(iter(dataset.take(1)), None) is None):
+        raise ValueError("`dataset` is empty: a stream of its passes would never yield an element")
 
     def one_pass(index):
         pass_seed = tf.stack([tf.constant(seed, tf.int64), index])
 
-        def with_shapes(*element):
-            element = element if len(element) > 1 else element[0]
+        def with_shapes(*parts):
+            element = tf.nest.pack_sequence_as(spec, tf.nest.flatten(parts))
             # A scalar's shape would be an empty vector, and unbatching a
             # [B, 0] tensor crashes tf.data; scalars need no shape anyway.
             shapes = tf.nest.map_structure(
@@ -108,10 +119,12 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
             return tf.nest.map_structure(lambda x: tf.gather(x, order), batch)
 
         def unpad(element, shapes):
-            def cut(x, shape):
-                return x if x.shape.rank == 0 else tf.slice(x, tf.zeros_like(shape), shape)
+            def cut(x, shape, part_spec):
+                if x.shape.rank == 0:
+                    return x
+                return tf.ensure_shape(tf.slice(x, tf.zeros_like(shape), shape), part_spec.shape)
 
-            return tf.nest.map_structure(cut, element, shapes)
+            return tf.nest.map_structure(cut, element, shapes, spec)
 
         # A window is held padded: tf.data's ragged_batch is far slower at
         # this size (8 s for a window of 100,000 elements, 120 of them filled).
@@ -124,7 +137,8 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
             .map(unpad)
         )
 
-    return tf.data.Dataset.range(2**62).flat_map(one_pass)
+    stream = tf.data.Dataset.range(2**62).flat_map(one_pass)
+    return stream.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
 
 def bucket_boundaries(max_length: int, min_step: int = 2, growth: float = 1.1):
@@ -157,8 +171,8 @@ def token_batches(
         pairs: from `tokenized_pairs`.
         tokens_per_batch: int, padded tokens per side per batch.
         max_length: int, the longest pair length in `pairs`.
-        shuffle: bool, shuffle pairs (the whole set, up to 100,000 pairs)
-            before bucketing.
+        shuffle: bool, shuffle pairs before bucketing (the whole set up to
+            100,000 pairs; a larger one in windows of 100,000).
         repeat: bool, an endless stream of passes. Shuffled, each pass has
             its own order that depends only on `seed` and the pass index
             (`shuffled_passes`), so batch `n` is the same on every iterator

@@ -90,6 +90,11 @@ class StepBackup(keras.callbacks.Callback):
             return 0
         with open(self._meta) as f:
             meta = json.load(f)
+        if "weights" not in meta:
+            raise ValueError(
+                f"{self._meta} was written by an earlier keras_transformer (before backups "
+                "named their weights file); resume it with that version or remove the directory"
+            )
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(self.backup_dir, meta["weights"]))
@@ -136,6 +141,11 @@ class StepBackup(keras.callbacks.Callback):
         # `batch` is the epoch's last batch index run (steps_per_execution
         # may run several per call).
         self.step = self._epoch_start + batch + 1
+        if batch + 1 == (self.params or {}).get("steps"):
+            # The epoch's last batch: its backup waits for the epoch end, so
+            # a kill during validation resumes before the epoch ended and
+            # runs its validation and epoch-end callbacks again.
+            return
         if self.step // self.save_freq > (self._saved_step or 0) // self.save_freq:
             self.save()
 
@@ -144,24 +154,41 @@ class StepBackup(keras.callbacks.Callback):
 
 
 class _ValidationWatch(keras.callbacks.Callback):
-    """Tracks the lowest `monitor` value seen at epoch ends."""
+    """Tracks the lowest `monitor` value seen at the ends of whole epochs.
+
+    An epoch that Keras ended early (a `TimeBudget` stop) is not counted: it
+    is finished, and validated, when the run resumes. An epoch without the
+    monitored value (`validation_freq` > 1) is skipped.
+    """
 
     def __init__(self, monitor: str = "val_loss"):
         super().__init__()
         self.monitor = monitor
         self.best = float("inf")
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches = batch + 1
 
     def _improved(self, logs):
+        """None when this epoch end does not count, else whether `monitor`
+        reached a new low."""
         value = (logs or {}).get(self.monitor)
-        if value is None:
-            raise ValueError(
-                f"`{self.monitor}` is not in this epoch's logs (keys: {sorted(logs or {})}); "
-                "pass validation data"
-            )
+        if value is None or self._batches < (self.params or {}).get("steps", 0):
+            return None
         if value < self.best:
             self.best = float(value)
             return True
         return False
+
+    def _best_state(self):
+        return None if self.best == float("inf") else self.best
+
+    def _set_best(self, value):
+        self.best = float("inf") if value is None else float(value)
 
 
 class BestCheckpoint(_ValidationWatch):
@@ -186,10 +213,10 @@ class BestCheckpoint(_ValidationWatch):
             save_weights_atomically(self.model, self.path)
 
     def get_state(self):
-        return {"best": self.best}
+        return {"best": self._best_state()}
 
     def set_state(self, state):
-        self.best = float(state["best"])
+        self._set_best(state["best"])
 
 
 class EarlyStopping(_ValidationWatch):
@@ -218,15 +245,19 @@ class EarlyStopping(_ValidationWatch):
         return self.wait >= self.patience
 
     def on_epoch_end(self, epoch, logs=None):
-        self.wait = 0 if self._improved(logs) else self.wait + 1
+        improved = self._improved(logs)
+        if improved is None:
+            return
+        self.wait = 0 if improved else self.wait + 1
         if self.stopped:
             self.model.stop_training = True
 
     def get_state(self):
-        return {"best": self.best, "wait": self.wait}
+        return {"best": self._best_state(), "wait": self.wait}
 
     def set_state(self, state):
-        self.best, self.wait = float(state["best"]), int(state["wait"])
+        self._set_best(state["best"])
+        self.wait = int(state["wait"])
 
 
 class EpochCheckpoints(keras.callbacks.Callback):

@@ -100,6 +100,14 @@ def train(
         raise ValueError("`model` must be built and compiled before `train` (call model.build() and compile).")
     if validation_data is None and early_stopping_patience is not None:
         raise ValueError("`early_stopping_patience` needs `validation_data` to watch val_loss")
+    per_call = int(getattr(model, "steps_per_execution", 1) or 1)
+    if steps_per_epoch % per_call or backup_every % per_call:
+        # Keras runs whole executions, so an epoch would take more batches
+        # than steps_per_epoch and resumption would skip the wrong number.
+        raise ValueError(
+            f"`steps_per_epoch` ({steps_per_epoch}) and `backup_every` ({backup_every}) must be "
+            f"multiples of the model's steps_per_execution ({per_call})"
+        )
     watches = {}
     if validation_data is not None:
         watches["best_checkpoint"] = BestCheckpoint(os.path.join(run_dir, "best.weights.h5"))

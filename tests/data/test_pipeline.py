@@ -126,6 +126,22 @@ def test_shuffled_passes_hold_every_element_once_each_in_its_own_order():
         data.shuffled_passes(items, buffer_size=0)
 
 
+def test_shuffled_passes_keep_the_element_structure_and_refuse_an_empty_dataset():
+    import tensorflow as tf
+
+    single = tf.data.Dataset.range(5).map(lambda i: (tf.fill([3], i),))  # a 1-tuple of [3]
+    stream = data.shuffled_passes(single, seed=1)
+    assert stream.element_spec == single.element_spec  # the tuple, and the static shape [3]
+    assert stream.cardinality() == tf.data.INFINITE_CARDINALITY
+    named = tf.data.Dataset.range(5).map(lambda i: {"id": i, "row": tf.fill([i], i)})
+    element = next(iter(data.shuffled_passes(named, seed=1)))
+    assert element["row"].numpy().tolist() == [int(element["id"])] * int(element["id"])
+    # An empty dataset would make an endless stream that never yields.
+    for empty in (tf.data.Dataset.range(0), tf.data.Dataset.range(5).filter(lambda i: i > 9)):
+        with pytest.raises(ValueError, match="empty"):
+            data.shuffled_passes(empty)
+
+
 def test_budget_must_hold_the_longest_pair(multi30k_tokenizer):
     pairs = data.tokenized_pairs(multi30k_tokenizer, ["a"], ["b"], max_length=64)
     with pytest.raises(ValueError, match="tokens_per_batch"):

@@ -99,3 +99,30 @@ def test_clone_initializer():
     np.testing.assert_array_equal(clone_initializer(seeded)((4, 4)), seeded((4, 4)))
     # A name or a config works as for `keras.initializers.get`.
     assert type(clone_initializer("zeros")) is keras.initializers.Zeros
+
+
+def test_initializers_that_cannot_or_need_not_be_cloned_are_kept():
+    def ones(shape, dtype=None):
+        return np.ones(shape, dtype or "float32")
+
+    assert clone_initializer(ones) is ones
+
+    class Scaled(keras.initializers.Initializer):  # no get_config
+        def __init__(self, scale):
+            self.scale = scale
+
+        def __call__(self, shape, dtype=None):
+            return keras.ops.full(shape, self.scale, dtype=dtype)
+
+    scaled = Scaled(2.0)
+    assert clone_initializer(scaled) is scaled
+    # A SeedGenerator-seeded initializer draws anew at each call: shared, the
+    # four projections still differ.
+    generator = keras.initializers.GlorotUniform(seed=keras.random.SeedGenerator(1))
+    assert clone_initializer(generator) is generator
+    layer = kt.layers.MultiHeadAttention(2, 8, kernel_initializer=generator)
+    x = np.zeros((1, 3, 16), "float32")
+    layer(x, x)
+    assert _equal_pairs(layer.weights) == []
+    # A function works as a layer's initializer too.
+    kt.layers.FeedForward(8, kernel_initializer=ones)(x)

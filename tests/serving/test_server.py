@@ -28,11 +28,20 @@ def test_every_signature_metadata_and_status(server, in_process):
 
         ids = client.predict({"ids": np.array([[2, 5, 6, 3]], np.int32)}, "translate_ids")
         assert ids["ids"].dtype == np.int32 and ids["ids"].shape[0] == 1 and ids["log_prob"].shape == (1,)
+        # The beams' own scores, re-scored. A random model may start its
+        # output with a word-continuation piece ("##t..."), which detokenizes
+        # to text that tokenizes back to other pieces: only outputs without
+        # one are the same token sequence when read back.
+        readable = [i for i, text in enumerate(expected_texts) if "##" not in text]
+        assert len(readable) >= 2, expected_texts
         score = client.predict(
-            {"text": np.array([b"A man."], object), "target_text": np.array([expected_texts[7].encode()], object)},
+            {
+                "text": np.array([SENTENCES[i].encode() for i in readable], object),
+                "target_text": np.array([expected_texts[i].encode() for i in readable], object),
+            },
             "score",
         )["log_prob"]
-        np.testing.assert_allclose(score, expected_scores[7:8], atol=1e-3)  # the beam's own score, re-scored
+        np.testing.assert_allclose(score, expected_scores[readable], atol=1e-3)
         attention = client.predict({"text": np.array([b"A man rides a bike."], object)}, "attention")
         assert attention["attention"].ndim == 3
         assert set(attention) == {"translation", "source_tokens", "target_tokens", "attention"}

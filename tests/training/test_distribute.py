@@ -108,3 +108,23 @@ def test_strategy_switch_errors(monkeypatch):
 def test_mixed_precision_policy_on_cpu():
     assert training.set_mixed_precision(True) == "mixed_bfloat16"
     assert training.set_mixed_precision(False) == "float32"
+
+
+def test_custom_loop_resumes_after_the_epochs_its_checkpoint_holds(tmp_path):
+    # Under a float16 loss scale whose first steps overflow, the optimizer
+    # counts fewer steps than batches: the resumed loop must start from the
+    # checkpoint's epoch, not from iterations // steps_per_epoch.
+    import tensorflow as tf
+
+    from tests.training.test_fit import _float16_model
+    from tests.training.test_fit import _stream
+
+    strategy = tf.distribute.get_strategy()
+    first = _float16_model()
+    history = training.train_custom_loop(first, strategy, _stream(), 6, 1, str(tmp_path))
+    assert len(history["loss"]) == 1 and int(first.optimizer.iterations.numpy()) < 6
+    resumed = _float16_model()
+    history = training.train_custom_loop(resumed, strategy, _stream(), 6, 2, str(tmp_path))
+    assert len(history["loss"]) == 1  # epoch 2 only
+    names = [os.path.basename(p) for p in training.callbacks.list_checkpoints(str(tmp_path / "checkpoints"))]
+    assert names == ["epoch-0001.weights.h5", "epoch-0002.weights.h5"]
