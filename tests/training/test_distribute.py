@@ -116,7 +116,7 @@ def test_custom_loop_resumes_after_the_epochs_its_checkpoint_holds(tmp_path):
     # checkpoint's epoch, not from iterations // steps_per_epoch.
     import tensorflow as tf
 
-    from tests.training.test_fit import _float16_model
+    from tests.training.test_resume import _float16_model
     from tests.training.test_fit import _stream
 
     strategy = tf.distribute.get_strategy()
