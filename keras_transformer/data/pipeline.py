@@ -129,12 +129,12 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
         # A window is held padded: tf.data's ragged_batch is far slower at
         # this size (8 s for a window of 100,000 elements, 120 of them filled).
         return (
-            dataset.map(with_shapes)
+            dataset.map(with_shapes, num_parallel_calls=tf.data.AUTOTUNE)
             .padded_batch(buffer_size)
             .enumerate()
             .map(permute)
             .unbatch()
-            .map(unpad)
+            .map(unpad, num_parallel_calls=tf.data.AUTOTUNE)
         )
 
     stream = tf.data.Dataset.range(2**62).flat_map(one_pass)
