@@ -65,9 +65,9 @@ def tokenized_pairs(
     )
     return (
         texts.batch(1024)
-        .map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .unbatch()
-        .map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(trim, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     )
 
 
@@ -128,13 +128,15 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
 
         # A window is held padded: tf.data's ragged_batch is far slower at
         # this size (8 s for a window of 100,000 elements, 120 of them filled).
+        # deterministic=True: the order holds even where the stream's
+        # options allow tf.data to reorder for speed.
         return (
-            dataset.map(with_shapes, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset.map(with_shapes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .padded_batch(buffer_size)
             .enumerate()
-            .map(permute)
+            .map(permute, deterministic=True)
             .unbatch()
-            .map(unpad, num_parallel_calls=tf.data.AUTOTUNE)
+            .map(unpad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         )
 
     stream = tf.data.Dataset.range(2**62).flat_map(one_pass)
@@ -214,7 +216,7 @@ def token_batches(
         pad_to_bucket_boundary=pad_to_bucket_boundary,
         drop_remainder=batch_multiple > 1,
     )
-    return batches.map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return batches.map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
         tf.data.AUTOTUNE
     )
 

@@ -15,7 +15,7 @@ def clone_initializer(initializer):
 
     Returned as they are: an initializer seeded with a
     `keras.random.SeedGenerator` (it draws anew at every call), a plain
-    function, and a subclass whose config does not rebuild it. An integer seed is kept, as Keras's own layers keep it: every
+    function, and a subclass without a `get_config` of its own. An integer seed is kept, as Keras's own layers keep it: every
     weight of one shape it initializes gets the same draw, so leave the seed
     None and call `keras.utils.set_random_seed` for a reproducible model.
     """
@@ -24,9 +24,7 @@ def clone_initializer(initializer):
         return initializer
     if isinstance(getattr(initializer, "seed", None), keras.random.SeedGenerator):
         return initializer
-    try:
-        return initializer.__class__.from_config(initializer.get_config())
-    except TypeError:
-        # A subclass whose config does not rebuild it (no `get_config`):
-        # it cannot be cloned, and is used as it is.
+    if type(initializer).get_config is keras.initializers.Initializer.get_config:
+        # No config of its own: from_config would build a default instance.
         return initializer
+    return initializer.__class__.from_config(initializer.get_config())

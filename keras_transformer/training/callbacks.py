@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import keras
@@ -154,18 +155,20 @@ class StepBackup(keras.callbacks.Callback):
 
 
 class _ValidationWatch(keras.callbacks.Callback):
-    """Tracks the lowest `monitor` value seen at the ends of whole epochs.
+    """Tracks the lowest `monitor` value seen at epoch ends.
 
-    An epoch that Keras ended early (a `TimeBudget` stop) is not counted: it
-    is finished, and validated, when the run resumes. An epoch without the
-    monitored value (`validation_freq` > 1) is skipped.
+    An epoch without the monitored value (`validation_freq` > 1) is skipped,
+    with a warning the first time.
     """
+
+    whole_epochs_only = False
 
     def __init__(self, monitor: str = "val_loss"):
         super().__init__()
         self.monitor = monitor
         self.best = float("inf")
         self._batches = 0
+        self._warned = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._batches = 0
@@ -177,7 +180,15 @@ class _ValidationWatch(keras.callbacks.Callback):
         """None when this epoch end does not count, else whether `monitor`
         reached a new low."""
         value = (logs or {}).get(self.monitor)
-        if value is None or self._batches < (self.params or {}).get("steps", 0):
+        if value is None:
+            if not self._warned:
+                warnings.warn(
+                    f"{type(self).__name__}: `{self.monitor}` is not in this epoch's logs "
+                    f"(keys: {sorted(logs or {})}); the epoch is skipped"
+                )
+                self._warned = True
+            return None
+        if self.whole_epochs_only and self._batches < ((self.params or {}).get("steps") or 0):
             return None
         if value < self.best:
             self.best = float(value)
@@ -198,6 +209,8 @@ class BestCheckpoint(_ValidationWatch):
     value starts at infinity in every new process, its state is restorable
     (`get_state` / `set_state`, kept by `StepBackup`), so the first
     validation after a restart does not overwrite a better checkpoint.
+    Every validation counts, that of an epoch cut short by a `TimeBudget`
+    too (at the end of a run with a linear schedule, often the best).
 
     Args:
         path: str, a `.weights.h5` file.
@@ -226,12 +239,17 @@ class EarlyStopping(_ValidationWatch):
     Unlike `keras.callbacks.EarlyStopping`, it does not reset its count at
     the start of every `fit` call, and its state is restorable (kept by
     `StepBackup`), so a run that is interrupted and resumed stops at the
-    same epoch as one that never stopped.
+    same epoch as one that never stopped. Only whole epochs count: an epoch
+    that a `TimeBudget` cut short is counted when a resumed run finishes it.
 
     Args:
         patience: int, epochs without improvement before stopping.
         monitor: str, the logged value to minimize. Default "val_loss".
     """
+
+    # An epoch that Keras ended early (a `TimeBudget` stop) is finished, and
+    # validated again, when the run resumes: only whole epochs count.
+    whole_epochs_only = True
 
     def __init__(self, patience: int, monitor: str = "val_loss"):
         super().__init__(monitor)

@@ -107,8 +107,8 @@ def test_initializers_that_cannot_or_need_not_be_cloned_are_kept():
 
     assert clone_initializer(ones) is ones
 
-    class Scaled(keras.initializers.Initializer):  # no get_config
-        def __init__(self, scale):
+    class Scaled(keras.initializers.Initializer):  # no get_config: from_config would give scale 1
+        def __init__(self, scale=1.0):
             self.scale = scale
 
         def __call__(self, shape, dtype=None):

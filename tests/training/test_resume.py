@@ -192,3 +192,32 @@ def test_train_refuses_epochs_that_steps_per_execution_does_not_divide(tmp_path)
     model.compile(optimizer="adam", loss=training.MaskedCrossEntropy(), steps_per_execution=4)
     with pytest.raises(ValueError, match="steps_per_execution"):
         training.train(model, _stream(), 10, 1, str(tmp_path))
+
+
+def test_the_validation_of_an_epoch_cut_short_still_updates_the_best_checkpoint(tmp_path):
+    # A budget that runs out in the first epoch: its validation is of real
+    # weights (with a linear schedule, the annealed last ones).
+    history = training.train(
+        _model(), _stream(), 4, 2, str(tmp_path), validation_data=_stream(seed=1).take(1),
+        early_stopping_patience=1, minutes=1e-9, verbose=0,
+    )
+    assert len(history["val_loss"]) == 1
+    assert os.path.exists(tmp_path / "best.weights.h5")
+    # The early-stopping count waits for whole epochs.
+    assert training.train(_model(), _stream(), 4, 2, str(tmp_path), validation_data=_stream(seed=1).take(1),
+                          early_stopping_patience=1, minutes=1e-9, verbose=0) != {}
+
+
+def test_the_watches_work_in_a_plain_fit_of_unknown_length(tmp_path):
+    # Keras gives callbacks no step count for a dataset of unknown length.
+    import tensorflow as tf
+
+    model = _model()
+    finite = _stream().take(3).filter(lambda x, y: tf.shape(y)[0] > 0)
+    best = training.BestCheckpoint(str(tmp_path / "best.weights.h5"))
+    stop = training.EarlyStopping(patience=1)
+    model.fit(finite, validation_data=finite, epochs=2, callbacks=[best, stop], verbose=0)
+    assert os.path.exists(tmp_path / "best.weights.h5") and np.isfinite(best.best)
+    # Without the monitored value, a warning instead of a silent no-op.
+    with pytest.warns(UserWarning, match="val_missing"):
+        model.fit(finite, epochs=1, callbacks=[training.BestCheckpoint(str(tmp_path / "x.weights.h5"), "val_missing")], verbose=0)
