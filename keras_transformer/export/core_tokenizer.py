@@ -55,6 +55,12 @@ class CoreWordPiece(tf.Module):
         flat = words.flat_values  # [W]
         num_words = tf.shape(flat)[0]
         word_bytes = tf.strings.length(flat)
+        # An over-long word is one [UNK] whatever it holds: it enters the
+        # loop empty, so no buffer grows with its size (a 100,000-byte word
+        # beside 3,000 short ones made a [3001, 100000] piece buffer).
+        too_long = word_bytes > MAX_BYTES_PER_WORD
+        flat = tf.where(too_long, "", flat)
+        word_bytes = tf.where(too_long, 0, word_bytes)
         lengths = tf.range(1, self.max_piece_bytes + 1)  # candidate piece sizes [P]
 
         def step(i, position, done, unk, ids, counts):
@@ -84,8 +90,7 @@ class CoreWordPiece(tf.Module):
             done = done | unk | (position >= word_bytes)
             return i + 1, position, done, unk, ids, counts
 
-        max_pieces = tf.reduce_max(tf.concat([word_bytes, [0]], axis=0))
-        too_long = word_bytes > MAX_BYTES_PER_WORD
+        max_pieces = tf.reduce_max(tf.concat([word_bytes, [0]], axis=0))  # at most MAX_BYTES_PER_WORD
         init = (
             tf.constant(0),
             tf.zeros([num_words], tf.int32),
@@ -99,6 +104,7 @@ class CoreWordPiece(tf.Module):
         )
         # An unknown word is one [UNK], whatever pieces it had produced.
         counts = tf.where(unk, 1, counts)
+        ids = tf.concat([ids, tf.zeros([num_words, 1], tf.int32)], axis=1)  # room for an [UNK] if max_pieces is 0
         ids = tf.where(unk[:, None], tf.one_hot(0, tf.shape(ids)[1], on_value=_UNK, off_value=0, dtype=tf.int32), ids)
         pieces = tf.RaggedTensor.from_tensor(ids, lengths=counts)  # [W, (P)]
         return tf.RaggedTensor.from_row_splits(pieces.flat_values, tf.gather(pieces.row_splits, words.row_splits))

@@ -29,6 +29,38 @@ def test_same_ids_on_awkward_text():
         "über", b"\xff\xfe mann".decode("latin-1"), "##", "fahr ##rad",
     ]
     assert core.tokenize(tf.constant(texts)).to_list() == tok.tokenize(tf.constant(texts)).to_list()
+    only_long = ["x" * 150, "y" * 101 + " " + "z" * 400, ""]  # no word within the limit
+    assert core.tokenize(tf.constant(only_long)).to_list() == tok.tokenize(tf.constant(only_long)).to_list()
     suffix = tok.vocab.index("##s") if "##s" in tok.vocab else tok.vocab.index("##r")
     ids = tf.constant([[2, 5, 6, 3, 0], [0, 0, 0, 0, 0], [7, 1, 8, 3, 9], [2, suffix, 5, suffix, 3], [suffix, 0, 0, 0, 0]])
     np.testing.assert_array_equal(core.detokenize(ids).numpy(), tok.detokenize(ids).numpy())
+
+
+def test_an_over_long_word_costs_no_memory(tmp_path):
+    # An over-long word becomes one [UNK] at once, so no buffer may grow with
+    # its size: 3,000 one-letter words beside one 100,000-byte word once made
+    # a [3001, 100000] int32 piece buffer (1.2 GB). Peak memory is read in a
+    # fresh process, where the tokenizer's own allocations show.
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys, tensorflow as tf\n"
+        "from keras_transformer.data import WordPieceTokenizer\n"
+        "from keras_transformer.export.core_tokenizer import CoreWordPiece\n"
+        "tok = WordPieceTokenizer.learn(['a man rides a bike .'] * 20, vocab_size=60, min_count=2)\n"
+        "core = CoreWordPiece(tok.vocab)\n"
+        "tokenize = tf.function(core.tokenize)\n"
+        "tokenize(tf.constant(['a man']))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "ids = tokenize(tf.constant(['a ' * 3000 + 'x' * 100000]))\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "row = ids.to_list()[0]\n"
+        "print(len(row), row[-1] == tok.unk_id, row[0] == tok.tokenize(['a']).to_list()[0][0], (after - before) // 1024)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count, last_is_unk, first_is_a, grown_mb = result.stdout.split()[-4:]
+    assert (count, last_is_unk, first_is_a) == ("3001", "True", "True")
+    assert int(grown_mb) < 100, f"peak memory grew by {grown_mb} MB"
