@@ -267,11 +267,20 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int):
                 if method == "GET" and rest == "/metadata":
                     return self._reply(200, rest_metadata(manager, name, version))
                 if method == "POST" and rest == ":predict":
-                    size = int(self.headers.get("Content-Length") or 0)
-                    if size > max_body_bytes:
-                        self.rfile.read(size)
+                    declared = (self.headers.get("Content-Length") or "0").strip()
+                    if not declared.isdigit():
+                        self.close_connection = True  # the body's end is unknown
                         raise ServingError(
-                            StatusCode.RESOURCE_EXHAUSTED, f"request body of {size} bytes exceeds {max_body_bytes}"
+                            StatusCode.INVALID_ARGUMENT,
+                            f"Content-Length must be a non-negative integer. Received: {declared[:40]!r}",
+                        )
+                    size = int(declared)
+                    if size > max_body_bytes:
+                        # Refused from the header: the body is not read, and
+                        # the connection is closed instead.
+                        self.close_connection = True
+                        return self._reply(
+                            413, {"error": f"request body of {size} bytes exceeds the limit of {max_body_bytes}"}
                         )
                     try:
                         body = json.loads(self.rfile.read(size) or b"{}")
