@@ -157,6 +157,41 @@ def test_concurrent_load_with_a_new_version_dropped_in(server, serving_exports, 
     assert client.translate(SENTENCES)[0] == [expected[2][s] for s in SENTENCES]
 
 
+def _raw_http(port, request: bytes, timeout=30) -> bytes:
+    """Sends raw bytes to the REST port; returns what comes back until the
+    server closes the connection or has sent a whole response."""
+    import socket
+
+    with socket.create_connection(("localhost", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_rest_content_length_cannot_be_abused(server):
+    # Before the SIGTERM test below, which stops this module's server.
+    # Each is a client's mistake: a 4xx, the server stays up, and an
+    # oversized body is refused from its header, before it is read.
+    path = b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    cases = {
+        b"Content-Length: -5\r\n\r\n" + b'{"instances": ["a"]}': b" 400 ",
+        b"Content-Length: ten\r\n\r\n{}": b" 400 ",
+        # 1 GB announced, a few bytes sent: answered at once (413), not after
+        # reading (or waiting for) a gigabyte.
+        b"Content-Length: 1000000000\r\n\r\n{}": b" 413 ",
+    }
+    for headers, status in cases.items():
+        reply = _raw_http(server.rest_port, path + headers)
+        assert status in reply.split(b"\r\n", 1)[0] + b" ", reply[:300]
+    client = RestClient(f"localhost:{server.rest_port}", "toy")
+    assert len(client.translate(["A man."])[0]) == 1  # still serving
+
+
 def test_sigterm_finishes_accepted_requests_then_exits(server):
     channel = grpc.insecure_channel(server.address)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -175,36 +210,3 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
 
-
-def _raw_http(port, request: bytes, timeout=30) -> bytes:
-    """Sends raw bytes to the REST port; returns what comes back until the
-    server closes the connection or has sent a whole response."""
-    import socket
-
-    with socket.create_connection(("localhost", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-
-def test_rest_content_length_cannot_be_abused(server):
-    # Each is a client's mistake: a 4xx, the server stays up, and an
-    # oversized body is refused from its header, before it is read.
-    path = b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    cases = {
-        b"Content-Length: -5\r\n\r\n" + b'{"instances": ["a"]}': b" 400 ",
-        b"Content-Length: ten\r\n\r\n{}": b" 400 ",
-        # 1 GB announced, a few bytes sent: answered at once (413), not after
-        # reading (or waiting for) a gigabyte.
-        b"Content-Length: 1000000000\r\n\r\n{}": b" 413 ",
-    }
-    for headers, status in cases.items():
-        reply = _raw_http(server.rest_port, path + headers)
-        assert status in reply.split(b"\r\n", 1)[0] + b" ", reply[:300]
-    client = RestClient(f"localhost:{server.rest_port}", "toy")
-    assert len(client.translate(["A man."])[0]) == 1  # still serving
