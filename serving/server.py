@@ -240,9 +240,13 @@ def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> d
         }
 
 
-def make_rest_handler(manager: ModelManager, max_body_bytes: int):
+def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_seconds: float = 30.0):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # The socket's timeout: a client that stalls mid-request is answered
+        # 408 (or dropped, before its request line) instead of holding a
+        # thread (TensorFlow Serving's --rest_api_timeout_in_ms).
+        timeout = timeout_seconds
 
         def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's name)
             log.debug("rest: " + format, *args)
@@ -283,7 +287,14 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int):
                             413, {"error": f"request body of {size} bytes exceeds the limit of {max_body_bytes}"}
                         )
                     try:
-                        body = json.loads(self.rfile.read(size) or b"{}")
+                        raw = self.rfile.read(size)
+                    except TimeoutError:
+                        self.close_connection = True
+                        return self._reply(
+                            408, {"error": f"the request body did not arrive within {timeout_seconds:g} s"}
+                        )
+                    try:
+                        body = json.loads(raw or b"{}")
                     except ValueError as error:
                         raise ServingError(StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {error}") from None
                     if not isinstance(body, dict):
@@ -341,6 +352,33 @@ def _channel_arguments(text: str):
     return options
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_threads` at once: past that,
+    new connections wait in the listen backlog (TensorFlow Serving's
+    --rest_api_num_threads), and a stalled client frees its thread at the
+    handler's timeout."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_threads: int):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_threads)
+
+    def process_request(self, request, client_address):
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class ModelServer:
     """The gRPC server, the REST server and the model manager, started and stopped together."""
 
@@ -356,6 +394,8 @@ class ModelServer:
         channel_arguments=(),
         max_body_bytes: int = 4 * 1024 * 1024,
         ssl: Optional[dict] = None,
+        rest_timeout_seconds: float = 30.0,
+        rest_max_threads: int = 4 * (os.cpu_count() or 1),
     ):
         self.manager = ModelManager(model_name, model_base_path, poll_seconds, batching)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads), options=list(channel_arguments))
@@ -374,8 +414,8 @@ class ModelServer:
             raise OSError(f"cannot listen for gRPC on port {port}")
         self.rest = None
         if rest_api_port:
-            self.rest = ThreadingHTTPServer(("0.0.0.0", rest_api_port), make_rest_handler(self.manager, max_body_bytes))
-            self.rest.daemon_threads = True
+            handler = make_rest_handler(self.manager, max_body_bytes, rest_timeout_seconds)
+            self.rest = _BoundedHTTPServer(("0.0.0.0", rest_api_port), handler, rest_max_threads)
             self.rest_api_port = self.rest.server_address[1]
 
     def start(self):
@@ -412,6 +452,10 @@ def main(argv=None) -> int:
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
     p.add_argument("--ssl_config_file", help="SSLConfig in protobuf text format: serve gRPC over TLS")
     p.add_argument("--drain_seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+                   help="a REST client that stalls this long mid-request is answered 408 or dropped")
+    p.add_argument("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
+                   help="REST connections handled at once; more wait in the listen backlog")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
@@ -435,7 +479,8 @@ def main(argv=None) -> int:
     server = ModelServer(
         args.model_name, os.path.abspath(args.model_base_path), args.port, args.rest_api_port, batching,
         args.file_system_poll_wait_seconds, args.grpc_max_threads, _channel_arguments(args.grpc_channel_arguments),
-        ssl=ssl,
+        ssl=ssl, rest_timeout_seconds=args.rest_api_timeout_in_ms / 1000.0,
+        rest_max_threads=args.rest_api_num_threads,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

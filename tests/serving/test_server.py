@@ -192,6 +192,33 @@ def test_rest_content_length_cannot_be_abused(server):
     assert len(client.translate(["A man."])[0]) == 1  # still serving
 
 
+def test_stalled_rest_clients_time_out_and_cannot_hold_every_thread(serving_exports):
+    # Slowloris: two clients announce a body and stall, on a server with two
+    # REST threads and a 1 s timeout. Each is answered 408 when its time is
+    # up (TensorFlow Serving's --rest_api_timeout_in_ms), and a good request
+    # sent meanwhile waits for a free thread, then is served.
+    import socket
+
+    from tests.serving.conftest import ServerProcess
+
+    base, _, _ = serving_exports
+    process = ServerProcess(base, "--rest_api_timeout_in_ms=1000", "--rest_api_num_threads=2")
+    try:
+        stalled = []
+        for _ in range(2):
+            sock = socket.create_connection(("localhost", process.rest_port), timeout=30)
+            sock.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            stalled.append(sock)
+        client = RestClient(f"localhost:{process.rest_port}", "toy")
+        assert len(client.translate(["A man."])[0]) == 1
+        for sock in stalled:
+            reply = sock.recv(65536)
+            assert reply.split(b"\r\n", 1)[0].endswith(b"408 Request Timeout"), reply[:200]
+            sock.close()
+    finally:
+        process.stop()
+
+
 def test_sigterm_finishes_accepted_requests_then_exits(server):
     channel = grpc.insecure_channel(server.address)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
