@@ -77,7 +77,7 @@ class StepBackup(keras.callbacks.Callback):
         self._meta = os.path.join(backup_dir, "backup.json")
         self.step = 0
         self._epoch_start = 0
-        self._saved_step = None
+        self._saved_step = 0
 
     def exists(self) -> bool:
         return os.path.exists(self._meta)
@@ -147,7 +147,7 @@ class StepBackup(keras.callbacks.Callback):
             # a kill during validation resumes before the epoch ended and
             # runs its validation and epoch-end callbacks again.
             return
-        if self.step // self.save_freq > (self._saved_step or 0) // self.save_freq:
+        if self.step // self.save_freq > self._saved_step // self.save_freq:
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -161,20 +161,11 @@ class _ValidationWatch(keras.callbacks.Callback):
     with a warning the first time.
     """
 
-    whole_epochs_only = False
-
     def __init__(self, monitor: str = "val_loss"):
         super().__init__()
         self.monitor = monitor
         self.best = float("inf")
-        self._batches = 0
         self._warned = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batches = batch + 1
 
     def _improved(self, logs):
         """None when this epoch end does not count, else whether `monitor`
@@ -187,8 +178,6 @@ class _ValidationWatch(keras.callbacks.Callback):
                     f"(keys: {sorted(logs or {})}); the epoch is skipped"
                 )
                 self._warned = True
-            return None
-        if self.whole_epochs_only and self._batches < ((self.params or {}).get("steps") or 0):
             return None
         if value < self.best:
             self.best = float(value)
@@ -247,22 +236,29 @@ class EarlyStopping(_ValidationWatch):
         monitor: str, the logged value to minimize. Default "val_loss".
     """
 
-    # An epoch that Keras ended early (a `TimeBudget` stop) is finished, and
-    # validated again, when the run resumes: only whole epochs count.
-    whole_epochs_only = True
-
     def __init__(self, patience: int, monitor: str = "val_loss"):
         super().__init__(monitor)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"`patience` must be a positive int. Received: patience={patience!r}")
         self.patience = patience
         self.wait = 0
+        self._batches = 0
 
     @property
     def stopped(self) -> bool:
         return self.wait >= self.patience
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches = batch + 1
+
     def on_epoch_end(self, epoch, logs=None):
+        # An epoch that Keras ended early (a `TimeBudget` stop) is finished,
+        # and validated again, when the run resumes: only whole epochs count.
+        if self._batches < ((self.params or {}).get("steps") or 0):
+            return
         improved = self._improved(logs)
         if improved is None:
             return
