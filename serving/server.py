@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from concurrent import futures
@@ -252,6 +253,12 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
             log.debug("rest: " + format, *args)
 
         def _reply(self, status: int, body: dict):
+            if status >= 400 or self.server.saturated():
+                # After an error the rest of the stream may be an unread
+                # body: close rather than read it as the next request. With
+                # every thread busy, an idle keep-alive connection would hold
+                # one: close it too.
+                self.close_connection = True
             data = json.dumps(body).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -271,9 +278,10 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 if method == "GET" and rest == "/metadata":
                     return self._reply(200, rest_metadata(manager, name, version))
                 if method == "POST" and rest == ":predict":
+                    if self.headers.get("Transfer-Encoding"):
+                        return self._reply(501, {"error": "chunked request bodies are not supported: send Content-Length"})
                     declared = (self.headers.get("Content-Length") or "0").strip()
-                    if not declared.isdigit():
-                        self.close_connection = True  # the body's end is unknown
+                    if not re.fullmatch(r"[0-9]{1,19}", declared):
                         raise ServingError(
                             StatusCode.INVALID_ARGUMENT,
                             f"Content-Length must be a non-negative integer. Received: {declared[:40]!r}",
@@ -282,14 +290,12 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                     if size > max_body_bytes:
                         # Refused from the header: the body is not read, and
                         # the connection is closed instead.
-                        self.close_connection = True
                         return self._reply(
                             413, {"error": f"request body of {size} bytes exceeds the limit of {max_body_bytes}"}
                         )
                     try:
                         raw = self.rfile.read(size)
                     except TimeoutError:
-                        self.close_connection = True
                         return self._reply(
                             408, {"error": f"the request body did not arrive within {timeout_seconds:g} s"}
                         )
@@ -355,28 +361,53 @@ def _channel_arguments(text: str):
 class _BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_threads` at once: past that,
     new connections wait in the listen backlog (TensorFlow Serving's
-    --rest_api_num_threads), and a stalled client frees its thread at the
-    handler's timeout."""
+    --rest_api_num_threads). A client silent for the handler's timeout
+    frees its thread (the timeout applies to each read, not to a whole
+    request), and while every thread is busy each connection closes after
+    its response."""
 
-    daemon_threads = True
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address, handler, max_threads: int):
         super().__init__(address, handler)
+        self._max_threads = max_threads
         self._slots = threading.BoundedSemaphore(max_threads)
+        self._active = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def saturated(self) -> bool:
+        return self._active >= self._max_threads
 
     def process_request(self, request, client_address):
-        self._slots.acquire()
+        # Wait for a thread, but not past a shutdown (serve_forever's loop
+        # must return for `shutdown` to).
+        while not self._slots.acquire(timeout=0.5):
+            if self._stopping.is_set():
+                self.shutdown_request(request)
+                return
+        with self._lock:
+            self._active += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release()
+
+    def _release(self):
+        with self._lock:
+            self._active -= 1
+        self._slots.release()
+
+    def shutdown(self):
+        self._stopping.set()
+        super().shutdown()
 
 
 class ModelServer:
@@ -398,7 +429,10 @@ class ModelServer:
         rest_max_threads: int = 4 * (os.cpu_count() or 1),
     ):
         self.manager = ModelManager(model_name, model_base_path, poll_seconds, batching)
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads), options=list(channel_arguments))
+        # gRPC turns SO_REUSEPORT on by default, so a second server on a busy
+        # port would share it silently; this one fails to bind instead.
+        options = [("grpc.so_reuseport", 0), *channel_arguments]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self.grpc)
         if ssl:
@@ -457,6 +491,8 @@ def main(argv=None) -> int:
     p.add_argument("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
                    help="REST connections handled at once; more wait in the listen backlog")
     args = p.parse_args(argv)
+    if args.rest_api_timeout_in_ms < 1 or args.rest_api_num_threads < 1:
+        p.error("--rest_api_timeout_in_ms and --rest_api_num_threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
     batching = None

@@ -184,12 +184,44 @@ def test_rest_content_length_cannot_be_abused(server):
         # 1 GB announced, a few bytes sent: answered at once (413), not after
         # reading (or waiting for) a gigabyte.
         b"Content-Length: 1000000000\r\n\r\n{}": b" 413 ",
+        b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{}": b" 400 ",  # past int()'s digit limit
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n": b" 501 ",
     }
     for headers, status in cases.items():
         reply = _raw_http(server.rest_port, path + headers)
         assert status in reply.split(b"\r\n", 1)[0] + b" ", reply[:300]
     client = RestClient(f"localhost:{server.rest_port}", "toy")
     assert len(client.translate(["A man."])[0]) == 1  # still serving
+
+
+def test_an_error_reply_closes_the_connection_so_an_unread_body_is_not_a_request(server):
+    # A 404 sent before its body is read: on a kept-alive connection the body
+    # would be read as the next request (request smuggling behind a proxy).
+    import socket
+
+    smuggled = b"GET /v1/models/toy HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = (b"POST /v1/models/nope:nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)) + smuggled
+    with socket.create_connection(("localhost", server.rest_port), timeout=30) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 404") and received.count(b"HTTP/1.1 ") == 1, received[:300]
+
+
+def test_the_server_refuses_rest_flags_below_one(serving_exports):
+    import subprocess
+    import sys
+
+    from tests.serving.conftest import ROOT
+
+    base, _, _ = serving_exports
+    for flag in ("--rest_api_num_threads=0", "--rest_api_timeout_in_ms=0"):
+        result = subprocess.run(
+            [sys.executable, "-m", "serving.server", f"--model_base_path={base}", "--port=0", flag],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 2 and "at least 1" in result.stderr, result.stderr[-500:]
 
 
 def test_stalled_rest_clients_time_out_and_cannot_hold_every_thread(serving_exports):
