@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data/multi30k
 # Test processes (pytest-xdist); one test file stays in one process, so module fixtures are built once.
 TEST_WORKERS ?= 2
 
-.PHONY: install test demo bench multi30k export serve serve-docker clean
+.PHONY: install test demo bench multi30k multi30k-cased export serve serve-docker clean
 
 install: $(STAMP)
 
@@ -35,8 +35,12 @@ MULTI30K_ARGS ?= --minutes 60 --mixed-precision --dropout 0.1 --schedule linear 
 multi30k: $(STAMP)
 	$(PY) examples/train_multi30k.py --data-dir $(DATA_DIR) --run-dir runs/multi30k-en-de $(MULTI30K_ARGS)
 
+# The same recipe on the raw, true-cased text: the model writes German with its capitals (the export default).
+multi30k-cased: $(STAMP)
+	$(PY) examples/train_multi30k.py --data-dir $(DATA_DIR) --run-dir runs/multi30k-en-de-cased --cased $(MULTI30K_ARGS)
+
 # Export the Multi30k model, then serve it: our server, or the real TensorFlow Serving in Docker.
-MODEL_DIR ?= runs/multi30k-en-de
+MODEL_DIR ?= runs/multi30k-en-de-cased
 EXPORT_DIR ?= models/transformer
 export: $(STAMP)
 	$(PY) -m keras_transformer.export export --model $(MODEL_DIR)/model.keras --vocab $(MODEL_DIR)/vocab.txt --base-dir $(EXPORT_DIR)

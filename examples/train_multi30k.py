@@ -4,16 +4,22 @@
     python examples/train_multi30k.py --minutes 60 --run-dir runs/multi30k-en-de
     python examples/train_multi30k.py --evaluate-only --run-dir runs/multi30k-en-de
 
-Trains on the lowercased, tokenized files (`*.lc.norm.tok.*`) within a
-wall-clock budget, averages the last checkpoints, saves `model.keras` and
-`vocab.txt` in the run directory, translates test_2016_flickr and prints
-BLEU (sacrebleu) in two ways:
+Trains within a wall-clock budget, averages the last checkpoints, saves
+`model.keras` and `vocab.txt` in the run directory, translates
+test_2016_flickr and prints BLEU (sacrebleu). Two kinds of text:
 
-- "tok": against the lowercased tokenized references, no further
-  tokenization (the protocol of published Multi30k results);
-- "raw": the output detokenized with sacremoses, against the raw
+- default: the lowercased, tokenized files (`*.lc.norm.tok.*`), the text of
+  published Multi30k results. "tok" BLEU is against the lowercased tokenized
+  references with no further tokenization (their protocol); "raw" BLEU
+  detokenizes the output with sacremoses and scores it against the raw
   references with sacrebleu's standard settings (13a, case-sensitive), and
-  case-insensitive as well (the model writes lowercase).
+  case-insensitively as well (the model writes lowercase).
+- `--cased`: the raw, true-cased files (`*.gz`), tokenized by the library's
+  in-graph Moses-style tokenizer with case kept (the same function an
+  export runs on requests), so the model writes German with its capitals.
+  "raw" BLEU detokenizes the output as the export does and is the figure a
+  reader sees; "tok" lowercases the output tokens and scores them against
+  the lowercased tokenized references, for comparison with the above.
 
 Run the same command again after an interruption: it resumes at the step it
 reached. Evaluation decodes with beam search (`--beam-size 1`: greedy).
@@ -28,11 +34,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import sacrebleu  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from sacremoses import MosesDetokenizer  # noqa: E402
 
 import keras_transformer as kt  # noqa: E402
 from keras_transformer import data  # noqa: E402
 from keras_transformer import training  # noqa: E402
+from keras_transformer.data.text import is_lowercase_vocabulary  # noqa: E402
+from keras_transformer.data.text import moses_detokenize  # noqa: E402
+from keras_transformer.data.text import moses_tokenize  # noqa: E402
 from keras_transformer.decoding import Translator  # noqa: E402
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "multi30k")
@@ -44,6 +54,10 @@ def parse_args():
     p.add_argument("--run-dir", default="runs/multi30k-en-de", help="model, vocabulary, logs, checkpoints")
     p.add_argument("--source-lang", default="en")
     p.add_argument("--target-lang", default="de")
+    p.add_argument(
+        "--cased", action="store_true",
+        help="train on the raw, true-cased text (Moses-style tokenized in the graph, case kept)",
+    )
     p.add_argument("--preset", default="tiny", choices=sorted(kt.PRESETS))
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     p.add_argument(
@@ -87,10 +101,29 @@ def split_paths(data_dir, split, lang):
     return os.path.join(data_dir, f"{split}.lc.norm.tok.{lang}"), os.path.join(data_dir, f"{split}.{lang}.gz")
 
 
+def read_split(args, split):
+    """(source, target) sentence lists of a split, as the model reads them."""
+    if not args.cased:
+        return data.read_parallel(*(split_paths(args.data_dir, split, lang)[0] for lang in (args.source_lang, args.target_lang)))
+    raw = data.read_parallel(*(split_paths(args.data_dir, split, lang)[1] for lang in (args.source_lang, args.target_lang)))
+    return tuple(cased_tokens(lines, lang) for lines, lang in zip(raw, (args.source_lang, args.target_lang)))
+
+
+def cased_tokens(lines, lang):
+    tokens = moses_tokenize(tf.constant(lines, tf.string), lang, lowercase=False)
+    return [t.decode("utf-8") for t in tokens.numpy()]
+
+
 def load_tokenizer(args, train_source, train_target):
     path = os.path.join(args.run_dir, "vocab.txt")
     if os.path.exists(path):
-        return data.WordPieceTokenizer.load(path)
+        tokenizer = data.WordPieceTokenizer.load(path)
+        if is_lowercase_vocabulary(tokenizer.vocab) == args.cased:
+            raise SystemExit(
+                f"{path} was learned from {'lowercased' if args.cased else 'cased'} text, but this run is "
+                f"{'cased' if args.cased else 'lowercased'}: use another --run-dir"
+            )
+        return tokenizer
     start = time.time()
     tokenizer = data.WordPieceTokenizer.learn(train_source + train_target, vocab_size=args.vocab_size)
     tokenizer.save(path)
@@ -119,6 +152,10 @@ def train_model(args, tokenizer, train, val):
         data.tokenized_pairs(tokenizer, *val, max_length=args.max_length),
         args.tokens_per_batch, args.max_length, shuffle=False, batch_multiple=replicas,
     ).cache()
+    # Bucketing leaves the count unknown, and Keras warns "Your input ran out
+    # of data" at the end of the first validation unless it is given.
+    val_count = data.padding_stats(val_batches)["batches"]
+    val_batches = val_batches.apply(tf.data.experimental.assert_cardinality(val_count))
     overrides = {}
     if args.dropout is not None:
         overrides["dropout"] = args.dropout
@@ -156,18 +193,24 @@ def train_model(args, tokenizer, train, val):
 
 def evaluate(args, model, tokenizer):
     tok_path, raw_path = split_paths(args.data_dir, args.eval_split, args.target_lang)
-    source_path, _ = split_paths(args.data_dir, args.eval_split, args.source_lang)
-    sources, tok_refs = data.read_parallel(source_path, tok_path)
+    sources, _ = read_split(args, args.eval_split)
+    tok_refs = data.read_lines(tok_path)
     raw_refs = data.read_lines(raw_path)
     start = time.time()
     translator = Translator(model, tokenizer, beam_size=args.beam_size, alpha=args.alpha)
     hyps = translator.translate(sources, batch_size=args.eval_batch_size)
     seconds = time.time() - start
-    detok = MosesDetokenizer(lang=args.target_lang)
-    raw_hyps = [detok.detokenize(h.split()) for h in hyps]
+    if args.cased:
+        # As the export does: the in-graph detokenizer on the model's output.
+        raw_hyps = [t.decode("utf-8") for t in moses_detokenize(tf.constant(hyps, tf.string)).numpy()]
+        hyps = [h.lower() for h in hyps]
+    else:
+        detok = MosesDetokenizer(lang=args.target_lang)
+        raw_hyps = [detok.detokenize(h.split()) for h in hyps]
     results = {
         "decoding": "greedy" if args.beam_size == 1 else f"beam {args.beam_size}, alpha {args.alpha}",
         "split": args.eval_split,
+        "text": "cased" if args.cased else "lowercased",
         "sentences": len(sources),
         "translate_seconds": round(seconds, 1),
         "bleu_tok": sacrebleu.corpus_bleu(hyps, [tok_refs], tokenize="none", force=True).score,
@@ -175,7 +218,7 @@ def evaluate(args, model, tokenizer):
         "bleu_raw_uncased": sacrebleu.corpus_bleu(raw_hyps, [raw_refs], lowercase=True).score,
     }
     for i in range(3):
-        print(f"  src: {sources[i]}\n  hyp: {hyps[i]}\n  ref: {tok_refs[i]}")
+        print(f"  src: {sources[i]}\n  hyp: {raw_hyps[i]}\n  ref: {raw_refs[i]}")
     return results
 
 
@@ -184,9 +227,7 @@ def main():
     os.makedirs(args.run_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     policy = training.set_mixed_precision(args.mixed_precision)
-    train_paths = [split_paths(args.data_dir, "train", lang)[0] for lang in (args.source_lang, args.target_lang)]
-    val_paths = [split_paths(args.data_dir, "val", lang)[0] for lang in (args.source_lang, args.target_lang)]
-    train = data.read_parallel(*train_paths)
+    train = read_split(args, "train")
     tokenizer = load_tokenizer(args, *train)
     results = {"preset": args.preset, "policy": policy}
     if args.evaluate_only:
@@ -195,7 +236,7 @@ def main():
             used = training.average_last_checkpoints(model, args.run_dir, args.eval_checkpoints)
             results["checkpoints_averaged"] = len(used)
     else:
-        model, minutes = train_model(args, tokenizer, train, data.read_parallel(*val_paths))
+        model, minutes = train_model(args, tokenizer, train, read_split(args, "val"))
         results.update(train_minutes=round(minutes, 1), steps=int(model.optimizer.iterations.numpy()))
     results.update(evaluate(args, model, tokenizer))
     print(json.dumps(results, indent=2))

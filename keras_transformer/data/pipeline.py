@@ -129,12 +129,13 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
         # A window is held padded: tf.data's ragged_batch is far slower at
         # this size (8 s for a window of 100,000 elements, 120 of them filled).
         # deterministic=True: the order holds even where the stream's
-        # options allow tf.data to reorder for speed.
+        # options allow tf.data to reorder parallel maps for speed (a
+        # sequential map is always in order, and warns if given the flag).
         return (
             dataset.map(with_shapes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .padded_batch(buffer_size)
             .enumerate()
-            .map(permute, deterministic=True)
+            .map(permute)
             .unbatch()
             .map(unpad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         )

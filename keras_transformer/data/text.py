@@ -47,6 +47,20 @@ _APOSTROPHE_RULES = {
 _DEFAULT_APOSTROPHES = ((r"'", r" ' "),)
 
 
+def is_lowercase_vocabulary(vocab) -> bool:
+    """Whether a subword vocabulary was learned from lowercased text.
+
+    True when no entry has a letter that lowercasing changes (bracketed
+    reserved tokens such as `[UNK]` aside). A model whose vocabulary has no
+    uppercase piece has only seen lowercased text, so raw input must be
+    lowercased before it reaches the model; a cased vocabulary means the
+    text keeps its case.
+    """
+    return not any(
+        token != token.lower() for token in vocab if not (token.startswith("[") and token.endswith("]"))
+    )
+
+
 def _squeeze_spaces(text):
     return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
 
@@ -72,11 +86,14 @@ def moses_tokenize(text, lang: str = "en", lowercase: bool = True):
     # Every character that is not a letter, digit, space or one of . ' , -
     # becomes a token of its own.
     text = tf.strings.regex_replace(text, r"([^\pL\pN\s.',\-])", r" \1 ")
-    # Runs of dots are one token. A word's final period is split off when
-    # no word follows or the next one does not start with a letter (the
-    # Moses rule, given lowercased text: "st. louis" keeps its period).
+    # Runs of dots are one token. A word's final period is split off unless
+    # the next word starts with a lowercase letter (the Moses rule, without
+    # its lists of abbreviations): "st. louis" keeps its period, "dog. The"
+    # does not. Lowercased text has letters without case only, so there any
+    # following letter keeps the period.
     text = tf.strings.regex_replace(text, r"(\.\.+)", r" \1 ")
-    text = tf.strings.regex_replace(text, r"([^.\s])\.(\s+[^\pL\s]|\s*$)", r"\1 .\2")
+    keeps_period = r"\pL" if lowercase else r"\p{Ll}"
+    text = tf.strings.regex_replace(text, rf"([^.\s])\.(\s+[^{keeps_period}\s]|\s*$)", r"\1 .\2")
     # Commas split off unless inside a number (1,000).
     text = tf.strings.regex_replace(text, r"([^\pN]),", r"\1 , ")
     text = tf.strings.regex_replace(text, r",([^\pN])", r" , \1")

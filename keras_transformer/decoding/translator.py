@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.data.text import moses_detokenize
+from keras_transformer.data.text import is_lowercase_vocabulary
 from keras_transformer.data.text import moses_tokenize
 from keras_transformer.data.tokenizer import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
@@ -24,10 +25,13 @@ class Translator:
             `source_length + max_extra_length` tokens. Default 50.
         text_processing: "none" (default): texts go to the subword tokenizer
             as they are, for a model trained on already tokenized text fed
-            the same kind of text. "moses": raw text in and out, lowercased
-            and Moses-tokenized first and detokenized after
+            the same kind of text. "moses": raw text in and out,
+            Moses-tokenized first and detokenized after
             (`keras_transformer.data.text`), as the exported SavedModel does.
         source_lang, target_lang: languages for the Moses rules.
+        lowercase: with "moses", lowercase the input first. Default None:
+            exactly when the tokenizer's vocabulary has no uppercase piece
+            (a model trained on lowercased text).
         jit_compile: bool, compile decoding with XLA. Each step then runs as
             one compiled program instead of hundreds of small ops, which
             pays off at small batch sizes (see the README's benchmark); each
@@ -37,7 +41,7 @@ class Translator:
     def __init__(
         self, model, tokenizer, beam_size: int = 4, alpha: float = 0.6, max_extra_length: int = 50,
         text_processing: str = "none", source_lang: str = "en", target_lang: str = "de",
-        jit_compile: bool = False,
+        jit_compile: bool = False, lowercase=None,
     ):
         if beam_size < 1:
             raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
@@ -46,6 +50,7 @@ class Translator:
         self.text_processing = text_processing
         self.source_lang = source_lang
         self.target_lang = target_lang
+        self.lowercase = is_lowercase_vocabulary(tokenizer.vocab) if lowercase is None else bool(lowercase)
         if not model.built:
             model.build()
         self.model = model
@@ -75,7 +80,7 @@ class Translator:
         """
         texts = list(texts)
         if self.text_processing == "moses":
-            texts = moses_tokenize(tf.constant(texts, tf.string), self.source_lang)
+            texts = moses_tokenize(tf.constant(texts, tf.string), self.source_lang, lowercase=self.lowercase)
         ids = self.tokenizer.tokenize(texts)
         lengths = ids.row_lengths().numpy()
         limit = self.model.max_length - 2

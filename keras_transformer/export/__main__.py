@@ -41,6 +41,7 @@ def _export(args) -> int:
         model, vocab, args.base_dir, version=args.version, beam_size=args.beam_size,
         alpha=args.alpha, max_extra_length=args.max_extra_length,
         text_processing=args.text_processing, source_lang=args.source_lang, target_lang=args.target_lang,
+        lowercase=args.lowercase,
     )
     print(f"exported {path}")
     return 0
@@ -63,7 +64,10 @@ def main(argv=None) -> int:
     export.add_argument("--alpha", type=float, default=0.6)
     export.add_argument("--max-extra-length", type=int, default=50)
     export.add_argument("--text-processing", default="moses", choices=["moses", "none"],
-                        help="moses: raw text in and out (lowercase + Moses tokenization in the graph)")
+                        help="moses: raw text in and out (Moses tokenization in the graph)")
+    export.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,
+                        help="lowercase the input before Moses tokenization (default: exactly when the "
+                             "vocabulary has no uppercase piece, i.e. the model was trained on lowercased text)")
     export.add_argument("--source-lang", default="en")
     export.add_argument("--target-lang", default="de")
     check = commands.add_parser("check", help="fail if the export uses ops outside core TensorFlow")

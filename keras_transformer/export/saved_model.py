@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from keras_transformer.data.text import moses_detokenize
+from keras_transformer.data.text import is_lowercase_vocabulary
 from keras_transformer.data.text import moses_tokenize
 from keras_transformer.data.tokenizer import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
@@ -23,8 +24,9 @@ class TranslationModule(tf.Module):
     Signatures (all batch-first, any batch size):
         serving_default: text str [B] -> translation str [B], log_prob float32 [B].
             With `text_processing="moses"` (the default), `text` is raw
-            text: it is lowercased and Moses-tokenized in the graph, as the
-            training corpus was, and the translation is detokenized.
+            text: it is Moses-tokenized in the graph (and lowercased first
+            for a model trained on lowercased text), as the training corpus
+            was, and the translation is detokenized.
         translate_ids: ids int32 [B, S] (0-padded, with [START]/[END]) ->
             ids int32 [B, L], log_prob float32 [B].
         score: text str [B], target_text str [B] -> log_prob float32 [B],
@@ -43,11 +45,15 @@ class TranslationModule(tf.Module):
             `keras_transformer.data.text`) or "none" (text goes to the
             subword tokenizer as it is).
         source_lang, target_lang: languages for the Moses rules.
+        lowercase: with `text_processing="moses"`, lowercase the input
+            first. Default None: lowercase exactly when the vocabulary has
+            no uppercase piece (`is_lowercase_vocabulary`), i.e. when the
+            model was trained on lowercased text.
     """
 
     def __init__(
         self, model, vocab: Sequence[str], beam_size=4, alpha=0.6, max_extra_length=50,
-        text_processing="moses", source_lang="en", target_lang="de",
+        text_processing="moses", source_lang="en", target_lang="de", lowercase=None,
     ):
         super().__init__(name="translation")
         self.model = model
@@ -62,6 +68,7 @@ class TranslationModule(tf.Module):
         self.text_processing = text_processing
         self.source_lang = source_lang
         self.target_lang = target_lang
+        self.lowercase = is_lowercase_vocabulary(vocab) if lowercase is None else bool(lowercase)
 
     def _prepare(self, text, lang, name="text"):
         # Invalid UTF-8 comes back from decode-with-replacement changed.
@@ -72,7 +79,7 @@ class TranslationModule(tf.Module):
         # input would put the invalid bytes into the error message itself.
         tf.debugging.Assert(tf.reduce_all(roundtrip == text), [f"{name}: a string is not valid UTF-8"])
         if self.text_processing == "moses":
-            return moses_tokenize(text, lang)
+            return moses_tokenize(text, lang, lowercase=self.lowercase)
         return text
 
     def _finish(self, text):
@@ -159,6 +166,7 @@ def export_saved_model(
     text_processing: str = "moses",
     source_lang: str = "en",
     target_lang: str = "de",
+    lowercase: Optional[bool] = None,
 ) -> str:
     """Writes `base_dir/<version>/`, a SavedModel TensorFlow Serving loads as it is.
 
@@ -180,7 +188,7 @@ def export_saved_model(
     if os.path.exists(final):
         raise FileExistsError(f"{final} already exists; choose another version")
     module = TranslationModule(
-        model, vocab, beam_size, alpha, max_extra_length, text_processing, source_lang, target_lang
+        model, vocab, beam_size, alpha, max_extra_length, text_processing, source_lang, target_lang, lowercase
     )
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
     try:

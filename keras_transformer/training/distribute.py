@@ -9,6 +9,7 @@ runs `train_custom_loop` instead: the same model, loss and optimizer, with
 
 import json
 import os
+import warnings
 from typing import Dict, List, Optional
 
 import keras
@@ -22,18 +23,57 @@ from keras_transformer.training.schedules import fit_schedule_to_run
 STRATEGY_CHOICES = ("default", "mirrored", "multi-worker")
 
 
-def set_mixed_precision(enabled: bool) -> str:
-    """Sets the global Keras dtype policy: mixed_float16 when a GPU is
-    visible, mixed_bfloat16 on CPU (float16 matmuls are slow there), float32
-    when not `enabled`. Returns the policy name."""
+def set_mixed_precision(enabled: bool, cpu_bfloat16: Optional[bool] = None) -> str:
+    """Sets the global Keras dtype policy and returns its name.
+
+    `enabled` gives mixed_float16 when a GPU is visible, and on a CPU
+    mixed_bfloat16 where the CPU computes in bfloat16 natively, float32
+    elsewhere: on a CPU without bfloat16 instructions, TensorFlow emulates
+    them and a step takes about twice as long as in float32 (the Multi30k
+    recipe's step: 1,001 against 509 ms on a 2-core Xeon with AVX-512 but
+    no AVX512_BF16; docs/benchmarks.md). float16 matmuls are slow on every
+    CPU. float32 when not `enabled`.
+
+    Args:
+        enabled: bool, use a mixed policy where it is faster.
+        cpu_bfloat16: with `enabled` and no GPU: None (default) detects
+            native bfloat16 (`cpu_has_native_bfloat16`); True or False
+            decides.
+    """
     if not enabled:
         name = "float32"
     elif tf.config.list_physical_devices("GPU"):
         name = "mixed_float16"
     else:
-        name = "mixed_bfloat16"
+        native = cpu_has_native_bfloat16() if cpu_bfloat16 is None else cpu_bfloat16
+        name = "mixed_bfloat16" if native else "float32"
+        if not native and cpu_bfloat16 is None:
+            warnings.warn(
+                "mixed precision: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag), where "
+                "mixed_bfloat16 runs about half as fast as float32, so the policy is float32 "
+                "(set_mixed_precision(True, cpu_bfloat16=True) forces bfloat16)",
+                stacklevel=2,
+            )
     keras.config.set_dtype_policy(name)
     return name
+
+
+_BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX-512, AMX) and Arm (FEAT_BF16)
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has bfloat16 instructions, from the flags in `cpuinfo`
+    (False where the file cannot be read, as on macOS and Windows)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _BFLOAT16_FLAGS & set(value.split()):
+            return True
+    return False
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

@@ -171,3 +171,28 @@ def test_saved_model_cli_lists_the_signatures(exported):
         assert f"signature_def['{name}']" in result.stdout
     assert "inputs['text'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in result.stdout
     assert "outputs['log_prob'] tensor_info:\n        dtype: DT_FLOAT" in result.stdout
+
+
+@pytest.mark.parametrize("cased", [True, False])
+def test_raw_text_keeps_case_exactly_when_the_vocabulary_is_cased(cased, tmp_path):
+    """A model trained on cased text must see the request's capitals ("Man", not "man", which it
+    may not know); one trained on lowercased text must see them lowercased. The export infers which
+    from the vocabulary, and `lowercase=` overrides it."""
+    words = ["A", "Man", "rides", "a", "bike", "."]
+    corpus = [" ".join(words)] * 20 if cased else [" ".join(words).lower()] * 20
+    tokenizer = WordPieceTokenizer.learn(corpus, vocab_size=60, min_count=5)
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2,
+                           d_ff=32, max_length=40)
+    model.build()
+    path = export_saved_model(model, tokenizer.vocab, str(tmp_path), beam_size=1, max_extra_length=2)
+    attention = tf.saved_model.load(path).signatures["attention"]
+    tokens = [t.decode() for t in attention(text=tf.constant(["A Man rides."]))["source_tokens"].numpy()[0]]
+    expected = ["A", "Man", "rides", "."] if cased else ["a", "man", "rides", "."]
+    assert tokens == ["[START]", *expected, "[END]"]
+    forced = export_saved_model(model, tokenizer.vocab, str(tmp_path), beam_size=1, max_extra_length=2, lowercase=True)
+    tokens = tf.saved_model.load(forced).signatures["attention"](text=tf.constant(["A Man rides."]))["source_tokens"]
+    assert [t.decode() for t in tokens.numpy()[0]][1:3] == (["a", "[UNK]"] if cased else ["a", "man"])
+    translator = Translator(model, tokenizer, beam_size=1, text_processing="moses")
+    assert translator.lowercase is not cased
+    ids = translator.encode_sources(["A Man rides."]).numpy()[0]
+    assert tokenizer.id_to_token(ids[1:-1]) == expected

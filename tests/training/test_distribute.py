@@ -3,7 +3,9 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
+import keras
 import numpy as np
 import pytest
 
@@ -105,9 +107,30 @@ def test_strategy_switch_errors(monkeypatch):
         training.make_strategy("multi-worker")
 
 
-def test_mixed_precision_policy_on_cpu():
-    assert training.set_mixed_precision(True) == "mixed_bfloat16"
-    assert training.set_mixed_precision(False) == "float32"
+def test_mixed_precision_policy_on_cpu(tmp_path):
+    from keras_transformer.training import distribute
+
+    # bfloat16 only where the CPU computes it natively: emulated, a step takes twice as long as in
+    # float32 (docs/benchmarks.md).
+    try:
+        assert training.set_mixed_precision(True, cpu_bfloat16=True) == "mixed_bfloat16"
+        assert training.set_mixed_precision(True, cpu_bfloat16=False) == "float32"
+        native = distribute.cpu_has_native_bfloat16()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert training.set_mixed_precision(True) == ("mixed_bfloat16" if native else "float32")
+        assert any("no native bfloat16" in str(w.message) for w in caught) is not native
+        assert training.set_mixed_precision(False) == "float32"
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x86 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+    for text, native in ((x86, False), (x86.replace("avx512f", "avx512f avx512_bf16"), True),
+                         (x86.replace("avx512f", "amx_bf16 avx512f"), True), (arm, True),
+                         (arm.replace(" bf16", ""), False)):
+        (tmp_path / "cpuinfo").write_text(text)
+        assert distribute.cpu_has_native_bfloat16(str(tmp_path / "cpuinfo")) is native, text
+    assert distribute.cpu_has_native_bfloat16(str(tmp_path / "missing")) is False
 
 
 def test_custom_loop_resumes_after_the_epochs_its_checkpoint_holds(tmp_path):
