@@ -7,11 +7,12 @@ request arrived, runs the signature once on the concatenated inputs, and
 hands each request its own rows of the outputs.
 """
 
+import collections
 import dataclasses
 import re
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class BatchingParameters:
             )
 
 
-_WRAPPED = re.compile(r"(\w+)\s*\{\s*value\s*:\s*([^\s}]+)\s*\}")
+_WRAPPED = re.compile(r"(\w+)\s*:?\s*\{\s*value\s*:\s*([^\s}]+)\s*\}")
 _PLAIN = re.compile(r"(\w+)\s*:\s*([^\s{}]+)")
 _IGNORED = {"thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size"}
 
@@ -99,11 +100,12 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "arrived", "done", "outputs", "error")
+    __slots__ = ("inputs", "rows", "shape_key", "arrived", "done", "outputs", "error")
 
-    def __init__(self, inputs, rows):
+    def __init__(self, inputs, rows, shape_key):
         self.inputs = inputs
         self.rows = rows
+        self.shape_key = shape_key  # tasks with equal keys can be concatenated as they are
         self.arrived = time.monotonic()
         self.done = threading.Event()
         self.outputs = None
@@ -111,13 +113,27 @@ class _Task:
 
 
 class Batcher:
-    """Batches concurrent calls of one function of rank-1 ([batch]) arrays.
+    """Batches concurrent calls of one function whose inputs and outputs are batch-major arrays.
 
     Args:
-        fn: dict of np arrays [rows] -> dict of np arrays [rows].
+        fn: dict of np arrays [rows, ...] -> dict of np arrays [rows, ...].
         params: `BatchingParameters`.
         name: for error messages and thread names.
+
+    Where this differs from TensorFlow Serving's batching session
+    (tensorflow_serving/batching/batching_session.cc), it is on purpose,
+    so that one request cannot fail the others:
+
+    - Without `pad_variable_length_inputs`, tasks whose inputs differ in a
+      dimension past the batch one go into different batches (TensorFlow
+      Serving fails the whole batch with FAILED_PRECONDITION).
+    - When a batch of several requests fails with INVALID_ARGUMENT (an
+      assertion on one request's content, such as invalid UTF-8 or too many
+      tokens), each request is run again on its own, so only the one at
+      fault gets the error.
     """
+
+    RECENT_BATCHES = 1000
 
     def __init__(self, fn: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: BatchingParameters, name=""):
         self.fn = fn
@@ -126,7 +142,8 @@ class Batcher:
         self._queue: List[_Task] = []
         self._cond = threading.Condition()
         self._closed = False
-        self.batch_sizes: List[int] = []  # rows per executed batch, for tests and stats
+        # Rows of the most recent executed batches, for tests and stats.
+        self.batch_sizes: Deque[int] = collections.deque(maxlen=self.RECENT_BATCHES)
         self._threads = [
             threading.Thread(target=self._loop, name=f"batch-{name}-{i}", daemon=True)
             for i in range(params.num_batch_threads)
@@ -137,9 +154,18 @@ class Batcher:
     def __call__(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
         if rows > self.params.max_batch_size:
-            # Larger than any batch: runs on its own, as it is.
-            return self.fn(inputs)
-        task = _Task(inputs, rows)
+            # TensorFlow's shared batch scheduler refuses such a task, with or without
+            # large-batch splitting (tensorflow/core/kernels/batching_util/shared_batch_scheduler.h,
+            # ValidateBatchTaskQueueCapacity).
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"Task size {rows} is larger than maximum input batch size {self.params.max_batch_size}",
+            )
+        if self.params.pad_variable_length_inputs:
+            key = None
+        else:
+            key = tuple(sorted((k, np.shape(v)[1:]) for k, v in inputs.items()))
+        task = _Task(inputs, rows, key)
         with self._cond:
             if self._closed:
                 raise ServingError(StatusCode.UNAVAILABLE, "the server is shutting down")
@@ -166,24 +192,37 @@ class Batcher:
             thread.join()
 
     def _take_batch(self) -> Optional[List[_Task]]:
+        """The next batch (never empty), or None once closed and drained.
+
+        Several batch threads may wait on one queue: each looks at the queue
+        afresh after every wake-up, so a thread that finds the tasks it was
+        waiting for taken by another goes back to waiting.
+        """
         timeout = self.params.batch_timeout_micros / 1e6
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            deadline = self._queue[0].arrived + timeout
             while True:
-                rows = sum(t.rows for t in self._queue)
-                remaining = deadline - time.monotonic()
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                first = self._queue[0]
+                fits = [t for t in self._queue if t.shape_key == first.shape_key]
+                rows = sum(t.rows for t in fits)
+                remaining = first.arrived + timeout - time.monotonic()
                 if rows >= self.params.max_batch_size or remaining <= 0 or self._closed:
                     break
                 self._cond.wait(remaining)
             batch, total = [], 0
-            while self._queue and total + self._queue[0].rows <= self.params.max_batch_size:
-                task = self._queue.pop(0)
+            for task in fits:
+                if total + task.rows > self.params.max_batch_size:
+                    break
                 batch.append(task)
                 total += task.rows
+            taken = set(map(id, batch))
+            self._queue = [t for t in self._queue if id(t) not in taken]
+            if self._queue:
+                self._cond.notify()  # what is left may be another thread's batch
             return batch
 
     def _loop(self):
@@ -191,30 +230,77 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
-            self._run(batch)
+            try:
+                self._run(batch)
+            except BaseException as error:  # never leave a caller waiting, nor the thread dead
+                for task in batch:
+                    if not task.done.is_set():
+                        task.error = ServingError(StatusCode.INTERNAL, f"batch failed: {error}")
+                        task.done.set()
 
-    def _run(self, batch: List[_Task]):
+    def _merge(self, batch: List[_Task]) -> Dict[str, np.ndarray]:
         total = sum(t.rows for t in batch)
         padded = _allowed_size(total, self.params.allowed_batch_sizes)
         inputs = {}
         for key in batch[0].inputs:
-            parts = [t.inputs[key] for t in batch]
-            if padded > total:  # pad with copies of the first row, as TensorFlow Serving does
-                parts.append(np.repeat(parts[0][:1], padded - total, axis=0))
+            parts = [np.asarray(t.inputs[key]) for t in batch]
+            if self.params.pad_variable_length_inputs:
+                parts = _pad_to_common_shape(parts)
+            if padded > total:
+                # As TensorFlow Serving: copies of the last task's first row
+                # (batching_session.cc, MergeInputTensors).
+                parts.append(np.repeat(parts[-1][:1], padded - total, axis=0))
             inputs[key] = np.concatenate(parts, axis=0)
+        return inputs
+
+    def _run(self, batch: List[_Task]):
         try:
-            outputs = self.fn(inputs)
-        except BaseException as error:  # every waiting request hears about it
-            for task in batch:
-                task.error = error
-                task.done.set()
+            outputs = self.fn(self._merge(batch))
+        except ServingError as error:
+            if error.code == StatusCode.INVALID_ARGUMENT and len(batch) > 1:
+                # One request's content failed the batch: run each alone, so
+                # only that one hears of it.
+                for task in batch:
+                    self._run([task])
+                return
+            self._fail(batch, error)
             return
-        self.batch_sizes.append(total)
+        except BaseException as error:  # every waiting request hears about it
+            self._fail(batch, error)
+            return
+        self.batch_sizes.append(sum(t.rows for t in batch))
         start = 0
         for task in batch:
             task.outputs = {k: v[start:start + task.rows] for k, v in outputs.items()}
             start += task.rows
             task.done.set()
+
+    @staticmethod
+    def _fail(batch, error):
+        for task in batch:
+            task.error = error
+            task.done.set()
+
+
+def _pad_to_common_shape(parts: List[np.ndarray]) -> List[np.ndarray]:
+    """Each array padded at the end of every dimension past the first to the
+    largest size among `parts`, with its own first element, as TensorFlow
+    Serving's `pad_variable_length_inputs` does (batching_util.cc, PadTensor:
+    "using existing values in padding")."""
+    if len({p.shape[1:] for p in parts}) <= 1:
+        return parts
+    ranks = {p.ndim for p in parts}
+    if len(ranks) > 1:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"inputs of different ranks cannot be batched: {sorted(ranks)}")
+    target = np.max([p.shape for p in parts], axis=0)
+    out = []
+    for p in parts:
+        widths = [(0, 0)] + [(0, int(t - n)) for t, n in zip(target[1:], p.shape[1:])]
+        if p.size == 0:
+            out.append(np.zeros((p.shape[0], *target[1:]), p.dtype))
+        else:
+            out.append(np.pad(p, widths, mode="constant", constant_values=p.flat[0]))
+    return out
 
 
 def _allowed_size(rows: int, allowed: Tuple[int, ...]) -> int:

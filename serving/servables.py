@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -65,8 +66,10 @@ class LoadedVersion:
         self.runners = {key: self._runner(key) for key in self.signatures}
         if batching is not None:
             for key in self.signatures:
+                # Every signature whose tensors are all batch-major, as
+                # TensorFlow Serving batches every signature.
                 specs = list(self.inputs[key].values()) + list(self.outputs[key].values())
-                if all(spec.shape.rank == 1 for spec in specs):
+                if all(spec.shape.rank and spec.shape[0] is None for spec in specs):
                     self.runners[key] = Batcher(self.runners[key], batching, name=f"{name}/{version}/{key}")
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -94,9 +97,11 @@ class LoadedVersion:
     def check_inputs(self, signature_name: str, dtypes: Dict[str, tf.DType], shapes: Dict[str, tuple]):
         """Raises `ServingError` naming what is wrong with a request's inputs."""
         if signature_name not in self.signatures:
+            # FAILED_PRECONDITION, as TensorFlow Serving answers
+            # (tensorflow_serving/servables/tensorflow/predict_util.cc).
             raise ServingError(
-                StatusCode.NOT_FOUND,
-                f"Serving signature key \"{signature_name}\" not found; this model has: "
+                StatusCode.FAILED_PRECONDITION,
+                f"Serving signature key \"{signature_name}\" not found. This model has: "
                 f"{', '.join(sorted(self.signatures))}",
             )
         specs = self.inputs[signature_name]
@@ -212,55 +217,92 @@ def versions_on_disk(base_path: str) -> List[int]:
 
 
 class ModelManager:
-    """Serves the latest version under `base_path` and follows new ones.
+    """Serves the latest version under `base_path` and follows the directory.
+
+    TensorFlow Serving's default version policy (`latest { num_versions: 1 }`,
+    availability preserving): the servable version is the largest on disk. A
+    new one is loaded and warmed up while the old one serves, then replaces
+    it. Deleting the served version makes the next largest the servable one
+    (a rollback), and deleting every version stops serving the model. A load
+    that fails is retried `max_num_load_retries` times, `load_retry_interval`
+    seconds apart (so a version copied into place file by file loads once
+    complete); the version serving meanwhile goes on serving.
 
     Args:
         name: the model name requests use.
         base_path: directory of integer version subdirectories.
-        poll_seconds: how often to look for a new version; 0 looks only at start.
+        poll_seconds: how often to look at the directory; 0 looks only at start.
         batching: `BatchingParameters`, or None for no batching.
+        max_num_load_retries: retries after a failed load (TensorFlow Serving's
+            `--max_num_load_retries`, default 5).
+        load_retry_interval: seconds between them (`--load_retry_interval_micros`
+            / 1e6, default 60).
     """
 
-    def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0, batching=None):
+    def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0, batching=None,
+                 max_num_load_retries: int = 5, load_retry_interval: float = 60.0):
         self.name = name
         self.base_path = base_path
         self.poll_seconds = poll_seconds
         self.batching = batching
+        self.max_num_load_retries = max_num_load_retries
+        self.load_retry_interval = load_retry_interval
         self._lock = threading.Lock()
         self._current: Optional[LoadedVersion] = None
         self._status: Dict[int, tuple] = {}  # version -> (state, error message)
+        self._failed: Dict[int, tuple] = {}  # version -> (failed attempts, monotonic time of the next try)
         self._stop = threading.Event()
         self._poller = None
 
     def poll(self) -> Optional[int]:
-        """Loads the newest version on disk if it is newer than the one served; returns it."""
+        """Brings the served version in line with the directory; returns a newly served version."""
         versions = versions_on_disk(self.base_path)
-        if not versions:
-            return None
-        latest = versions[-1]
         with self._lock:
             current = self._current
-            if (current is not None and current.version >= latest) or latest in self._status:
-                return None
-            self._status[latest] = (LOADING, "")
-        log.info("loading %s version %d from %s", self.name, latest, self.base_path)
-        try:
-            loaded = LoadedVersion(self.name, latest, os.path.join(self.base_path, str(latest)), self.batching)
-            warmed = loaded.warm_up()
-        except Exception as error:  # a broken version is reported, and the old one keeps serving
-            log.error("%s version %d failed to load: %s", self.name, latest, error)
-            with self._lock:
-                self._status[latest] = (END, f"failed to load: {_short(str(error))}")
+        if not versions:
+            if current is not None and not os.path.isdir(current.path):
+                self._retire(current, "every version was deleted")
             return None
+        target = versions[-1]
+        if current is not None and current.version == target:
+            return None
+        attempts, next_try = self._failed.get(target, (0, 0.0))
+        if attempts > self.max_num_load_retries or time.monotonic() < next_try:
+            return None  # gave up on it, or not yet time to retry
+        with self._lock:
+            self._status[target] = (LOADING, "")
+        log.info("loading %s version %d from %s", self.name, target, self.base_path)
+        try:
+            loaded = LoadedVersion(self.name, target, os.path.join(self.base_path, str(target)), self.batching)
+            warmed = loaded.warm_up()
+        except Exception as error:  # reported; the version serving now goes on serving
+            attempts += 1
+            final = attempts > self.max_num_load_retries
+            self._failed[target] = (attempts, time.monotonic() + max(self.load_retry_interval, 0.0))
+            log.error("%s version %d failed to load (attempt %d of %d): %s", self.name, target, attempts,
+                      self.max_num_load_retries + 1, error)
+            with self._lock:
+                self._status[target] = (END if final else LOADING, f"failed to load: {_short(str(error))}")
+            return None
+        self._failed.pop(target, None)
         with self._lock:
             old, self._current = self._current, loaded
-            self._status[latest] = (AVAILABLE, "")
+            self._status[target] = (AVAILABLE, "")
             if old is not None:
                 self._status[old.version] = (UNLOADING, "")
-        log.info("serving %s version %d (%d warm-up requests)", self.name, latest, warmed)
+        log.info("serving %s version %d (%d warm-up requests)", self.name, target, warmed)
         if old is not None:
             threading.Thread(target=self._unload, args=(old,), daemon=True).start()
-        return latest
+        return target
+
+    def _retire(self, current: "LoadedVersion", why: str):
+        with self._lock:
+            if self._current is not current:
+                return
+            self._current = None
+            self._status[current.version] = (UNLOADING, "")
+        log.info("stopped serving %s version %d: %s", self.name, current.version, why)
+        threading.Thread(target=self._unload, args=(current,), daemon=True).start()
 
     def _unload(self, old: LoadedVersion):
         old.wait_idle()  # requests already holding it finish first
@@ -298,7 +340,8 @@ class ModelManager:
         with self._lock:
             current = self._current
             if current is None:
-                raise ServingError(StatusCode.UNAVAILABLE, f"no version of model \"{self.name}\" is loaded yet")
+                # As TensorFlow Serving answers for a model with no available version.
+                raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.name})")
             if version is not None and version != current.version:
                 raise ServingError(
                     StatusCode.NOT_FOUND,

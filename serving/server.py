@@ -12,6 +12,7 @@ works against either unchanged.
 
 import argparse
 import base64
+import functools
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ import signal
 import socket
 import sys
 import threading
+import time
+import urllib.parse
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -49,79 +52,121 @@ from serving.servables import ModelManager  # noqa: E402
 log = logging.getLogger("serving")
 
 
+def _dims(name: str, proto) -> tuple:
+    """A TensorProto's shape; every size must be >= 0 (-1, "unknown", is not a value's shape)."""
+    dims = tuple(d.size for d in proto.tensor_shape.dim)
+    if any(d < 0 for d in dims):
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" has a negative dimension: {list(dims)}")
+    return dims
+
+
 def _tensor_to_array(name: str, proto) -> np.ndarray:
+    # A TensorProto with one value and a large shape means that value
+    # repeated (tf.make_ndarray fills it): a few bytes could ask for
+    # gigabytes. Allow what the message could plausibly carry.
+    elements = int(np.prod(_dims(name, proto), dtype=np.float64))
+    if elements > max(1 << 20, 8 * proto.ByteSize()):
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT,
+            f"input \"{name}\" declares {elements} elements in a {proto.ByteSize()}-byte TensorProto",
+        )
     try:
         return tf.make_ndarray(proto)
     except Exception as error:
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" is not a valid TensorProto: {error}") from None
 
 
+def _dtype(name: str, enum: int) -> tf.DType:
+    """A TensorProto's dtype enum as a tf.DType (DT_INVALID reads as float32, as an
+    unset field does); an enum TensorFlow does not know is INVALID_ARGUMENT."""
+    if not enum:
+        return tf.float32
+    try:
+        return tf.dtypes.as_dtype(enum)
+    except (TypeError, ValueError):
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" has an unknown dtype enum {enum}") from None
+
+
 def _version(spec) -> Optional[int]:
     if spec.WhichOneof("version_choice") == "version_label":
         raise ServingError(
             StatusCode.INVALID_ARGUMENT,
-            f"version labels are not configured on this server (got label {spec.version_label!r}); use a version number",
+            # As TensorFlow Serving without version labels (model_servers/server_core.cc).
+            f"Unrecognized servable version label: {spec.version_label}",
         )
     return spec.version.value if spec.HasField("version") else None
+
+
+def _grpc_method(method):
+    """A gRPC handler that answers every failure with a status: a `ServingError`
+    with its own code, anything unexpected with INTERNAL and a message (the
+    server logs it and stays up), never grpc's bare UNKNOWN."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as error:
+            message, code = error.message, error.code
+        except Exception as error:
+            log.exception("gRPC %s failed", method.__name__)
+            message, code = f"{type(error).__name__}: {error}"[:500], StatusCode.INTERNAL
+        context.abort(code, message)
+
+    return handler
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
 
+    @_grpc_method
     def Predict(self, request, context):
-        try:
-            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            # Check types and shapes against the signature before building arrays.
-            with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
-                loaded.check_inputs(
-                    signature,
-                    {k: tf.dtypes.as_dtype(v.dtype) if v.dtype else tf.float32 for k, v in request.inputs.items()},
-                    {k: tuple(d.size for d in v.tensor_shape.dim) for k, v in request.inputs.items()},
-                )
-                inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
-                outputs = loaded.run(signature, inputs, tuple(request.output_filter), checked=True)
-                response = predict_pb2.PredictResponse()
-                response.model_spec.name = loaded.name
-                response.model_spec.version.value = loaded.version
-                response.model_spec.signature_name = signature
-        except ServingError as error:
-            context.abort(error.code, error.message)
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        # Check types and shapes against the signature before building arrays.
+        with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+            loaded.check_inputs(
+                signature,
+                {k: _dtype(k, v.dtype) for k, v in request.inputs.items()},
+                {k: _dims(k, v) for k, v in request.inputs.items()},
+            )
+            inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
+            outputs = loaded.run(signature, inputs, tuple(request.output_filter), checked=True)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = loaded.name
+            response.model_spec.version.value = loaded.version
+            response.model_spec.signature_name = signature
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
 
+    @_grpc_method
     def GetModelMetadata(self, request, context):
-        try:
-            fields = set(request.metadata_field)
-            if fields != {"signature_def"}:
-                raise ServingError(
-                    StatusCode.INVALID_ARGUMENT,
-                    f"metadata_field must be [\"signature_def\"], got {sorted(fields)}",
-                )
-            with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
-                response = get_model_metadata_pb2.GetModelMetadataResponse()
-                response.model_spec.name = loaded.name
-                response.model_spec.version.value = loaded.version
-                signature_map = get_model_metadata_pb2.SignatureDefMap()
-                for key, value in loaded.signature_defs.items():
-                    signature_map.signature_def[key].CopyFrom(value)
-                response.metadata["signature_def"].Pack(signature_map)
-                return response
-        except ServingError as error:
-            context.abort(error.code, error.message)
+        fields = set(request.metadata_field)
+        if fields != {"signature_def"}:
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"metadata_field must be [\"signature_def\"], got {sorted(fields)}",
+            )
+        with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = loaded.name
+            response.model_spec.version.value = loaded.version
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, value in loaded.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(value)
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
 
+    @_grpc_method
     def GetModelStatus(self, request, context):
-        try:
-            version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-            rows = self.manager.status(request.model_spec.name, version)
-        except ServingError as error:
-            context.abort(error.code, error.message)
+        version = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        rows = self.manager.status(request.model_spec.name, version)
         response = get_model_status_pb2.GetModelStatusResponse()
         for number, state, message in rows:
             status = response.model_version_status.add(version=number, state=state)
@@ -134,7 +179,33 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 # ---------------------------------------------------------------- REST
 
 
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
+# TensorFlow Serving's REST routes (tensorflow_serving/model_servers/http_rest_api_util.cc:
+# kPredictionApiGegex, kModelStatusApiRegex), case-insensitive; anything else is a
+# "Malformed request" (INVALID_ARGUMENT, HTTP 400).
+_POST_PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?:(?P<method>classify|regress|predict)",
+    re.IGNORECASE,
+)
+_GET_PATH = re.compile(
+    r"/v1/models(?:/(?P<name>[^/:]+))?(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?:/(?P<metadata>metadata))?",
+    re.IGNORECASE,
+)
+
+
+def _parse_path(method: str, path: str):
+    """(model name, version or None) of a REST path, as TensorFlow Serving parses it."""
+    match = (_POST_PATH if method == "POST" else _GET_PATH).fullmatch(path)
+    if not match:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {path[:200]}")
+    name = urllib.parse.unquote(match["name"] or "")
+    if not name:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
+    if match["label"]:
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {urllib.parse.unquote(match['label'])}"
+        )
+    version = int(match["version"]) if match["version"] else None
+    return name, version, match
 
 
 def _json_value(value):
@@ -162,19 +233,32 @@ def _from_json(name: str, value, dtype: tf.DType) -> np.ndarray:
             if set(item) != {"b64"}:
                 raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\": objects must be {{\"b64\": ...}}")
             return base64.b64decode(item["b64"])
-        if isinstance(item, str) and dtype == tf.string:
-            return item.encode("utf-8")
+        if dtype == tf.string:
+            if isinstance(item, str):
+                return item.encode("utf-8")
+            # TensorFlow Serving's JSON reader takes only strings (or {"b64": ...}) for a
+            # string tensor (tensorflow_serving/util/json_tensor.cc).
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"input \"{name}\" is a string tensor, but a value is {json.dumps(item)[:40]} "
+                f"({'null' if item is None else type(item).__name__}), not a string",
+            )
         return item
 
     try:
-        return np.array(decode(value), dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
-    except (TypeError, ValueError) as error:
+        array = np.array(decode(value), dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+    except (TypeError, ValueError, OverflowError) as error:
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" does not convert to {dtype.name}: {error}") from None
+    if array.dtype == object and not all(isinstance(item, bytes) for item in array.flat):
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT, f"input \"{name}\": lists of unequal lengths (a tensor must be rectangular)"
+        )
+    return array
 
 
 def rest_predict(manager: ModelManager, name: str, version: Optional[int], body: dict) -> dict:
     """TensorFlow Serving's `:predict`: row ("instances") or columnar ("inputs") format."""
-    signature = body.get("signature_name", DEFAULT_SIGNATURE)
+    signature = _signature_name(body)
     if ("instances" in body) == ("inputs" in body):
         raise ServingError(StatusCode.INVALID_ARGUMENT, "the request needs exactly one of \"instances\" or \"inputs\"")
     with manager.serve(name, version) as loaded:
@@ -217,6 +301,36 @@ def rest_predict(manager: ModelManager, name: str, version: Optional[int], body:
     return {"outputs": {k: _to_json(v) for k, v in outputs.items()}}
 
 
+def _signature_name(body: dict) -> str:
+    signature = body.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"\"signature_name\" must be a string, got {json.dumps(signature)[:40]}")
+    return signature or DEFAULT_SIGNATURE
+
+
+def rest_classify_or_regress(manager: ModelManager, name: str, version: Optional[int], method: str, body: dict):
+    """`:classify` and `:regress`, answered as TensorFlow Serving answers them for a
+    model whose signature is not of that method (every export of this library):
+    the request is checked (tensorflow_serving/util/json_tensor.cc), then the
+    signature's method (servables/tensorflow/classifier.cc, regressor.cc)."""
+    if not isinstance(body.get("examples"), list):
+        said = "is expected and was not found" if "examples" not in body else "must be a list"
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"When method is {method}, key 'examples' {said}")
+    signature = _signature_name(body)
+    with manager.serve(name, version) as loaded:
+        if signature not in loaded.signature_defs:
+            loaded.check_inputs(signature, {}, {})  # raises FAILED_PRECONDITION with the signature list
+        expected = "tensorflow/serving/" + method
+        found = loaded.signature_defs[signature].method_name
+        if found != expected:
+            kind = "classification" if method == "classify" else "regression"
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"Expected {kind} signature method_name to be {expected}. Was: {found}",
+            )
+    raise ServingError(StatusCode.UNIMPLEMENTED, f"this server runs only predict signatures, not {method}")
+
+
 def rest_status(manager: ModelManager, name: str, version: Optional[int]) -> dict:
     return {
         "model_version_status": [
@@ -237,23 +351,47 @@ def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> d
             signature_map.signature_def[key].CopyFrom(value)
         return {
             "model_spec": {"name": loaded.name, "version": str(loaded.version), "signature_name": ""},
-            "metadata": {"signature_def": json_format.MessageToDict(signature_map)},
+            # Proto field names, default values printed, as TensorFlow Serving's JSON
+            # (tensorflow_serving/model_servers/http_rest_api_util.cc, ToJsonString).
+            "metadata": {"signature_def": json_format.MessageToDict(
+                signature_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+            )},
         }
 
 
 def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_seconds: float = 30.0):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        # The socket's timeout: a client that stalls mid-request is answered
-        # 408 (or dropped, before its request line) instead of holding a
-        # thread (TensorFlow Serving's --rest_api_timeout_in_ms).
+        # TensorFlow Serving's --rest_api_timeout_in_ms, twice: as the
+        # socket's timeout (a client silent that long is answered 408, or
+        # dropped before its request line), and as a deadline for the whole
+        # request from its first line to its last byte, kept by the server's
+        # reaper, so a client that sends a byte now and then cannot hold a
+        # thread either.
         timeout = timeout_seconds
 
         def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's name)
             log.debug("rest: " + format, *args)
 
+        def handle_one_request(self):
+            self.raw_requestline = b""
+            self._deadline = self.server.arm(self, timeout_seconds)
+            try:
+                super().handle_one_request()
+            finally:
+                self.server.finish(self._deadline)
+            if self._deadline.expired:
+                self.close_connection = True
+
+        def _arrived(self) -> bool:
+            """The request has been read in full; False if its deadline passed first
+            (the reaper has then answered 408 and closed the connection)."""
+            return self.server.claim(self._deadline)
+
         def _reply(self, status: int, body: dict):
-            if status >= 400 or self.server.saturated():
+            if not self._arrived():
+                return
+            if status >= 400 or self.server.saturated() or self.server.stopping():
                 # After an error the rest of the stream may be an unread
                 # body: close rather than read it as the next request. With
                 # every thread busy, an idle keep-alive connection would hold
@@ -266,21 +404,22 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
             self.end_headers()
             self.wfile.write(data)
 
-        def _route(self, method: str):
-            match = _PATH.match(self.path)
+        def _read_body(self):
+            """The request body, or None once answered: Content-Length or chunked
+            (RFC 9112), at most `max_body_bytes`, within the request's deadline."""
+            encoding = self.headers.get("Transfer-Encoding")
+            declared = self.headers.get("Content-Length")
+            if encoding is not None and declared is not None:
+                # Both: a request-smuggling pattern (RFC 9112, 6.1); refuse it and close.
+                raise ServingError(StatusCode.INVALID_ARGUMENT, "a request must not have both Content-Length and Transfer-Encoding")
+            if encoding is not None and encoding.strip().lower() != "chunked":
+                self._reply(501, {"error": f"Transfer-Encoding {encoding[:40]!r} is not supported (only chunked)"})
+                return None
             try:
-                if not match:
-                    raise ServingError(StatusCode.NOT_FOUND, f"no such endpoint: {method} {self.path}")
-                name, rest = match["name"], match["rest"]
-                version = int(match["version"]) if match["version"] else None
-                if method == "GET" and rest is None:
-                    return self._reply(200, rest_status(manager, name, version))
-                if method == "GET" and rest == "/metadata":
-                    return self._reply(200, rest_metadata(manager, name, version))
-                if method == "POST" and rest == ":predict":
-                    if self.headers.get("Transfer-Encoding"):
-                        return self._reply(501, {"error": "chunked request bodies are not supported: send Content-Length"})
-                    declared = (self.headers.get("Content-Length") or "0").strip()
+                if encoding is not None:
+                    raw = self._read_chunked()
+                else:
+                    declared = (declared or "0").strip()
                     if not re.fullmatch(r"[0-9]{1,19}", declared):
                         raise ServingError(
                             StatusCode.INVALID_ARGUMENT,
@@ -288,25 +427,71 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                         )
                     size = int(declared)
                     if size > max_body_bytes:
-                        # Refused from the header: the body is not read, and
-                        # the connection is closed instead.
-                        return self._reply(
-                            413, {"error": f"request body of {size} bytes exceeds the limit of {max_body_bytes}"}
-                        )
-                    try:
-                        raw = self.rfile.read(size)
-                    except TimeoutError:
-                        return self._reply(
-                            408, {"error": f"the request body did not arrive within {timeout_seconds:g} s"}
-                        )
+                        raise _TooLarge(size)  # refused from the header: the body is not read
+                    raw = self.rfile.read(size)
+                    if len(raw) < size:
+                        raise TimeoutError
+            except _TooLarge as error:
+                self._reply(413, {"error": f"request body of {error.args[0]} bytes exceeds the limit of {max_body_bytes}"})
+                return None
+            except (TimeoutError, OSError):
+                if self._arrived():
+                    self._reply(408, {"error": f"the request body did not arrive within {timeout_seconds:g} s"})
+                return None
+            if not self._arrived():
+                return None
+            return raw
+
+        def _read_chunked(self) -> bytes:
+            body = bytearray()
+            while True:
+                line = self.rfile.readline(1024)
+                if not line:
+                    raise TimeoutError
+                size_text = line.split(b";", 1)[0].strip()
+                if not line.endswith(b"\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size_text):
+                    raise ServingError(StatusCode.INVALID_ARGUMENT, f"malformed chunk size line {line[:40]!r}")
+                size = int(size_text, 16)
+                if size == 0:
+                    for _ in range(100):  # trailer fields, up to the blank line
+                        trailer = self.rfile.readline(8192)
+                        if not trailer:
+                            raise TimeoutError
+                        if trailer in (b"\r\n", b"\n"):
+                            return bytes(body)
+                    raise ServingError(StatusCode.INVALID_ARGUMENT, "too many trailer fields")
+                if len(body) + size > max_body_bytes:
+                    raise _TooLarge(f"over {max_body_bytes}")
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise TimeoutError
+                body += chunk
+                if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                    raise ServingError(StatusCode.INVALID_ARGUMENT, "a chunk does not end with CRLF")
+
+        def _route(self, method: str):
+            if method == "GET" and not self._arrived():
+                return
+            try:
+                name, version, match = _parse_path(method, self.path)
+                if method == "GET":
+                    if match["metadata"]:
+                        return self._reply(200, rest_metadata(manager, name, version))
+                    return self._reply(200, rest_status(manager, name, version))
+                if method == "POST":
+                    raw = self._read_body()
+                    if raw is None:
+                        return  # answered (408, 413, 501) or timed out
                     try:
                         body = json.loads(raw or b"{}")
                     except ValueError as error:
                         raise ServingError(StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {error}") from None
                     if not isinstance(body, dict):
                         raise ServingError(StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
+                    if match["method"].lower() != "predict":
+                        return self._reply(200, rest_classify_or_regress(manager, name, version, match["method"].lower(), body))
                     return self._reply(200, rest_predict(manager, name, version, body))
-                raise ServingError(StatusCode.NOT_FOUND, f"no such endpoint: {method} {self.path}")
+                raise ServingError(StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {self.path[:200]}")
             except ServingError as error:
                 self._reply(error.http_status, {"error": error.message})
             except Exception as error:  # the server stays up; the caller hears what broke
@@ -358,6 +543,21 @@ def _channel_arguments(text: str):
     return options
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class _Deadline:
+    __slots__ = ("handler", "at", "expired", "done")
+
+    def __init__(self, handler, at):
+        self.handler, self.at, self.expired, self.done = handler, at, False, False
+
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s")
+
+
 class _BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_threads` at once: past that,
     new connections wait in the listen backlog (TensorFlow Serving's
@@ -375,9 +575,81 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
         self._active = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._deadlines = set()  # requests being read, each with the time it must have arrived by
+        self._busy = 0  # requests read in full and not yet answered
+        self._idle = threading.Condition(self._lock)
+        self._connections = set()
+        threading.Thread(target=self._reap, name="rest-deadlines", daemon=True).start()
 
     def saturated(self) -> bool:
         return self._active >= self._max_threads
+
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def arm(self, handler, seconds: float) -> _Deadline:
+        """Starts a request's clock (when its handler waits for the request line)."""
+        deadline = _Deadline(handler, time.monotonic() + seconds)
+        with self._lock:
+            self._deadlines.add(deadline)
+        return deadline
+
+    def claim(self, deadline: _Deadline) -> bool:
+        """The request has arrived (or is being answered): stops its clock and counts
+        it in flight. False if the reaper timed it out first. Idempotent."""
+        with self._lock:
+            if deadline.expired:
+                return False
+            if not deadline.done:
+                self._deadlines.discard(deadline)
+                self._busy += 1
+                deadline.done = True
+            return True
+
+    def finish(self, deadline: _Deadline):
+        """The handler is done with the request, answered or not."""
+        with self._lock:
+            self._deadlines.discard(deadline)
+            if deadline.done:
+                deadline.done = False
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _reap(self):
+        while True:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self._lock:
+                late = [d for d in self._deadlines if d.at <= now]
+                for deadline in late:
+                    deadline.expired = True
+                    self._deadlines.discard(deadline)
+            for deadline in late:
+                sock = deadline.handler.connection
+                try:
+                    if deadline.handler.raw_requestline:  # a request was under way: tell the client
+                        body = json.dumps({"error": "the request did not arrive in full within the time limit"}).encode()
+                        sock.sendall(_REQUEST_TIMEOUT % (len(body), body))
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def drain(self, grace: float):
+        """Stops accepting (new connections are refused), lets the requests already
+        read finish for up to `grace` seconds, then closes every connection."""
+        self._stopping.set()
+        super().shutdown()
+        self.socket.close()
+        end = time.monotonic() + grace
+        with self._lock:
+            while self._busy and time.monotonic() < end:
+                self._idle.wait(max(0.0, end - time.monotonic()))
+            connections = list(self._connections)
+        for sock in connections:  # idle keep-alive connections, and anything past the grace
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def process_request(self, request, client_address):
         # Wait for a thread, but not past a shutdown (serve_forever's loop
@@ -395,9 +667,13 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        with self._lock:
+            self._connections.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._lock:
+                self._connections.discard(request)
             self._release()
 
     def _release(self):
@@ -427,8 +703,12 @@ class ModelServer:
         ssl: Optional[dict] = None,
         rest_timeout_seconds: float = 30.0,
         rest_max_threads: int = 4 * (os.cpu_count() or 1),
+        max_num_load_retries: int = 5,
+        load_retry_interval: float = 60.0,
     ):
-        self.manager = ModelManager(model_name, model_base_path, poll_seconds, batching)
+        self.manager = ModelManager(
+            model_name, model_base_path, poll_seconds, batching, max_num_load_retries, load_retry_interval
+        )
         # gRPC turns SO_REUSEPORT on by default, so a second server on a busy
         # port would share it silently; this one fails to bind instead.
         options = [("grpc.so_reuseport", 0), *channel_arguments]
@@ -464,9 +744,18 @@ class ModelServer:
         """Refuses new requests, lets the accepted ones finish (up to `grace` s), then unloads."""
         done = self.grpc.stop(grace)
         if self.rest is not None:
-            self.rest.shutdown()
+            self.rest.drain(grace)
         done.wait()
         self.manager.stop()
+
+
+def _bool_flag(text: str) -> bool:
+    """A boolean flag's value as TensorFlow's flag parser reads it: `--flag`,
+    `--flag=true` or `--flag=false`, nothing else
+    (tensorflow/core/util/command_line_flags.cc, ParseBoolFlag)."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return text == "true"
 
 
 def main(argv=None) -> int:
@@ -476,11 +765,16 @@ def main(argv=None) -> int:
     p.add_argument("--rest_api_port", type=int, default=8501, help="REST port; 0 turns REST off")
     p.add_argument("--model_name", default="default")
     p.add_argument("--model_base_path", required=True, help="directory of numbered SavedModel versions")
-    p.add_argument("--enable_batching", action="store_true", help="batch concurrent requests together")
+    p.add_argument("--enable_batching", nargs="?", const=True, default=False, type=_bool_flag, metavar="true|false",
+                   help="batch concurrent requests together")
     p.add_argument("--batching_parameters_file", help="BatchingParameters in protobuf text format")
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="how often to look for new versions (0: only at start)")
     p.add_argument("--grpc_max_threads", type=int, default=64)
+    p.add_argument("--max_num_load_retries", type=int, default=5,
+                   help="retries of a failed version load (0: one attempt)")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="between load retries (default one minute)")
     p.add_argument("--grpc_channel_arguments", default="", help='e.g. "grpc.max_receive_message_length=8388608"')
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
@@ -516,7 +810,8 @@ def main(argv=None) -> int:
         args.model_name, os.path.abspath(args.model_base_path), args.port, args.rest_api_port, batching,
         args.file_system_poll_wait_seconds, args.grpc_max_threads, _channel_arguments(args.grpc_channel_arguments),
         ssl=ssl, rest_timeout_seconds=args.rest_api_timeout_in_ms / 1000.0,
-        rest_max_threads=args.rest_api_num_threads,
+        rest_max_threads=args.rest_api_num_threads, max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval=args.load_retry_interval_micros / 1e6,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -122,12 +122,16 @@ class WordPieceTokenizer:
     def tokenize(self, texts) -> tf.RaggedTensor:
         """str [B] -> int32 ragged ids [B, (T)], without [START]/[END].
 
-        A word with a character the vocabulary lacks becomes one [UNK].
+        A word with a character the vocabulary lacks becomes one [UNK]. Text
+        never yields the ids of [PAD], [START] or [END]: a word written as
+        one of them is [UNK].
         """
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
         words = tf.strings.split(texts)  # [B, (W)]
-        pieces = self._wordpiece.tokenize(words)  # [B, (W), (P)]
-        return pieces.merge_dims(-2, -1)
+        pieces = self._wordpiece.tokenize(words).merge_dims(-2, -1)  # [B, (T)]
+        ids = pieces.flat_values
+        reserved = (ids == self.pad_id) | (ids == self.start_id) | (ids == self.end_id)
+        return pieces.with_flat_values(tf.where(reserved, tf.constant(self.unk_id, ids.dtype), ids))
 
     def detokenize(self, ids) -> tf.Tensor:
         """int ids [B, T] (dense or ragged) -> str [B].

@@ -25,6 +25,13 @@ _PAD, _UNK, _START, _END = (
 )
 
 
+def _escape_reserved(ids):
+    """Text never yields [PAD], [START] or [END]: a word written "[END]" is [UNK]
+    (as `WordPieceTokenizer.tokenize`), so a request cannot end its own source early."""
+    reserved = (ids == _PAD) | (ids == _START) | (ids == _END)
+    return tf.where(reserved, tf.constant(_UNK, ids.dtype), ids)
+
+
 class CoreWordPiece(tf.Module):
     """Tokenize and detokenize with core TensorFlow ops.
 
@@ -107,7 +114,8 @@ class CoreWordPiece(tf.Module):
         ids = tf.concat([ids, tf.zeros([num_words, 1], tf.int32)], axis=1)  # room for an [UNK] if max_pieces is 0
         ids = tf.where(unk[:, None], tf.one_hot(0, tf.shape(ids)[1], on_value=_UNK, off_value=0, dtype=tf.int32), ids)
         pieces = tf.RaggedTensor.from_tensor(ids, lengths=counts)  # [W, (P)]
-        return tf.RaggedTensor.from_row_splits(pieces.flat_values, tf.gather(pieces.row_splits, words.row_splits))
+        flat_ids = _escape_reserved(pieces.flat_values)
+        return tf.RaggedTensor.from_row_splits(flat_ids, tf.gather(pieces.row_splits, words.row_splits))
 
     def detokenize(self, ids):
         """int ids [B, T] (0-padded) -> str [B]; [PAD], [START], [END] dropped."""

@@ -10,16 +10,19 @@ from tensorflow.python.framework import op_def_registry
 
 def saved_model_ops(export_dir: str) -> Dict[str, Set[str]]:
     """{function or graph name: set of op type names} for every graph and
-    library function of the SavedModel in `export_dir`."""
+    library function of the SavedModel in `export_dir` (every meta graph:
+    "<graph>" for one, "<graph I [tags]>" for each of several)."""
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
     ops: Dict[str, Set[str]] = {}
-    for meta_graph in proto.meta_graphs:
+    several = len(proto.meta_graphs) > 1
+    for index, meta_graph in enumerate(proto.meta_graphs):
         graph = meta_graph.graph_def
-        ops["<graph>"] = {node.op for node in graph.node}
+        tags = ",".join(meta_graph.meta_info_def.tags)
+        ops[f"<graph {index} [{tags}]>" if several else "<graph>"] = {node.op for node in graph.node}
         for function in graph.library.function:
-            ops[function.signature.name] = {node.op for node in function.node_def}
+            ops.setdefault(function.signature.name, set()).update(node.op for node in function.node_def)
     return ops
 
 

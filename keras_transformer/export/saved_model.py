@@ -202,6 +202,11 @@ def export_saved_model(
             },
         )
         write_warmup_requests(tmp, warmup_sentences)
+        # mkdtemp makes the directory 0700, which a server running as another
+        # user cannot read: give it the mode a plain mkdir (or cp -r) would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

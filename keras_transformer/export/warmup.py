@@ -14,7 +14,8 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 def warmup_requests(sentences: Sequence[str], model_name: str = "transformer"):
     """PredictionLog records: each signature that takes text, called with
     `sentences` as one batch and with each sentence alone."""
-    batches = [list(sentences)] + [[s] for s in sentences]
+    sentences = list(sentences)
+    batches = ([sentences] if len(sentences) > 1 else []) + [[s] for s in sentences]  # never an empty batch
     logs = []
     for batch in batches:
         for signature in ("serving_default", "attention"):
@@ -26,8 +27,11 @@ def warmup_requests(sentences: Sequence[str], model_name: str = "transformer"):
     return logs
 
 
-def write_warmup_requests(export_dir: str, sentences: Sequence[str]) -> str:
-    """Writes `export_dir/assets.extra/tf_serving_warmup_requests`."""
+def write_warmup_requests(export_dir: str, sentences: Sequence[str]):
+    """Writes `export_dir/assets.extra/tf_serving_warmup_requests`; returns its
+    path, or None (and writes nothing) for no sentences."""
+    if not list(sentences):
+        return None
     path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:

@@ -36,6 +36,19 @@ def test_same_ids_on_awkward_text():
     np.testing.assert_array_equal(core.detokenize(ids).numpy(), tok.detokenize(ids).numpy())
 
 
+def test_text_never_yields_reserved_ids():
+    # With text_processing="none" the export passes user text to the tokenizer as it is: a word
+    # written "[END]" must not end the source early, nor "[PAD]" hide words after it.
+    tok = WordPieceTokenizer.learn(["a man rides a bike"] * 20, vocab_size=60, min_count=5)
+    core = CoreWordPiece(tok.vocab)
+    texts = ["[PAD] a [START] man [END] rides [UNK]", "[END]a a[END]", "[[END]]"]
+    for ids in (core.tokenize(tf.constant(texts)), tok.tokenize(tf.constant(texts))):
+        flat = ids.flat_values.numpy()
+        assert not np.isin(flat, [0, 2, 3]).any(), ids.to_list()
+        assert ids.to_list()[0] == [1, tok.vocab.index("a"), 1, tok.vocab.index("man"), 1, tok.vocab.index("rides"), 1]
+    assert core.tokenize(tf.constant(texts)).to_list() == tok.tokenize(tf.constant(texts)).to_list()
+
+
 def test_an_over_long_word_costs_no_memory(tmp_path):
     # An over-long word becomes one [UNK] at once, so no buffer may grow with
     # its size: 3,000 one-letter words beside one 100,000-byte word once made

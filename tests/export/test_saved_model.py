@@ -77,6 +77,24 @@ def test_versions_count_up_and_failures_leave_nothing(exported, monkeypatch):
     assert sorted(os.listdir(base)) == ["1"]
 
 
+def test_an_export_is_readable_by_a_server_of_another_user(exported, tmp_path):
+    # The version directory used to keep mkdtemp's 0700: TensorFlow Serving running as another
+    # user could not read it. Every directory and file must be as a mkdir or cp -r makes it.
+    import stat
+
+    model, tokenizer, _, _ = exported
+    old = os.umask(0o022)
+    try:
+        path = export_saved_model(model, tokenizer.vocab, str(tmp_path), text_processing="none", beam_size=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            mode = stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)
+            assert mode & 0o044 == 0o044, (os.path.join(root, name), oct(mode))
+
+
 def test_fresh_process_without_tensorflow_text_matches_translator(exported):
     model, tokenizer, _, path = exported
     result = subprocess.run(
@@ -129,6 +147,43 @@ def test_only_core_ops_and_warmup_records(exported):
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record)
         assert log.predict_log.request.inputs["text"].dtype == tf.string.as_datatype_enum
+
+
+def test_check_fails_on_an_op_outside_core_tensorflow_and_names_it(exported, tmp_path):
+    """A SavedModel with a tensorflow-text op, and one whose second meta graph has an op no
+    TensorFlow registers: each check fails (exit 1) and names the op and where it is."""
+    import shutil
+
+    import tensorflow_text as tf_text
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    class Normalizer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def normalize(self, text):
+            return tf_text.normalize_utf8(text, "NFKC")
+
+    module = Normalizer()
+    text_dir = str(tmp_path / "with_tf_text")
+    tf.saved_model.save(module, text_dir, signatures={"serving_default": module.normalize})
+    two_dir = str(tmp_path / "two_graphs")
+    shutil.copytree(exported[3], two_dir)
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(two_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    second = proto.meta_graphs.add()
+    second.CopyFrom(proto.meta_graphs[0])
+    second.meta_info_def.ClearField("tags")
+    second.meta_info_def.tags.append("gpu")
+    second.graph_def.node.add(name="made_up", op="MadeUpOpForTheCheck")
+    with open(os.path.join(two_dir, "saved_model.pb"), "wb") as f:
+        f.write(proto.SerializeToString())
+    for path, op, where in ((text_dir, "NormalizeUTF8", ""), (two_dir, "MadeUpOpForTheCheck", "<graph 1 [gpu]>")):
+        check = subprocess.run(
+            [sys.executable, "-m", "keras_transformer.export", "check", path],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )
+        assert check.returncode == 1, check.stdout + check.stderr[-2000:]
+        assert f"NOT IN CORE TENSORFLOW: {op}" in check.stdout and where in check.stdout, check.stdout
 
 
 def test_raw_text_export_matches_translator_on_multi30k_val(multi30k_dir, multi30k_tokenizer, multi30k_train_slice, tmp_path):

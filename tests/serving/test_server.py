@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -60,7 +62,16 @@ def test_rest_api(server, in_process):
     texts, scores = client.translate(SENTENCES[:4])
     assert texts == in_process(1, SENTENCES[:4])[0]
     assert client.status() == [{"version": 1, "state": "AVAILABLE", "error": ""}]
-    assert set(client.metadata()["signatureDef"]) == {"serving_default", "translate_ids", "score", "attention"}
+    # Proto field names at every level, and default values printed, as TensorFlow Serving's JSON
+    # printer (tensorflow_serving/model_servers/http_rest_api_util.cc: preserve_proto_field_names,
+    # always_print_fields_with_no_presence).
+    signatures = client.metadata()["signature_def"]
+    assert set(signatures) == {"serving_default", "translate_ids", "score", "attention"}
+    default = signatures["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+    text = default["inputs"]["text"]
+    assert text["dtype"] == "DT_STRING" and text["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
+    assert "methodName" not in json.dumps(signatures) and "tensorShape" not in json.dumps(signatures)
     columnar = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"http://localhost:{server.rest_port}/v1/models/toy/versions/1:predict",
         data=json.dumps({"inputs": {"text": SENTENCES[:2]}}).encode(),
@@ -70,6 +81,31 @@ def test_rest_api(server, in_process):
         client.predict([{"text": "a man"}], "score")
     with pytest.raises(ServingError, match="HTTP 404"):
         RestClient(f"localhost:{server.rest_port}", "nope").translate(["a"])
+    # TensorFlow Serving's routes (tensorflow_serving/model_servers/http_rest_api_util.cc): case-
+    # insensitive, /versions/N or /labels/L, :classify and :regress; anything else is 400.
+    def call(method, path, body=None):
+        request = urllib.request.Request(f"http://localhost:{server.rest_port}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode())
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    assert call("GET", "/V1/MODELS/toy/Versions/1/METADATA")[0] == 200
+    assert call("POST", "/v1/models/toy:PREDICT", {"instances": ["A man."]})[0] == 200
+    assert call("GET", "/v1/models") == (400, {"error": "Missing model name in request."})
+    assert call("GET", "/v1/models/toy/labels/stable") == (400, {"error": "Unrecognized servable version label: stable"})
+    assert call("POST", "/v1/models/toy/labels/canary:predict", {"instances": ["a"]})[0] == 400
+    assert call("POST", "/v1/models/toy:translate", {}) == (400, {"error": "Malformed request: POST /v1/models/toy:translate"})
+    assert call("GET", "/v2/models/toy") == (400, {"error": "Malformed request: GET /v2/models/toy"})
+    # tensorflow_serving/servables/tensorflow/classifier.cc and regressor.cc: the default signature is a predict one.
+    assert call("POST", "/v1/models/toy:classify", {"examples": [{"text": "a"}]}) == (
+        400, {"error": "Expected classification signature method_name to be tensorflow/serving/classify. "
+                       "Was: tensorflow/serving/predict"})
+    status, reply = call("POST", "/v1/models/toy:regress", {"instances": ["a"]})
+    assert status == 400 and "key 'examples' is expected and was not found" in reply["error"]
+    assert call("POST", "/v1/models/toy:regress", {"examples": [], "signature_name": "nope"})[0] == 400
 
 
 def _code(call):
@@ -83,8 +119,35 @@ def test_bad_requests_get_a_status_and_the_server_stays_up(server):
     text = np.array([b"a man"], object)
     assert _code(lambda: GrpcClient(server.address, "other", retries=0).translate(["a"]))[0] == "NOT_FOUND"
     assert _code(lambda: GrpcClient(server.address, "toy", version=7, retries=0).translate(["a"]))[0] == "NOT_FOUND"
+    # An unknown signature is FAILED_PRECONDITION in TensorFlow Serving
+    # (tensorflow_serving/servables/tensorflow/predict_util.cc), HTTP 400 over REST
+    # (tensorflow_serving/model_servers/http_server.cc, ToHTTPStatusCode).
     code, message = _code(lambda: client.predict({"text": text}, "no_such_signature"))
-    assert code == "NOT_FOUND" and "serving_default" in message
+    assert code == "FAILED_PRECONDITION" and 'key "no_such_signature" not found' in message and "serving_default" in message
+    rest = RestClient(f"localhost:{server.rest_port}", "toy")
+    with pytest.raises(ServingError, match='HTTP 400.*key "nope" not found'):
+        rest.predict([{"text": "a"}], "nope")
+    # A string tensor takes strings only (tensorflow_serving/util/json_tensor.cc): 400, not 500.
+    for bad, said in (([1], "(int), not a string"), ([None], "(null), not a string"), ([["a"], ["b", "c"]], "unequal lengths"),
+                      ([{"b64": "!!!"}], "does not convert"), ([{"b64": "YQ==", "x": 1}], "objects must be")):
+        with pytest.raises(ServingError, match=r"HTTP 400.*" + re.escape(said)):
+            rest.predict(bad)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "toy"
+    request.inputs["text"].dtype = 999  # no such DataType
+    request.inputs["text"].tensor_shape.dim.add(size=1)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown dtype enum 999" in caught.value.details()
+    labelled = predict_pb2.PredictRequest()
+    labelled.model_spec.name = "toy"
+    labelled.model_spec.version_label = "stable"  # no labels configured (model_servers/server_core.cc)
+    labelled.inputs["text"].CopyFrom(tf.make_tensor_proto(["a"]))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(labelled, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "Unrecognized servable version label: stable"
     code, message = _code(lambda: client.predict({"text": text}, "score"))
     assert code == "INVALID_ARGUMENT" and "missing input(s) ['target_text']" in message
     code, message = _code(lambda: client.predict({"text": text, "extra": text}))
@@ -173,6 +236,11 @@ def _raw_http(port, request: bytes, timeout=30) -> bytes:
         return data
 
 
+def _chunked(body: bytes, size: int = 7) -> bytes:
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\nX-Trailer: 1\r\n\r\n"
+
+
 def test_rest_content_length_cannot_be_abused(server):
     # Before the SIGTERM test below, which stops this module's server.
     # Each is a client's mistake: a 4xx, the server stays up, and an
@@ -185,7 +253,13 @@ def test_rest_content_length_cannot_be_abused(server):
         # reading (or waiting for) a gigabyte.
         b"Content-Length: 1000000000\r\n\r\n{}": b" 413 ",
         b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{}": b" 400 ",  # past int()'s digit limit
-        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n": b" 501 ",
+        # Chunked bodies (RFC 9112, 7.1) are read, within the same size limit.
+        b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(b'{"instances": ["A man."]}'): b" 200 ",
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % (5 << 20) + b"x" * 100: b" 413 ",
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n": b" 400 ",
+        b"Transfer-Encoding: gzip\r\n\r\n{}": b" 501 ",
+        # Both framings at once is how requests are smuggled past a proxy (RFC 9112, 6.1).
+        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}": b" 400 ",
     }
     for headers, status in cases.items():
         reply = _raw_http(server.rest_port, path + headers)
@@ -206,7 +280,9 @@ def test_an_error_reply_closes_the_connection_so_an_unread_body_is_not_a_request
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
-    assert received.startswith(b"HTTP/1.1 404") and received.count(b"HTTP/1.1 ") == 1, received[:300]
+    # 400 "Malformed request", as TensorFlow Serving answers a path outside its routes
+    # (tensorflow_serving/model_servers/http_rest_api_handler.cc, ProcessRequest).
+    assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.1 ") == 1, received[:300]
 
 
 def test_the_server_refuses_rest_flags_below_one(serving_exports):
@@ -216,12 +292,13 @@ def test_the_server_refuses_rest_flags_below_one(serving_exports):
     from tests.serving.conftest import ROOT
 
     base, _, _ = serving_exports
-    for flag in ("--rest_api_num_threads=0", "--rest_api_timeout_in_ms=0"):
+    for flag, said in (("--rest_api_num_threads=0", "at least 1"), ("--rest_api_timeout_in_ms=0", "at least 1"),
+                       ("--enable_batching=yes", "must be true or false")):
         result = subprocess.run(
             [sys.executable, "-m", "serving.server", f"--model_base_path={base}", "--port=0", flag],
             cwd=ROOT, capture_output=True, text=True, timeout=120,
         )
-        assert result.returncode == 2 and "at least 1" in result.stderr, result.stderr[-500:]
+        assert result.returncode == 2 and said in result.stderr, result.stderr[-500:]
 
 
 def test_stalled_rest_clients_time_out_and_cannot_hold_every_thread(serving_exports):
@@ -251,6 +328,151 @@ def test_stalled_rest_clients_time_out_and_cannot_hold_every_thread(serving_expo
         process.stop()
 
 
+@pytest.mark.parametrize("threads", [2, 4])
+def test_a_client_dripping_its_request_cannot_hold_a_thread(serving_exports):
+    # A byte every 0.3 s never trips a 1 s per-read timeout: the deadline is for the whole request
+    # (TensorFlow Serving's --rest_api_timeout_in_ms), so it is answered 408 and closed.
+    import socket
+
+    from tests.serving.conftest import ServerProcess
+
+    base, _, _ = serving_exports
+    process = ServerProcess(base, "--rest_api_timeout_in_ms=1000", "--rest_api_num_threads=1")
+    try:
+        body = json.dumps({"instances": ["A man."]}).encode()
+        sock = socket.create_connection(("localhost", process.rest_port), timeout=30)
+        sock.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        start, reply = time.monotonic(), b""
+        for byte in body:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.3)
+            sock.settimeout(0.01)
+            try:
+                reply += sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                pass
+            except OSError:
+                break
+            if reply:
+                break
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert time.monotonic() - start < 5
+        sock.close()
+        # The one REST thread is free again.
+        assert len(RestClient(f"localhost:{process.rest_port}", "toy").translate(["A man."])[0]) == 1
+    finally:
+        process.stop()
+
+
+def test_bad_requests_batched_with_good_ones_fail_alone(serving_exports, in_process, tmp_path, threads):
+    # The export's UTF-8 and length checks are assertions over the whole batch: without isolation,
+    # one bad request failed every request it was batched with.
+    from tests.serving.conftest import ServerProcess
+
+    base, _, _ = serving_exports
+    config = tmp_path / "batching.config"
+    config.write_text(f"max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: 400000 }}\n"
+                      f"num_batch_threads {{ value: {threads} }}\n")
+    # "--enable_batching=true": the form TensorFlow's flag parser also takes
+    # (tensorflow/core/util/command_line_flags.cc, ParseBoolFlag).
+    process = ServerProcess(base, "--enable_batching=true", f"--batching_parameters_file={config}")
+    try:
+        good = [[SENTENCES[i], SENTENCES[i + 1]] for i in range(0, 6, 2)]
+        bad = {"utf8": [b"a \xff man"], "long": ["bike " * 60], "empty": []}
+        requests = [("good", g) for g in good] + list(bad.items())
+        results = [None] * len(requests)
+        gate = threading.Barrier(len(requests))
+
+        def one(i):
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(process.address))
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "toy"
+            request.inputs["text"].CopyFrom(tf.make_tensor_proto(requests[i][1], dtype=tf.string))
+            gate.wait()
+            try:
+                response = stub.Predict(request, timeout=60)
+                results[i] = [t.decode() for t in tf.make_ndarray(response.outputs["translation"])]
+            except grpc.RpcError as error:
+                results[i] = (error.code(), error.details())
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        for (kind, texts), result in zip(requests, results):
+            if kind == "good":
+                assert result == in_process(1, texts)[0], result
+            else:
+                assert result[0] == grpc.StatusCode.INVALID_ARGUMENT, (kind, result)
+        assert "not valid UTF-8" in results[3][1] and "more tokens" in results[4][1] and "empty batch" in results[5][1]
+        assert process.process.poll() is None
+    finally:
+        process.stop()
+
+
+def test_versions_follow_the_directory_as_tensorflow_serving_does(serving_exports, in_process, tmp_path):
+    # TensorFlow Serving's default policy (latest, availability preserving; a failed load is retried,
+    # tensorflow_serving/core/loader_harness.cc): a version copied in file by file loads once
+    # complete; deleting the newest rolls back to the one before; deleting every version stops
+    # serving the model (NOT_FOUND, as for any servable the manager does not hold).
+    import shutil
+
+    from keras_transformer.export.saved_model import export_saved_model
+    from tests.serving.conftest import ServerProcess
+    from tests.serving.conftest import toy_model
+
+    base, _, tokenizer = serving_exports
+    own = tmp_path / "models"
+    shutil.copytree(os.path.join(base, "1"), own / "1")
+    export_saved_model(toy_model(tokenizer, 3), tokenizer.vocab, str(tmp_path / "staging"), version=3,
+                       beam_size=2, max_extra_length=6, warmup_sentences=())
+    third = tf.saved_model.load(str(tmp_path / "staging" / "3")).signatures["serving_default"]
+    expected3 = [t.decode() for t in third(text=tf.constant(SENTENCES[:3]))["translation"].numpy()]
+    expected1 = in_process(1, SENTENCES[:3])[0]
+    assert expected3 != expected1
+    process = ServerProcess(str(own), "--file_system_poll_wait_seconds=0.2", "--max_num_load_retries=50",
+                            "--load_retry_interval_micros=200000")
+    client = GrpcClient(process.address, "toy", retries=0)
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{what}; status {client.status()}; log {''.join(process.log[-10:])}")
+
+    try:
+        # Copied in non-atomically: the graph first, its variables a second later.
+        os.makedirs(own / "3")
+        shutil.copy(tmp_path / "staging" / "3" / "saved_model.pb", own / "3")
+        time.sleep(1.0)
+        assert client.translate(SENTENCES[:3])[0] == expected1  # the failed loads harmed nothing
+        for name in os.listdir(tmp_path / "staging" / "3"):
+            if name != "saved_model.pb":
+                shutil.copytree(tmp_path / "staging" / "3" / name, own / "3" / name)
+        wait_for(lambda: client.translate(SENTENCES[:3])[0] == expected3, "version 3 never served once complete")
+        shutil.rmtree(own / "3")
+        wait_for(lambda: client.translate(SENTENCES[:3])[0] == expected1, "no rollback to version 1")
+        wait_for(lambda: client.status()[0] == {"version": 3, "state": "END", "error": ""}, "version 3 not unloaded")
+        shutil.rmtree(own / "1")
+        def refused():
+            try:
+                client.translate(["a"])
+            except ServingError as error:
+                return error.code == "NOT_FOUND" and "Servable not found" in error.message
+            return False
+
+        wait_for(refused, "a deleted model still served")
+        assert process.process.poll() is None
+    finally:
+        process.stop()
+
+
 def test_sigterm_finishes_accepted_requests_then_exits(server):
     channel = grpc.insecure_channel(server.address)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -259,11 +481,32 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     request.inputs["text"].CopyFrom(tf.make_tensor_proto(SENTENCES * 8))
     stub.Predict(request, timeout=60)  # connected and warm
     pending = [stub.Predict.future(request, timeout=60) for _ in range(24)]
+    # REST drains too: requests already sent are answered, an idle keep-alive connection does
+    # not hold the exit, and new connections are refused at once instead of waiting in the backlog.
+    import socket
+
+    rest = RestClient(f"localhost:{server.rest_port}", "toy")
+    rest_results = []
+    rest_threads = [threading.Thread(target=lambda: rest_results.append(rest.translate(SENTENCES * 4)[0]))
+                    for _ in range(3)]
+    for thread in rest_threads:
+        thread.start()
+    idle = socket.create_connection(("localhost", server.rest_port), timeout=30)
     time.sleep(0.3)  # on the wire and accepted
     server.process.send_signal(15)
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        late = socket.create_connection(("localhost", server.rest_port), timeout=5)
+        late.sendall(b"GET /v1/models/toy HTTP/1.1\r\nHost: x\r\n\r\n")
+        if not late.recv(100):
+            raise ConnectionResetError("closed without an answer")
     answers = [future.result() for future in pending]  # raises if any accepted request was dropped
     assert all(len(a.outputs["translation"].string_val) == len(SENTENCES) * 8 for a in answers)
+    for thread in rest_threads:
+        thread.join(60)
+    assert len(rest_results) == 3 and all(len(r) == len(SENTENCES) * 4 for r in rest_results)
     assert server.process.wait(60) == 0
+    idle.close()
     with pytest.raises(grpc.RpcError) as refused:
         stub.Predict(request, timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
