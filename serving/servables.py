@@ -263,20 +263,30 @@ class ModelManager:
             if current is not None and not os.path.isdir(current.path):
                 self._retire(current, "every version was deleted")
             return None
-        target = versions[-1]
+        # The newest version not given up on (a version that failed every
+        # retry does not block a rollback past it).
+        loadable = [v for v in versions if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
+        if current is not None and current.version in versions and (not loadable or loadable[-1] <= current.version):
+            return None
+        if not loadable:
+            return None
+        target = loadable[-1]
         if current is not None and current.version == target:
             return None
-        attempts, next_try = self._failed.get(target, (0, 0.0))
-        if attempts > self.max_num_load_retries or time.monotonic() < next_try:
-            return None  # gave up on it, or not yet time to retry
+        if time.monotonic() < self._failed.get(target, (0, 0.0))[1]:
+            return None  # not yet time to retry
         with self._lock:
             self._status[target] = (LOADING, "")
         log.info("loading %s version %d from %s", self.name, target, self.base_path)
+        loaded = None
         try:
             loaded = LoadedVersion(self.name, target, os.path.join(self.base_path, str(target)), self.batching)
             warmed = loaded.warm_up()
-        except Exception as error:  # reported; the version serving now goes on serving
-            attempts += 1
+        except Exception as error:
+            # Reported; the version serving now goes on serving.
+            if loaded is not None:
+                loaded.close()  # its batch threads would keep it in memory
+            attempts = self._failed.get(target, (0, 0.0))[0] + 1
             final = attempts > self.max_num_load_retries
             self._failed[target] = (attempts, time.monotonic() + max(self.load_retry_interval, 0.0))
             log.error("%s version %d failed to load (attempt %d of %d): %s", self.name, target, attempts,
@@ -308,7 +318,8 @@ class ModelManager:
         old.wait_idle()  # requests already holding it finish first
         old.close()
         with self._lock:
-            self._status[old.version] = (END, "")
+            if self._current is None or self._current.version != old.version:  # not loaded again meanwhile
+                self._status[old.version] = (END, "")
         log.info("unloaded %s version %d", self.name, old.version)
 
     def start(self):

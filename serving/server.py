@@ -61,11 +61,18 @@ def _dims(name: str, proto) -> tuple:
 
 
 def _tensor_to_array(name: str, proto) -> np.ndarray:
-    # A TensorProto with one value and a large shape means that value
-    # repeated (tf.make_ndarray fills it): a few bytes could ask for
-    # gigabytes. Allow what the message could plausibly carry.
+    # A TensorProto with fewer values than its shape holds is filled with
+    # its last value (tf.make_ndarray does so): a few bytes could then ask
+    # for gigabytes. A string tensor must carry every value; a numeric one
+    # may be filled up to what a message could plausibly carry.
     elements = int(np.prod(_dims(name, proto), dtype=np.float64))
-    if elements > max(1 << 20, 8 * proto.ByteSize()):
+    if proto.string_val and len(proto.string_val) != elements:
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT,
+            f"input \"{name}\" has shape {list(_dims(name, proto))} ({elements} values) but carries "
+            f"{len(proto.string_val)} strings",
+        )
+    if elements * 8 > max(16 << 20, 8 * proto.ByteSize()):
         raise ServingError(
             StatusCode.INVALID_ARGUMENT,
             f"input \"{name}\" declares {elements} elements in a {proto.ByteSize()}-byte TensorProto",
@@ -165,8 +172,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     @_grpc_method
     def GetModelStatus(self, request, context):
-        version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-        rows = self.manager.status(request.model_spec.name, version)
+        rows = self.manager.status(request.model_spec.name, _version(request.model_spec))
         response = get_model_status_pb2.GetModelStatusResponse()
         for number, state, message in rows:
             status = response.model_version_status.add(version=number, state=state)
@@ -204,7 +210,12 @@ def _parse_path(method: str, path: str):
         raise ServingError(
             StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {urllib.parse.unquote(match['label'])}"
         )
-    version = int(match["version"]) if match["version"] else None
+    version = None
+    if match["version"]:
+        if len(match["version"]) > 19 or int(match["version"]) >= 2**63:
+            # As TensorFlow Serving's absl::SimpleAtoi failing (http_rest_api_util.cc, ParseModelInfo).
+            raise ServingError(StatusCode.INVALID_ARGUMENT, f"Failed to convert version: {match['version'][:40]} to numeric.")
+        version = int(match["version"])
     return name, version, match
 
 
@@ -249,6 +260,8 @@ def _from_json(name: str, value, dtype: tf.DType) -> np.ndarray:
         array = np.array(decode(value), dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
     except (TypeError, ValueError, OverflowError) as error:
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" does not convert to {dtype.name}: {error}") from None
+    except RecursionError:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" is nested too deeply") from None
     if array.dtype == object and not all(isinstance(item, bytes) for item in array.flat):
         raise ServingError(
             StatusCode.INVALID_ARGUMENT, f"input \"{name}\": lists of unequal lengths (a tensor must be rectangular)"
@@ -298,6 +311,10 @@ def rest_predict(manager: ModelManager, name: str, version: Optional[int], body:
         rows = len(next(iter(outputs.values())))
         return {"predictions": [{k: _to_json(v[i]) if isinstance(v[i], np.ndarray) else _json_value(v[i])
                                  for k, v in outputs.items()} for i in range(rows)]}
+    if len(outputs) == 1:
+        # One output: its value alone, unnamed, as TensorFlow Serving writes it
+        # (tensorflow_serving/util/json_tensor.cc, MakeColumnarFormatJsonFromTensors).
+        return {"outputs": _to_json(next(iter(outputs.values())))}
     return {"outputs": {k: _to_json(v) for k, v in outputs.items()}}
 
 
@@ -367,7 +384,8 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
         # dropped before its request line), and as a deadline for the whole
         # request from its first line to its last byte, kept by the server's
         # reaper, so a client that sends a byte now and then cannot hold a
-        # thread either.
+        # thread either. The reaper only shuts the connection for reading;
+        # this thread, the only writer, then answers 408.
         timeout = timeout_seconds
 
         def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's name)
@@ -384,13 +402,28 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 self.close_connection = True
 
         def _arrived(self) -> bool:
-            """The request has been read in full; False if its deadline passed first
-            (the reaper has then answered 408 and closed the connection)."""
+            """The request has been read in full; False if its deadline passed first."""
             return self.server.claim(self._deadline)
+
+        def parse_request(self):
+            if not super().parse_request():
+                return False
+            if self.request_version == "HTTP/0.9":  # a two-word request line; no status line could be sent
+                self.request_version = "HTTP/1.0"
+                self.send_error(400, "HTTP/0.9 requests are not supported")
+                return False
+            framing = [self.headers.get_all(name) or [] for name in ("Content-Length", "Transfer-Encoding")]
+            if any(len(values) > 1 for values in framing):
+                # Repeated framing headers: a proxy may read them otherwise (RFC 9112, 6.3).
+                self.send_error(400, "Content-Length and Transfer-Encoding may each appear only once")
+                return False
+            if self.command != "POST" and any(framing):
+                self.close_connection = True  # a body that is never read is never read as a request
+            return True
 
         def _reply(self, status: int, body: dict):
             if not self._arrived():
-                return
+                status, body = 408, {"error": f"the request did not arrive in full within {timeout_seconds:g} s"}
             if status >= 400 or self.server.saturated() or self.server.stopping():
                 # After an error the rest of the stream may be an unread
                 # body: close rather than read it as the next request. With
@@ -435,10 +468,10 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 self._reply(413, {"error": f"request body of {error.args[0]} bytes exceeds the limit of {max_body_bytes}"})
                 return None
             except (TimeoutError, OSError):
-                if self._arrived():
-                    self._reply(408, {"error": f"the request body did not arrive within {timeout_seconds:g} s"})
+                self._reply(408, {"error": f"the request body did not arrive within {timeout_seconds:g} s"})
                 return None
             if not self._arrived():
+                self._reply(408, {})  # too late: _reply answers 408
                 return None
             return raw
 
@@ -449,7 +482,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 if not line:
                     raise TimeoutError
                 size_text = line.split(b";", 1)[0].strip()
-                if not line.endswith(b"\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size_text):
+                if not line.endswith(b"\r\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size_text):
                     raise ServingError(StatusCode.INVALID_ARGUMENT, f"malformed chunk size line {line[:40]!r}")
                 size = int(size_text, 16)
                 if size == 0:
@@ -457,7 +490,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                         trailer = self.rfile.readline(8192)
                         if not trailer:
                             raise TimeoutError
-                        if trailer in (b"\r\n", b"\n"):
+                        if trailer == b"\r\n":
                             return bytes(body)
                     raise ServingError(StatusCode.INVALID_ARGUMENT, "too many trailer fields")
                 if len(body) + size > max_body_bytes:
@@ -466,12 +499,12 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 if len(chunk) < size:
                     raise TimeoutError
                 body += chunk
-                if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                if self.rfile.read(2) != b"\r\n":
                     raise ServingError(StatusCode.INVALID_ARGUMENT, "a chunk does not end with CRLF")
 
         def _route(self, method: str):
             if method == "GET" and not self._arrived():
-                return
+                return self._reply(408, {})
             try:
                 name, version, match = _parse_path(method, self.path)
                 if method == "GET":
@@ -484,7 +517,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                         return  # answered (408, 413, 501) or timed out
                     try:
                         body = json.loads(raw or b"{}")
-                    except ValueError as error:
+                    except (ValueError, RecursionError) as error:
                         raise ServingError(StatusCode.INVALID_ARGUMENT, f"the body is not JSON: {error}") from None
                     if not isinstance(body, dict):
                         raise ServingError(StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
@@ -554,10 +587,6 @@ class _Deadline:
         self.handler, self.at, self.expired, self.done = handler, at, False, False
 
 
-_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                    b"Content-Length: %d\r\n\r\n%s")
-
-
 class _BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_threads` at once: past that,
     new connections wait in the listen backlog (TensorFlow Serving's
@@ -625,12 +654,12 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
                     deadline.expired = True
                     self._deadlines.discard(deadline)
             for deadline in late:
-                sock = deadline.handler.connection
+                # Never a write here (it could block, or interleave with the
+                # handler's): shut the reading side, so the handler's read
+                # returns and the handler itself answers 408 (or, idle between
+                # requests, closes).
                 try:
-                    if deadline.handler.raw_requestline:  # a request was under way: tell the client
-                        body = json.dumps({"error": "the request did not arrive in full within the time limit"}).encode()
-                        sock.sendall(_REQUEST_TIMEOUT % (len(body), body))
-                    sock.shutdown(socket.SHUT_RDWR)
+                    deadline.handler.connection.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
 

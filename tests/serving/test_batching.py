@@ -70,7 +70,7 @@ def test_several_batch_threads_survive_sharing_one_queue_deadline(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_bad_request_fails_alone_in_its_batch(threads):
     fn = Recorder()
-    batcher = Batcher(fn, BatchingParameters(max_batch_size=16, batch_timeout_micros=300_000, num_batch_threads=threads))
+    batcher = Batcher(fn, BatchingParameters(max_batch_size=16, batch_timeout_micros=1_000_000, num_batch_threads=threads))
     try:
         requests = [np.array([1, 2]), np.array([-5]), np.array([3]), np.array([4, -1, 6])]
         results = _concurrently(batcher, requests)
@@ -93,7 +93,7 @@ def test_an_unexpected_error_reaches_every_caller_and_the_thread_goes_on():
             raise RuntimeError("out of luck")
         return {"y": inputs["x"]}
 
-    batcher = Batcher(flaky, BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000))
+    batcher = Batcher(flaky, BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000))
     try:
         first = _concurrently(batcher, [np.array([1]), np.array([2])])
         assert len(calls) == 1 and all(isinstance(r, RuntimeError) for r in first), first
@@ -120,7 +120,7 @@ def test_variable_length_inputs_are_padded_with_each_tensors_first_value():
     # tensorflow_serving/batching/batching_util.cc, PadTensor: the pad value is the tensor's own
     # first element; every dimension past the batch one grows to the batch's largest.
     fn = Recorder()
-    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, pad_variable_length_inputs=True)
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, pad_variable_length_inputs=True)
     batcher = Batcher(fn, params)
     try:
         results = _concurrently(batcher, [np.array([[7, 1]]), np.array([[5, 2, 3], [4, 4, 4]])])
@@ -139,7 +139,7 @@ def test_without_padding_inputs_of_other_widths_go_to_other_batches():
     # TensorFlow Serving fails such a batch with FAILED_PRECONDITION (tensorflow_serving/batching/batching_session.cc,
     # MergeInputTensors); here neither request is harmed.
     fn = Recorder()
-    batcher = Batcher(fn, BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000))
+    batcher = Batcher(fn, BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000))
     try:
         results = _concurrently(batcher, [np.array([[1, 2]]), np.array([[3, 4, 5]]), np.array([[6, 7]])])
     finally:
@@ -154,7 +154,7 @@ def test_allowed_batch_sizes_pad_with_the_last_tasks_first_row():
     # tensorflow_serving/batching/batching_session.cc, MergeInputTensors: "Use the first row of this task's tensor as the
     # padding data", this task being the batch's last.
     fn = Recorder()
-    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, allowed_batch_sizes=(4, 8))
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, allowed_batch_sizes=(4, 8))
     batcher = Batcher(fn, params)
     try:
         alone = batcher({"x": np.array([9])})

@@ -28,6 +28,8 @@ SAME = [
      "test_server.py", "test_an_error_reply_closes_the_connection_so_an_unread_body_is_not_a_request"),
     (":classify on a predict signature: Expected classification signature method_name", "servables/tensorflow/classifier.cc",
      "test_server.py", "test_rest_api"),
+    ("columnar response with one output: the value alone, unnamed", "util/json_tensor.cc",
+     "test_server.py", "test_rest_api"),
     ("boolean flags: --flag, --flag=true, --flag=false", "core/util/command_line_flags.cc",
      "test_server.py", "test_bad_requests_batched_with_good_ones_fail_alone"),
     ("a failed version load is retried", "core/loader_harness.cc",
