@@ -9,17 +9,18 @@ Trains within a wall-clock budget, averages the last checkpoints, saves
 test_2016_flickr and prints BLEU (sacrebleu). Two kinds of text:
 
 - default: the lowercased, tokenized files (`*.lc.norm.tok.*`), the text of
-  published Multi30k results. "tok" BLEU is against the lowercased tokenized
-  references with no further tokenization (their protocol); "raw" BLEU
-  detokenizes the output with sacremoses and scores it against the raw
-  references with sacrebleu's standard settings (13a, case-sensitive), and
-  case-insensitively as well (the model writes lowercase).
+  published Multi30k results;
 - `--cased`: the raw, true-cased files (`*.gz`), tokenized by the library's
   in-graph Moses-style tokenizer with case kept (the same function an
   export runs on requests), so the model writes German with its capitals.
-  "raw" BLEU detokenizes the output as the export does and is the figure a
-  reader sees; "tok" lowercases the output tokens and scores them against
-  the lowercased tokenized references, for comparison with the above.
+
+BLEU, three ways: "tok" against the lowercased tokenized references with no
+further tokenization (the protocol of published Multi30k results; a cased
+model's output is detokenized, lowercased and tokenized again, as those
+references were made); "raw", the output detokenized as the export does,
+against the raw references with sacrebleu's standard settings (13a,
+case-sensitive: what a reader sees), and case-insensitively; and
+"raw_sacremoses", detokenized by sacremoses instead (earlier runs' figure).
 
 Run the same command again after an interruption: it resumes at the step it
 reached. Evaluation decodes with beam search (`--beam-size 1`: greedy).
@@ -79,7 +80,8 @@ def parse_args():
     p.add_argument("--average-last", type=int, default=10, help="epoch checkpoints to average")
     p.add_argument("--early-stopping-patience", type=int, default=None)
     p.add_argument("--strategy", default="default", choices=training.STRATEGY_CHOICES)
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 on GPU; mixed_bfloat16 on a CPU with bfloat16 instructions, else float32")
     p.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate run-dir/model.keras")
@@ -110,8 +112,11 @@ def read_split(args, split):
 
 
 def cased_tokens(lines, lang):
-    tokens = moses_tokenize(tf.constant(lines, tf.string), lang, lowercase=False)
-    return [t.decode("utf-8") for t in tokens.numpy()]
+    return _strings(moses_tokenize(tf.constant(lines, tf.string), lang, lowercase=False))
+
+
+def _strings(tensor):
+    return [t.decode("utf-8") for t in tensor.numpy()]
 
 
 def load_tokenizer(args, train_source, train_target):
@@ -200,13 +205,16 @@ def evaluate(args, model, tokenizer):
     translator = Translator(model, tokenizer, beam_size=args.beam_size, alpha=args.alpha)
     hyps = translator.translate(sources, batch_size=args.eval_batch_size)
     seconds = time.time() - start
+    # As the export does: the in-graph detokenizer on the model's output
+    # (a lowercased model's first letter capitalized).
+    raw_hyps = _strings(moses_detokenize(tf.constant(hyps, tf.string), capitalize=not args.cased))
+    detok = MosesDetokenizer(lang=args.target_lang)
+    sacremoses_hyps = [detok.detokenize(h.split()) for h in hyps]
     if args.cased:
-        # As the export does: the in-graph detokenizer on the model's output.
-        raw_hyps = [t.decode("utf-8") for t in moses_detokenize(tf.constant(hyps, tf.string)).numpy()]
-        hyps = [h.lower() for h in hyps]
-    else:
-        detok = MosesDetokenizer(lang=args.target_lang)
-        raw_hyps = [detok.detokenize(h.split()) for h in hyps]
+        # The lowercased references were lowercased first, then tokenized
+        # ("auf. beide", where Moses on the cased text writes "auf . Beide"):
+        # so the output is detokenized, lowercased and tokenized again.
+        hyps = _strings(moses_tokenize(tf.constant(raw_hyps, tf.string), args.target_lang, lowercase=True))
     results = {
         "decoding": "greedy" if args.beam_size == 1 else f"beam {args.beam_size}, alpha {args.alpha}",
         "split": args.eval_split,
@@ -216,6 +224,8 @@ def evaluate(args, model, tokenizer):
         "bleu_tok": sacrebleu.corpus_bleu(hyps, [tok_refs], tokenize="none", force=True).score,
         "bleu_raw": sacrebleu.corpus_bleu(raw_hyps, [raw_refs]).score,
         "bleu_raw_uncased": sacrebleu.corpus_bleu(raw_hyps, [raw_refs], lowercase=True).score,
+        # The output detokenized by sacremoses instead (the figure of earlier runs' logs).
+        "bleu_raw_sacremoses": sacrebleu.corpus_bleu(sacremoses_hyps, [raw_refs]).score,
     }
     for i in range(3):
         print(f"  src: {sources[i]}\n  hyp: {raw_hyps[i]}\n  ref: {raw_refs[i]}")

@@ -113,7 +113,8 @@ def moses_detokenize(text, capitalize: bool = True):
     Unescapes the entities, attaches punctuation to the word before it,
     brackets to the words inside them, and pairs double quotes. With
     `capitalize`, the first letter of each sentence is upper-cased (the
-    lowercased corpora carry no other case information).
+    lowercased corpora carry no other case information; a model trained on
+    cased text needs no such help).
     """
     text = _squeeze_spaces(tf.convert_to_tensor(text, tf.string))
     # Pair quotes first, while they are still escaped (and so unambiguous):
@@ -125,7 +126,7 @@ def moses_detokenize(text, capitalize: bool = True):
     text = tf.strings.regex_replace(text, r" ([.,!?;:%)\]}]|\.\.\.)", r"\1")
     text = tf.strings.regex_replace(text, r"([(\[{$]) ", r"\1")
     text = tf.strings.regex_replace(text, r" ('s|'\pL)\b", r"\1")  # English clitics: man 's -> man's
-    text = tf.strings.regex_replace(text, r"(\pL) ' (s)\b", r"\1'\2")  # split on both sides: joe ' s
+    text = tf.strings.regex_replace(text, r"(\pL) ' ([sS])\b", r"\1'\2")  # split on both sides: joe ' s
     text = tf.strings.regex_replace(text, r"(\pL') (\pL)", r"\1\2")  # French elision: l' homme -> l'homme
     text = tf.strings.regex_replace(text, r"(\pL) - (\pL)", r"\1-\2")
     if capitalize:

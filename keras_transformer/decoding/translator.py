@@ -105,7 +105,7 @@ class Translator:
             ids = self._decode(tf.gather(sources, index).to_tensor())
             texts_out = self.tokenizer.detokenize(ids)
             if self.text_processing == "moses":
-                texts_out = moses_detokenize(texts_out)
+                texts_out = moses_detokenize(texts_out, capitalize=self.lowercase)
             for i, text in zip(index, texts_out.numpy()):
                 outputs[i] = text.decode("utf-8")
         return outputs

@@ -84,7 +84,8 @@ class TranslationModule(tf.Module):
 
     def _finish(self, text):
         if self.text_processing == "moses":
-            return moses_detokenize(text)
+            # A cased model writes its own capitals; a lowercased one gets its first letter upper-cased.
+            return moses_detokenize(text, capitalize=self.lowercase)
         return text
 
     def _source_ids(self, text):

@@ -49,7 +49,8 @@ def set_mixed_precision(enabled: bool, cpu_bfloat16: Optional[bool] = None) -> s
         name = "mixed_bfloat16" if native else "float32"
         if not native and cpu_bfloat16 is None:
             warnings.warn(
-                "mixed precision: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag), where "
+                "mixed precision: no native bfloat16 here (no avx512_bf16, amx_bf16 or Arm bf16 flag, or "
+                "TF_ENABLE_ONEDNN_OPTS=0), where "
                 "mixed_bfloat16 runs about half as fast as float32, so the policy is float32 "
                 "(set_mixed_precision(True, cpu_bfloat16=True) forces bfloat16)",
                 stacklevel=2,
@@ -62,8 +63,12 @@ _BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 (AVX-512, AMX) and 
 
 
 def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has bfloat16 instructions, from the flags in `cpuinfo`
-    (False where the file cannot be read, as on macOS and Windows)."""
+    """Whether TensorFlow can compute in bfloat16 natively here: the CPU has
+    bfloat16 instructions (the flags in `cpuinfo`; False where the file
+    cannot be read, as on macOS and Windows), and oneDNN, which uses them,
+    is not turned off (`TF_ENABLE_ONEDNN_OPTS=0`)."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
+        return False
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             text = f.read()

@@ -33,10 +33,28 @@ def test_cased_recipe_reads_the_raw_text_tokenized_with_its_case(multi30k_dir):
 
 
 def test_a_run_directory_refuses_a_vocabulary_of_the_other_case(tmp_path):
-    WordPieceTokenizer.learn(["a man rides a bike"] * 20, vocab_size=60, min_count=5).save(str(tmp_path / "vocab.txt"))
-    assert train_multi30k.load_tokenizer(_args("x", tmp_path), [], []).vocab_size > 4
+    lower, cased = tmp_path / "lower", tmp_path / "cased"
+    for run, text in ((lower, "a man rides a bike"), (cased, "A Man rides a Bike")):
+        run.mkdir()
+        WordPieceTokenizer.learn([text] * 20, vocab_size=60, min_count=5).save(str(run / "vocab.txt"))
+    assert train_multi30k.load_tokenizer(_args("x", lower), [], []).vocab_size > 4
+    assert train_multi30k.load_tokenizer(_args("x", cased, cased=True), [], []).vocab_size > 4
     with pytest.raises(SystemExit, match="learned from lowercased text, but this run is cased"):
-        train_multi30k.load_tokenizer(_args("x", tmp_path, cased=True), [], [])
+        train_multi30k.load_tokenizer(_args("x", lower, cased=True), [], [])
+    with pytest.raises(SystemExit, match="learned from cased text, but this run is lowercased"):
+        train_multi30k.load_tokenizer(_args("x", cased), [], [])
+
+
+def test_export_scores_against_hand_made_references():
+    # The lowercased references were lowercased, then tokenized: "auf. beide" keeps its period
+    # (as val.lc.norm.tok.de does for "...auf. Beide..."), and "&quot;" stands for a quote.
+    translations = ['Zwei Männer treten auf. Beide spielen "Gitarre".', "Ein Hund rennt."]
+    tok = ["zwei männer treten auf. beide spielen &quot; gitarre &quot; .", "ein hund rennt ."]
+    scores = evaluate_export.score(translations, translations, tok)
+    assert scores == {"bleu": pytest.approx(100), "bleu_uncased": pytest.approx(100), "bleu_tok": pytest.approx(100)}
+    lowered = evaluate_export.score([t.lower() for t in translations], translations, tok)
+    assert lowered["bleu"] < 60 and lowered["bleu_uncased"] == pytest.approx(100)
+    assert lowered["bleu_tok"] == pytest.approx(100)
 
 
 def test_evaluate_export_scores_what_serving_default_returns(tmp_path):

@@ -107,8 +107,13 @@ def test_strategy_switch_errors(monkeypatch):
         training.make_strategy("multi-worker")
 
 
-def test_mixed_precision_policy_on_cpu(tmp_path):
+def test_mixed_precision_policy_on_cpu(tmp_path, monkeypatch):
+    import tensorflow as tf
+
     from keras_transformer.training import distribute
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: the policy is mixed_float16 whatever the CPU")
 
     # bfloat16 only where the CPU computes it natively: emulated, a step takes twice as long as in
     # float32 (docs/benchmarks.md).
@@ -131,6 +136,9 @@ def test_mixed_precision_policy_on_cpu(tmp_path):
         (tmp_path / "cpuinfo").write_text(text)
         assert distribute.cpu_has_native_bfloat16(str(tmp_path / "cpuinfo")) is native, text
     assert distribute.cpu_has_native_bfloat16(str(tmp_path / "missing")) is False
+    (tmp_path / "cpuinfo").write_text(x86.replace("avx512f", "avx512f avx512_bf16"))
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN off: TensorFlow emulates bfloat16 anyway
+    assert distribute.cpu_has_native_bfloat16(str(tmp_path / "cpuinfo")) is False
 
 
 def test_custom_loop_resumes_after_the_epochs_its_checkpoint_holds(tmp_path):
