@@ -243,7 +243,7 @@ def _from_json(name: str, value, dtype: tf.DType) -> np.ndarray:
         if isinstance(item, dict):
             if set(item) != {"b64"}:
                 raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\": objects must be {{\"b64\": ...}}")
-            return base64.b64decode(item["b64"])
+            return base64.b64decode(item["b64"], validate=True)  # "!!" is an error, not b""
         if dtype == tf.string:
             if isinstance(item, str):
                 return item.encode("utf-8")
@@ -405,11 +405,14 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
             """The request has been read in full; False if its deadline passed first."""
             return self.server.claim(self._deadline)
 
+        # A two-word request line is HTTP/0.9 to http.server, which then sends
+        # its error without a status line; answer as HTTP/1.0 instead, and refuse it.
+        default_request_version = "HTTP/1.0"
+
         def parse_request(self):
             if not super().parse_request():
                 return False
-            if self.request_version == "HTTP/0.9":  # a two-word request line; no status line could be sent
-                self.request_version = "HTTP/1.0"
+            if len(self.requestline.split()) != 3:
                 self.send_error(400, "HTTP/0.9 requests are not supported")
                 return False
             framing = [self.headers.get_all(name) or [] for name in ("Content-Length", "Transfer-Encoding")]
