@@ -517,14 +517,14 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     # not hold the exit, and new connections are refused at once instead of waiting in the backlog.
     import socket
 
-    rest = RestClient(f"localhost:{server.rest_port}", "toy")
-    rest_results = []
-    rest_threads = [threading.Thread(target=lambda: rest_results.append(rest.translate(SENTENCES * 4)[0]))
-                    for _ in range(3)]
-    for thread in rest_threads:
-        thread.start()
+    body = json.dumps({"instances": SENTENCES * 4}).encode()
+    rest_sockets = []
+    for _ in range(3):
+        sock = socket.create_connection(("localhost", server.rest_port), timeout=60)
+        sock.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        rest_sockets.append(sock)
     idle = socket.create_connection(("localhost", server.rest_port), timeout=30)
-    time.sleep(0.3)  # on the wire and accepted
+    time.sleep(1.0)  # on the wire and accepted, even on a busy machine
     server.process.send_signal(15)
     refused_while_draining = False
     deadline = time.monotonic() + 20
@@ -538,9 +538,14 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     assert refused_while_draining  # before, a new connection waited in the backlog until exit
     answers = [future.result() for future in pending]  # raises if any accepted request was dropped
     assert all(len(a.outputs["translation"].string_val) == len(SENTENCES) * 4 for a in answers)
-    for thread in rest_threads:
-        thread.join(60)
-    assert len(rest_results) == 3 and all(len(r) == len(SENTENCES) * 4 for r in rest_results)
+    for sock in rest_sockets:
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        sock.close()
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert len(json.loads(payload)["predictions"]) == len(SENTENCES) * 4
     assert server.process.wait(60) == 0
     idle.close()
     with pytest.raises(grpc.RpcError) as refused:
