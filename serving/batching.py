@@ -257,18 +257,23 @@ class Batcher:
         try:
             outputs = self.fn(self._merge(batch))
         except ServingError as error:
-            if error.code in _CONTENT_ERRORS and len(batch) > 1:
-                # A request's content failed the batch: run each half again,
-                # down to the requests at fault, so only they hear of it (one
-                # bad request among N costs about 2 log2 N extra runs).
-                half = len(batch) // 2
-                self._run(batch[:half])
-                self._run(batch[half:])
+            if not self._bisectable(batch, error):
+                self._fail(batch, error)
                 return
-            self._fail(batch, error)
-            return
+            split = True
         except BaseException as error:  # every waiting request hears about it
             self._fail(batch, error)
+            return
+        else:
+            split = False
+        if split:
+            # A request's content failed the batch: run each half again, down
+            # to the requests at fault, so only they hear of it (one bad
+            # request among N costs about 2 log2 N extra runs). Outside the
+            # except block, so the failed batch's traceback is not kept alive.
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
             return
         self.batch_sizes.append(sum(t.rows for t in batch))
         start = 0
@@ -276,6 +281,18 @@ class Batcher:
             task.outputs = {k: v[start:start + task.rows] for k, v in outputs.items()}
             start += task.rows
             task.done.set()
+
+    def _bisectable(self, batch: List[_Task], error: ServingError) -> bool:
+        if len(batch) < 2 or error.code not in _CONTENT_ERRORS:
+            return False
+        if error.code == StatusCode.RESOURCE_EXHAUSTED:
+            # Out of memory for its size: halves help only if they run smaller
+            # (allowed_batch_sizes may pad each half back to the same size).
+            total = sum(t.rows for t in batch)
+            half = sum(t.rows for t in batch[: len(batch) // 2])
+            allowed = self.params.allowed_batch_sizes
+            return max(_allowed_size(half, allowed), _allowed_size(total - half, allowed)) < _allowed_size(total, allowed)
+        return True
 
     @staticmethod
     def _fail(batch, error):

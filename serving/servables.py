@@ -263,12 +263,17 @@ class ModelManager:
             if current is not None and not os.path.isdir(current.path):
                 self._retire(current, "every version was deleted")
             return None
+        # A version removed from disk starts afresh if it comes back (as a new
+        # load in TensorFlow Serving).
+        self._failed = {v: failed for v, failed in self._failed.items() if v in versions}
         # The newest version not given up on (a version that failed every
         # retry does not block a rollback past it).
         loadable = [v for v in versions if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
         if current is not None and current.version in versions and (not loadable or loadable[-1] <= current.version):
             return None
         if not loadable:
+            if current is not None and current.version not in versions:
+                self._retire(current, "it was deleted and no other version loads")
             return None
         target = loadable[-1]
         if current is not None and current.version == target:
@@ -318,7 +323,7 @@ class ModelManager:
         old.wait_idle()  # requests already holding it finish first
         old.close()
         with self._lock:
-            if self._current is None or self._current.version != old.version:  # not loaded again meanwhile
+            if self._status.get(old.version, (None,))[0] == UNLOADING:  # not being loaded again meanwhile
                 self._status[old.version] = (END, "")
         log.info("unloaded %s version %d", self.name, old.version)
 

@@ -66,7 +66,7 @@ def _tensor_to_array(name: str, proto) -> np.ndarray:
     # for gigabytes. A string tensor must carry every value; a numeric one
     # may be filled up to what a message could plausibly carry.
     elements = int(np.prod(_dims(name, proto), dtype=np.float64))
-    if proto.string_val and len(proto.string_val) != elements:
+    if proto.dtype == tf.string.as_datatype_enum and len(proto.string_val) != elements:
         raise ServingError(
             StatusCode.INVALID_ARGUMENT,
             f"input \"{name}\" has shape {list(_dims(name, proto))} ({elements} values) but carries "
@@ -393,6 +393,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
 
         def handle_one_request(self):
             self.raw_requestline = b""
+            self._replied = False
             self._deadline = self.server.arm(self, timeout_seconds)
             try:
                 super().handle_one_request()
@@ -410,6 +411,9 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
         default_request_version = "HTTP/1.0"
 
         def parse_request(self):
+            # The request's clock starts with its first line, not with the
+            # idle wait before it on a kept-alive connection.
+            self.server.rearm(self._deadline, timeout_seconds)
             if not super().parse_request():
                 return False
             if len(self.requestline.split()) != 3:
@@ -425,6 +429,9 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
             return True
 
         def _reply(self, status: int, body: dict):
+            if self._replied:
+                return  # one answer per request, even when writing the first one failed
+            self._replied = True
             if not self._arrived():
                 status, body = 408, {"error": f"the request did not arrive in full within {timeout_seconds:g} s"}
             if status >= 400 or self.server.saturated() or self.server.stopping():
@@ -434,11 +441,14 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 # one: close it too.
                 self.close_connection = True
             data = json.dumps(body).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client left or stopped reading: nothing more to say to it
+                self.close_connection = True
 
         def _read_body(self):
             """The request body, or None once answered: Content-Length or chunked
@@ -455,7 +465,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 if encoding is not None:
                     raw = self._read_chunked()
                 else:
-                    declared = (declared or "0").strip()
+                    declared = "0" if declared is None else declared.strip()  # present but empty is an error
                     if not re.fullmatch(r"[0-9]{1,19}", declared):
                         raise ServingError(
                             StatusCode.INVALID_ARGUMENT,
@@ -626,6 +636,11 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             self._deadlines.add(deadline)
         return deadline
 
+    def rearm(self, deadline: _Deadline, seconds: float):
+        with self._lock:
+            if not deadline.expired and deadline in self._deadlines:
+                deadline.at = time.monotonic() + seconds
+
     def claim(self, deadline: _Deadline) -> bool:
         """The request has arrived (or is being answered): stops its clock and counts
         it in flight. False if the reaper timed it out first. Idempotent."""
@@ -781,6 +796,16 @@ class ModelServer:
         self.manager.stop()
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _bool_flag(text: str) -> bool:
     """A boolean flag's value as TensorFlow's flag parser reads it: `--flag`,
     `--flag=true` or `--flag=false`, nothing else
@@ -803,7 +828,7 @@ def main(argv=None) -> int:
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="how often to look for new versions (0: only at start)")
     p.add_argument("--grpc_max_threads", type=int, default=64)
-    p.add_argument("--max_num_load_retries", type=int, default=5,
+    p.add_argument("--max_num_load_retries", type=_at_least(0), default=5,
                    help="retries of a failed version load (0: one attempt)")
     p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
                    help="between load retries (default one minute)")

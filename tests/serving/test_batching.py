@@ -192,3 +192,37 @@ def test_batching_parameters_in_every_text_format_form():
     assert params.allowed_batch_sizes == (32,) and params.pad_variable_length_inputs
     with pytest.raises(ValueError, match="unknown field 'max_batch'"):
         parse_batching_parameters("max_batch { value: 3 }")
+
+
+def test_bisection_finds_the_bad_request_in_few_runs_and_answers_each_once():
+    fn = Recorder()
+    batcher = Batcher(fn, BatchingParameters(max_batch_size=64, batch_timeout_micros=1_000_000))
+    try:
+        requests = [np.array([i]) for i in range(1, 16)] + [np.array([-1])]
+        results = _concurrently(batcher, requests)
+    finally:
+        batcher.close()
+    assert max(len(call) for call in fn.calls) == 16, fn.calls  # one batch first
+    assert len(fn.calls) <= 1 + 2 * 4, len(fn.calls)  # then halves down to the bad one: 2 log2 16
+    for request, result in zip(requests[:-1], results[:-1]):
+        np.testing.assert_array_equal(result, request * 2)
+    assert isinstance(results[-1], ServingError) and results[-1].code == StatusCode.INVALID_ARGUMENT
+    succeeded = np.concatenate([call for call in fn.calls if not (call < 0).any()])
+    assert sorted(succeeded.tolist()) == list(range(1, 16))  # each good row ran to an answer once
+
+
+def test_out_of_memory_is_not_bisected_when_padding_restores_the_size():
+    calls = []
+
+    def exhausted(inputs):
+        calls.append(len(inputs["x"]))
+        raise ServingError(StatusCode.RESOURCE_EXHAUSTED, "out of memory")
+
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, allowed_batch_sizes=(8,))
+    batcher = Batcher(exhausted, params)
+    try:
+        results = _concurrently(batcher, [np.array([i]) for i in range(4)])
+    finally:
+        batcher.close()
+    assert calls == [8], calls  # each half would be padded back to 8 rows: no point in retrying
+    assert all(isinstance(r, ServingError) and r.code == StatusCode.RESOURCE_EXHAUSTED for r in results)

@@ -47,7 +47,7 @@ SAME = [
 DIFFERENT = [
     ("without padding, inputs of other widths go to other batches (TF Serving: FAILED_PRECONDITION for all)",
      "batching/batching_session.cc", "test_batching.py", "test_without_padding_inputs_of_other_widths_go_to_other_batches"),
-    ("a batch failing with INVALID_ARGUMENT is rerun request by request, so only the bad one fails",
+    ("a batch failing on a request's content is bisected, so only the bad requests fail",
      "", "test_batching.py", "test_a_bad_request_fails_alone_in_its_batch"),
     ("a TensorProto that declares far more elements than it carries is refused (TF fills it)",
      "", "test_fuzz.py", "test_fuzzed_requests_get_client_errors_and_the_server_stays_up"),
