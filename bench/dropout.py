@@ -15,7 +15,6 @@ that slows down part-way hurts all of them alike.
 import argparse
 import contextlib
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +29,7 @@ from keras_transformer.layers import attention  # noqa: E402
 from keras_transformer.layers import block  # noqa: E402
 from keras_transformer.layers import feed_forward  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
+from timing import median_ms  # noqa: E402  (bench/timing.py)
 
 _USERS = (attention, block, feed_forward, transformer)  # modules that build dropout layers
 
@@ -47,19 +47,6 @@ def _dropout_class(cls):
             module.Dropout = old
 
 
-def _median_ms(contenders, repeats):
-    """{name: median ms} of the zero-argument callables, run in turn."""
-    times = {name: [] for name in contenders}
-    for fn in contenders.values():
-        fn()  # trace
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
-
-
 def layer_alone(shape, rate, repeats):
     x = tf.random.normal(shape, dtype=keras.config.dtype_policy().compute_dtype)
 
@@ -73,7 +60,7 @@ def layer_alone(shape, rate, repeats):
 
         return lambda: step().numpy()
 
-    return _median_ms({"ours": fwd_bwd(Dropout(rate)), "keras": fwd_bwd(keras.layers.Dropout(rate))}, repeats)
+    return median_ms({"ours": fwd_bwd(Dropout(rate)), "keras": fwd_bwd(keras.layers.Dropout(rate))}, repeats)
 
 
 def training_step(tokens, length, vocab, rate, attention_rate, repeats):
@@ -92,7 +79,7 @@ def training_step(tokens, length, vocab, rate, attention_rate, repeats):
         training.compile_for_translation(model, warmup_steps=800)
         return lambda: model.train_on_batch(x, y)
 
-    return _median_ms(
+    return median_ms(
         {
             "ours": step(Dropout, rate, attention_rate),
             "keras": step(keras.layers.Dropout, rate, attention_rate),

@@ -12,7 +12,6 @@ slows part-way slows both alike.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -22,6 +21,7 @@ import numpy as np  # noqa: E402
 from keras_transformer import Transformer  # noqa: E402
 from keras_transformer import training  # noqa: E402
 from keras_transformer.training.distribute import cpu_has_native_bfloat16  # noqa: E402
+from timing import median_ms  # noqa: E402  (bench/timing.py)
 
 POLICIES = ("float32", "mixed_bfloat16")
 
@@ -40,16 +40,7 @@ def step_times(tokens, length, vocab, repeats):
         training.compile_for_translation(model, warmup_steps=800)
         steps[policy] = (lambda m: lambda: m.train_on_batch(x, y))(model)
     keras.config.set_dtype_policy("float32")
-    times = {policy: [] for policy in POLICIES}
-    for fn in steps.values():
-        fn()  # trace
-        fn()
-    for _ in range(repeats):
-        for policy, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            times[policy].append(time.perf_counter() - start)
-    return {policy: 1000 * float(np.median(t)) for policy, t in times.items()}
+    return median_ms(steps, repeats, warmup=2)
 
 
 def main():

@@ -45,6 +45,7 @@ from keras_transformer.data.text import is_lowercase_vocabulary  # noqa: E402
 from keras_transformer.data.text import moses_detokenize  # noqa: E402
 from keras_transformer.data.text import moses_tokenize  # noqa: E402
 from keras_transformer.decoding import Translator  # noqa: E402
+from evaluate_export import score  # noqa: E402  (beside this script)
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "multi30k")
 
@@ -210,20 +211,22 @@ def evaluate(args, model, tokenizer):
     raw_hyps = _strings(moses_detokenize(tf.constant(hyps, tf.string), capitalize=not args.cased))
     detok = MosesDetokenizer(lang=args.target_lang)
     sacremoses_hyps = [detok.detokenize(h.split()) for h in hyps]
-    if args.cased:
-        # The lowercased references were lowercased first, then tokenized
-        # ("auf. beide", where Moses on the cased text writes "auf . Beide"):
-        # so the output is detokenized, lowercased and tokenized again.
-        hyps = _strings(moses_tokenize(tf.constant(raw_hyps, tf.string), args.target_lang, lowercase=True))
+    # Scored as an export is (evaluate_export.score). A cased model's tok
+    # figure re-tokenizes its lowercased detokenized output, as the lowercased
+    # references were made (lowercased first, then tokenized: "auf. beide",
+    # where Moses on the cased text writes "auf . Beide").
+    scores = score(raw_hyps, raw_refs, tok_refs if args.cased else None, args.target_lang)
+    if not args.cased:
+        scores["bleu_tok"] = sacrebleu.corpus_bleu(hyps, [tok_refs], tokenize="none", force=True).score
     results = {
         "decoding": "greedy" if args.beam_size == 1 else f"beam {args.beam_size}, alpha {args.alpha}",
         "split": args.eval_split,
         "text": "cased" if args.cased else "lowercased",
         "sentences": len(sources),
         "translate_seconds": round(seconds, 1),
-        "bleu_tok": sacrebleu.corpus_bleu(hyps, [tok_refs], tokenize="none", force=True).score,
-        "bleu_raw": sacrebleu.corpus_bleu(raw_hyps, [raw_refs]).score,
-        "bleu_raw_uncased": sacrebleu.corpus_bleu(raw_hyps, [raw_refs], lowercase=True).score,
+        "bleu_tok": scores["bleu_tok"],
+        "bleu_raw": scores["bleu"],
+        "bleu_raw_uncased": scores["bleu_uncased"],
         # The output detokenized by sacremoses instead (the figure of earlier runs' logs).
         "bleu_raw_sacremoses": sacrebleu.corpus_bleu(sacremoses_hyps, [raw_refs]).score,
     }

@@ -254,19 +254,18 @@ class Batcher:
         return inputs
 
     def _run(self, batch: List[_Task]):
+        bisect = False
         try:
             outputs = self.fn(self._merge(batch))
         except ServingError as error:
             if not self._bisectable(batch, error):
                 self._fail(batch, error)
                 return
-            split = True
+            bisect = True
         except BaseException as error:  # every waiting request hears about it
             self._fail(batch, error)
             return
-        else:
-            split = False
-        if split:
+        if bisect:
             # A request's content failed the batch: run each half again, down
             # to the requests at fault, so only they hear of it (one bad
             # request among N costs about 2 log2 N extra runs). Outside the

@@ -259,24 +259,19 @@ class ModelManager:
         versions = versions_on_disk(self.base_path)
         with self._lock:
             current = self._current
-        if not versions:
-            if current is not None and not os.path.isdir(current.path):
-                self._retire(current, "every version was deleted")
-            return None
         # A version removed from disk starts afresh if it comes back (as a new
         # load in TensorFlow Serving).
         self._failed = {v: failed for v, failed in self._failed.items() if v in versions}
         # The newest version not given up on (a version that failed every
         # retry does not block a rollback past it).
         loadable = [v for v in versions if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
-        if current is not None and current.version in versions and (not loadable or loadable[-1] <= current.version):
-            return None
+        deleted = current is not None and current.version not in versions
         if not loadable:
-            if current is not None and current.version not in versions:
+            if deleted:
                 self._retire(current, "it was deleted and no other version loads")
             return None
         target = loadable[-1]
-        if current is not None and current.version == target:
+        if current is not None and not deleted and target <= current.version:
             return None
         if time.monotonic() < self._failed.get(target, (0, 0.0))[1]:
             return None  # not yet time to retry

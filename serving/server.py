@@ -60,16 +60,16 @@ def _dims(name: str, proto) -> tuple:
     return dims
 
 
-def _tensor_to_array(name: str, proto) -> np.ndarray:
+def _tensor_to_array(name: str, proto, dims: tuple) -> np.ndarray:
     # A TensorProto with fewer values than its shape holds is filled with
     # its last value (tf.make_ndarray does so): a few bytes could then ask
     # for gigabytes. A string tensor must carry every value; a numeric one
     # may be filled up to what a message could plausibly carry.
-    elements = int(np.prod(_dims(name, proto), dtype=np.float64))
+    elements = int(np.prod(dims, dtype=np.float64))
     if proto.dtype == tf.string.as_datatype_enum and len(proto.string_val) != elements:
         raise ServingError(
             StatusCode.INVALID_ARGUMENT,
-            f"input \"{name}\" has shape {list(_dims(name, proto))} ({elements} values) but carries "
+            f"input \"{name}\" has shape {list(dims)} ({elements} values) but carries "
             f"{len(proto.string_val)} strings",
         )
     if elements * 8 > max(16 << 20, 8 * proto.ByteSize()):
@@ -132,12 +132,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         # Check types and shapes against the signature before building arrays.
         with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
-            loaded.check_inputs(
-                signature,
-                {k: _dtype(k, v.dtype) for k, v in request.inputs.items()},
-                {k: _dims(k, v) for k, v in request.inputs.items()},
-            )
-            inputs = {k: _tensor_to_array(k, v) for k, v in request.inputs.items()}
+            dims = {k: _dims(k, v) for k, v in request.inputs.items()}
+            loaded.check_inputs(signature, {k: _dtype(k, v.dtype) for k, v in request.inputs.items()}, dims)
+            inputs = {k: _tensor_to_array(k, v, dims[k]) for k, v in request.inputs.items()}
             outputs = loaded.run(signature, inputs, tuple(request.output_filter), checked=True)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = loaded.name
@@ -392,7 +389,6 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
             log.debug("rest: " + format, *args)
 
         def handle_one_request(self):
-            self.raw_requestline = b""
             self._replied = False
             self._deadline = self.server.arm(self, timeout_seconds)
             try:
@@ -684,8 +680,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     def drain(self, grace: float):
         """Stops accepting (new connections are refused), lets the requests already
         read finish for up to `grace` seconds, then closes every connection."""
-        self._stopping.set()
-        super().shutdown()
+        self.shutdown()
         self.socket.close()
         end = time.monotonic() + grace
         with self._lock:

@@ -129,9 +129,7 @@ class WordPieceTokenizer:
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
         words = tf.strings.split(texts)  # [B, (W)]
         pieces = self._wordpiece.tokenize(words).merge_dims(-2, -1)  # [B, (T)]
-        ids = pieces.flat_values
-        reserved = (ids == self.pad_id) | (ids == self.start_id) | (ids == self.end_id)
-        return pieces.with_flat_values(tf.where(reserved, tf.constant(self.unk_id, ids.dtype), ids))
+        return pieces.with_flat_values(escape_reserved_ids(pieces.flat_values))
 
     def detokenize(self, ids) -> tf.Tensor:
         """int ids [B, T] (dense or ragged) -> str [B].
@@ -147,3 +145,11 @@ class WordPieceTokenizer:
 
     def id_to_token(self, ids) -> List[str]:
         return [self.vocab[i] for i in ids]
+
+
+def escape_reserved_ids(ids: tf.Tensor) -> tf.Tensor:
+    """Text never yields [PAD], [START] or [END]: their ids become [UNK]'s, so a
+    word written "[END]" cannot end a source early."""
+    t = WordPieceTokenizer
+    reserved = (ids == t.pad_id) | (ids == t.start_id) | (ids == t.end_id)
+    return tf.where(reserved, tf.constant(t.unk_id, ids.dtype), ids)

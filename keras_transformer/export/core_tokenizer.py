@@ -19,17 +19,11 @@ from keras_transformer.data.tokenizer import MAX_BYTES_PER_WORD
 from keras_transformer.data.tokenizer import RESERVED_TOKENS
 from keras_transformer.data.tokenizer import SUFFIX
 from keras_transformer.data.tokenizer import WordPieceTokenizer
+from keras_transformer.data.tokenizer import escape_reserved_ids
 
 _PAD, _UNK, _START, _END = (
     WordPieceTokenizer.pad_id, WordPieceTokenizer.unk_id, WordPieceTokenizer.start_id, WordPieceTokenizer.end_id,
 )
-
-
-def _escape_reserved(ids):
-    """Text never yields [PAD], [START] or [END]: a word written "[END]" is [UNK]
-    (as `WordPieceTokenizer.tokenize`), so a request cannot end its own source early."""
-    reserved = (ids == _PAD) | (ids == _START) | (ids == _END)
-    return tf.where(reserved, tf.constant(_UNK, ids.dtype), ids)
 
 
 class CoreWordPiece(tf.Module):
@@ -114,7 +108,7 @@ class CoreWordPiece(tf.Module):
         ids = tf.concat([ids, tf.zeros([num_words, 1], tf.int32)], axis=1)  # room for an [UNK] if max_pieces is 0
         ids = tf.where(unk[:, None], tf.one_hot(0, tf.shape(ids)[1], on_value=_UNK, off_value=0, dtype=tf.int32), ids)
         pieces = tf.RaggedTensor.from_tensor(ids, lengths=counts)  # [W, (P)]
-        flat_ids = _escape_reserved(pieces.flat_values)
+        flat_ids = escape_reserved_ids(pieces.flat_values)  # as WordPieceTokenizer.tokenize
         return tf.RaggedTensor.from_row_splits(flat_ids, tf.gather(pieces.row_splits, words.row_splits))
 
     def detokenize(self, ids):

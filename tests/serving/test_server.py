@@ -250,6 +250,18 @@ def _raw_http(port, request: bytes, timeout=30) -> bytes:
         return data
 
 
+def _until_closed(port, request: bytes, timeout=30) -> bytes:
+    """Sends raw bytes to the REST port; returns everything that comes back until the server closes."""
+    import socket
+
+    with socket.create_connection(("localhost", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
 def _chunked(body: bytes, size: int = 7) -> bytes:
     chunks = [body[i:i + size] for i in range(0, len(body), size)]
     return b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\nX-Trailer: 1\r\n\r\n"
@@ -287,13 +299,7 @@ def test_rest_content_length_cannot_be_abused(server):
     # the body as a second request.
     smuggled = b"GET /v1/models/toy/metadata HTTP/1.1\r\nHost: x\r\n\r\n"
     get = b"GET /v1/models/toy HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
-    import socket
-
-    with socket.create_connection(("localhost", server.rest_port), timeout=30) as sock:
-        sock.sendall(get)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    received = _until_closed(server.rest_port, get)
     assert received.startswith(b"HTTP/1.1 200") and received.count(b"HTTP/1.1 ") == 1, received[:300]
     client = RestClient(f"localhost:{server.rest_port}", "toy")
     assert len(client.translate(["A man."])[0]) == 1  # still serving
@@ -302,15 +308,9 @@ def test_rest_content_length_cannot_be_abused(server):
 def test_an_error_reply_closes_the_connection_so_an_unread_body_is_not_a_request(server):
     # A 404 sent before its body is read: on a kept-alive connection the body
     # would be read as the next request (request smuggling behind a proxy).
-    import socket
-
     smuggled = b"GET /v1/models/toy HTTP/1.1\r\nHost: x\r\n\r\n"
     request = (b"POST /v1/models/nope:nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)) + smuggled
-    with socket.create_connection(("localhost", server.rest_port), timeout=30) as sock:
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+    received = _until_closed(server.rest_port, request)
     # 400 "Malformed request", as TensorFlow Serving answers a path outside its routes
     # (tensorflow_serving/model_servers/http_rest_api_handler.cc, ProcessRequest).
     assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.1 ") == 1, received[:300]
