@@ -34,6 +34,9 @@ START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
 STATE_NAMES = {START: "START", LOADING: "LOADING", AVAILABLE: "AVAILABLE", UNLOADING: "UNLOADING", END: "END"}
 
 
+_GRPC_CODES = {code.value[0]: code for code in StatusCode}
+
+
 def _short(message: str) -> str:
     """What a TensorFlow error says, without the graph's stack and node listing."""
     asserted = re.search(r"assertion failed: \[(.*?)\]", message)
@@ -80,12 +83,9 @@ class LoadedVersion:
         def run(inputs):
             try:
                 outputs = fn(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
-            except tf.errors.InvalidArgumentError as error:
-                raise ServingError(StatusCode.INVALID_ARGUMENT, _short(error.message)) from None
-            except tf.errors.ResourceExhaustedError as error:
-                raise ServingError(StatusCode.RESOURCE_EXHAUSTED, _short(error.message)) from None
             except tf.errors.OpError as error:
-                raise ServingError(StatusCode.INTERNAL, _short(error.message)) from None
+                # TensorFlow's codes are gRPC's: passed through, as TensorFlow Serving does.
+                raise ServingError(_GRPC_CODES.get(error.error_code, StatusCode.INTERNAL), _short(error.message)) from None
             except UnicodeDecodeError:  # TensorFlow's own message held the request's bytes
                 raise ServingError(
                     StatusCode.INVALID_ARGUMENT, "the model rejected the input (is every string valid UTF-8?)"
@@ -206,14 +206,21 @@ def versions_on_disk(base_path: str) -> List[int]:
     """Integer-named subdirectories holding a saved_model.pb, ascending.
 
     Exports in progress (our exporter writes `.tmp-*` and renames) are not integers and are never seen.
+    A version is an int64, as in TensorFlow Serving, written without leading zeros (so that
+    `str(version)` is its directory); other names are skipped.
     """
     if not os.path.isdir(base_path):
         return []
     found = []
     for name in os.listdir(base_path):
-        if re.fullmatch(r"\d+", name) and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")):
+        if is_version_name(name) and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")):
             found.append(int(name))
     return sorted(found)
+
+
+def is_version_name(name: str) -> bool:
+    """ASCII digits, no leading zero, below 2**63."""
+    return re.fullmatch(r"0|[1-9][0-9]{0,18}", name) is not None and int(name) < 2**63
 
 
 class ModelManager:
@@ -226,7 +233,10 @@ class ModelManager:
     (a rollback), and deleting every version stops serving the model. A load
     that fails is retried `max_num_load_retries` times, `load_retry_interval`
     seconds apart (so a version copied into place file by file loads once
-    complete); the version serving meanwhile goes on serving.
+    complete); the version serving meanwhile goes on serving. One difference:
+    when the newest version fails every retry, the newest one that has not
+    failed is served (TensorFlow Serving would keep the current one), so a
+    deletion past a broken version still rolls back.
 
     Args:
         name: the model name requests use.
@@ -323,7 +333,24 @@ class ModelManager:
         log.info("unloaded %s version %d", self.name, old.version)
 
     def start(self):
+        """Loads the servable version before returning, as TensorFlow Serving does
+        before it opens its ports: a version on disk that fails to load is
+        retried (`max_num_load_retries`), whatever `poll_seconds` is.
+
+        Raises:
+            RuntimeError: versions are on disk and none became available.
+        """
         self.poll()
+        while self._current is None and not self._stop.is_set():
+            loadable = [v for v in versions_on_disk(self.base_path)
+                        if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
+            if not loadable:
+                break
+            self._stop.wait(max(0.0, self._failed.get(loadable[-1], (0, 0.0))[1] - time.monotonic()))
+            self.poll()
+        if self._current is None and versions_on_disk(self.base_path):
+            reasons = "; ".join(f"version {v}: {e}" for v, (_, e) in sorted(self._status.items()) if e)
+            raise RuntimeError(f"model {self.name!r}: no version became available ({reasons})")
         if self.poll_seconds > 0:
             self._poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
             self._poller.start()

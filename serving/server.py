@@ -197,7 +197,9 @@ _GET_PATH = re.compile(
 
 def _parse_path(method: str, path: str):
     """(model name, version or None) of a REST path, as TensorFlow Serving parses it."""
-    match = (_POST_PATH if method == "POST" else _GET_PATH).fullmatch(path)
+    # The route is the path alone: a query string does not change it (TensorFlow
+    # Serving matches the URI's path).
+    match = (_POST_PATH if method == "POST" else _GET_PATH).fullmatch(urllib.parse.urlsplit(path).path)
     if not match:
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {path[:200]}")
     name = urllib.parse.unquote(match["name"] or "")
@@ -234,24 +236,34 @@ def _to_json(array: np.ndarray):
 
 
 def _from_json(name: str, value, dtype: tf.DType) -> np.ndarray:
+    # TensorFlow Serving's JSON reader takes each value only in its tensor's own
+    # JSON type: strings (or {"b64": ...}) for a string tensor, integers for an
+    # integer one, numbers for a float one, booleans for a bool one
+    # (tensorflow_serving/util/json_tensor.cc). NumPy alone would turn 3.9 or
+    # "5" into an int id.
+    if dtype == tf.string:
+        accepted, kind = (str,), "a string"
+    elif dtype == tf.bool:
+        accepted, kind = (bool,), "a boolean"
+    elif dtype.is_integer:
+        accepted, kind = (int,), "an integer"
+    else:
+        accepted, kind = (int, float), "a number"
+
     def decode(item):
         if isinstance(item, list):
             return [decode(i) for i in item]
-        if isinstance(item, dict):
+        if isinstance(item, dict) and dtype == tf.string:
             if set(item) != {"b64"}:
                 raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\": objects must be {{\"b64\": ...}}")
             return base64.b64decode(item["b64"], validate=True)  # "!!" is an error, not b""
-        if dtype == tf.string:
-            if isinstance(item, str):
-                return item.encode("utf-8")
-            # TensorFlow Serving's JSON reader takes only strings (or {"b64": ...}) for a
-            # string tensor (tensorflow_serving/util/json_tensor.cc).
+        if not isinstance(item, accepted) or (isinstance(item, bool) and bool not in accepted):
             raise ServingError(
                 StatusCode.INVALID_ARGUMENT,
-                f"input \"{name}\" is a string tensor, but a value is {json.dumps(item)[:40]} "
-                f"({'null' if item is None else type(item).__name__}), not a string",
+                f"input \"{name}\" is a {dtype.name} tensor, but a value is {json.dumps(item)[:40]} "
+                f"({'null' if item is None else type(item).__name__}), not {kind}",
             )
-        return item
+        return item.encode("utf-8") if dtype == tf.string else item
 
     try:
         array = np.array(decode(value), dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
@@ -490,7 +502,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 line = self.rfile.readline(1024)
                 if not line:
                     raise TimeoutError
-                size_text = line.split(b";", 1)[0].strip()
+                size_text = line[:-2].split(b";", 1)[0]
                 if not line.endswith(b"\r\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size_text):
                     raise ServingError(StatusCode.INVALID_ARGUMENT, f"malformed chunk size line {line[:40]!r}")
                 size = int(size_text, 16)
@@ -501,6 +513,8 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                             raise TimeoutError
                         if trailer == b"\r\n":
                             return bytes(body)
+                        if not trailer.endswith(b"\r\n"):  # a bare LF: a proxy may frame it otherwise
+                            raise ServingError(StatusCode.INVALID_ARGUMENT, "a trailer line does not end with CRLF")
                     raise ServingError(StatusCode.INVALID_ARGUMENT, "too many trailer fields")
                 if len(body) + size > max_body_bytes:
                     raise _TooLarge(f"over {max_body_bytes}")
@@ -868,7 +882,11 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as error:  # as TensorFlow Serving, which exits when its models never load
+        log.error("%s", error)
+        return 1
     stop.wait()
     log.info("stopping: draining in-flight requests (up to %.0f s)", args.drain_seconds)
     server.stop(args.drain_seconds)

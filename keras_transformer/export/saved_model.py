@@ -3,7 +3,7 @@
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -88,13 +88,24 @@ class TranslationModule(tf.Module):
             return moses_detokenize(text, capitalize=self.lowercase)
         return text
 
-    def _source_ids(self, text):
-        ids = self.tokenizer.tokenize(self._prepare(text, self.source_lang))
-        longest = tf.reduce_max(tf.concat([ids.row_lengths(), [0]], 0))
-        tf.debugging.assert_less_equal(
-            longest, tf.cast(self.max_source_tokens, longest.dtype),
-            message=f"a sentence has more tokens than this model takes ({self.max_source_tokens})",
+    def _tokenize(self, text, limit, name):
+        """Ragged ids, refused (INVALID_ARGUMENT) past `limit` tokens in a sentence."""
+        message = f"{name}: a sentence has more tokens than this model takes ({limit})"
+        # Every word is at least one token: count words first, so a sentence of
+        # a million short words is refused before the tokenizer's
+        # [words, piece length] buffers are built for it.
+        words = tf.strings.split(text).row_lengths()
+        few_enough = tf.debugging.assert_less_equal(
+            tf.reduce_max(tf.concat([words, [0]], 0)), tf.cast(limit, words.dtype), message=message
         )
+        with tf.control_dependencies([few_enough]):
+            ids = self.tokenizer.tokenize(tf.identity(text))
+        longest = tf.reduce_max(tf.concat([ids.row_lengths(), [0]], 0))
+        tf.debugging.assert_less_equal(longest, tf.cast(limit, longest.dtype), message=message)
+        return ids
+
+    def _source_ids(self, text):
+        ids = self._tokenize(self._prepare(text, self.source_lang), self.max_source_tokens, "text")
         return add_start_end(ids, START_ID, END_ID).to_tensor()
 
     def _beam(self, source, return_attention=False):
@@ -123,7 +134,9 @@ class TranslationModule(tf.Module):
     )
     def score(self, text, target_text):
         source = self._source_ids(text)
-        target = self.tokenizer.tokenize(self._prepare(target_text, self.target_lang, "target_text"))
+        # A target takes its [START] or [END] beside it within max_length.
+        target = self._tokenize(self._prepare(target_text, self.target_lang, "target_text"),
+                                self.model.max_length - 1, "target_text")
         batch = target.nrows()
         decoder_input = tf.concat([tf.fill([batch, 1], START_ID), target], axis=1).to_tensor()
         labels = tf.concat([target, tf.fill([batch, 1], END_ID)], axis=1).to_tensor()
@@ -151,7 +164,7 @@ def next_version(base_dir: str) -> int:
     """One more than the largest integer directory name in `base_dir` (1 if none)."""
     if not os.path.isdir(base_dir):
         return 1
-    versions = [int(name) for name in os.listdir(base_dir) if re.fullmatch(r"\d+", name)]
+    versions = [int(name) for name in os.listdir(base_dir) if re.fullmatch(r"[0-9]+", name)]
     return max(versions, default=0) + 1
 
 
@@ -191,7 +204,10 @@ def export_saved_model(
     module = TranslationModule(
         model, vocab, beam_size, alpha, max_extra_length, text_processing, source_lang, target_lang, lowercase
     )
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    # A plain mkdir (not mkdtemp's 0700): the umask decides, as for any
+    # directory, so a server running as another user can read the version.
+    tmp = os.path.join(base_dir, f".tmp-{version}-{uuid.uuid4().hex}")
+    os.mkdir(tmp)
     try:
         tf.saved_model.save(
             module, tmp,
@@ -203,11 +219,6 @@ def export_saved_model(
             },
         )
         write_warmup_requests(tmp, warmup_sentences)
-        # mkdtemp makes the directory 0700, which a server running as another
-        # user cannot read: give it the mode a plain mkdir (or cp -r) would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -132,6 +132,31 @@ def test_signatures_and_bad_inputs(exported):
     np.testing.assert_allclose(weights.sum(-1)[generated], 1.0, atol=1e-4)
 
 
+def test_a_sentence_of_a_million_short_words_is_refused_before_it_costs_memory(exported):
+    # The token limit was checked after the tokenizer, whose step builds [words, piece length]
+    # string tensors: a 2 MB request of one-letter words cost most of a gigabyte before its
+    # INVALID_ARGUMENT. Each word is at least one token, so the word count is checked first.
+    # Peak memory is read in a fresh process, where the signature's own allocations show.
+    _, _, _, path = exported
+    script = (
+        "import resource, sys, tensorflow as tf\n"
+        "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "serve(text=tf.constant(['a bike']))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    serve(text=tf.constant(['a ' * 1000000]))\n"
+        "    print('served')\n"
+        "except tf.errors.InvalidArgumentError as error:\n"
+        "    print('refused', 'more tokens than this model takes' in error.message)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    *said, grown_mb = result.stdout.split()
+    assert said[-2:] == ["refused", "True"], result.stdout
+    assert int(grown_mb) < 200, f"peak memory grew by {grown_mb} MB"
+
+
 def test_only_core_ops_and_warmup_records(exported):
     _, _, _, path = exported
     check = subprocess.run(

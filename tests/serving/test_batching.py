@@ -226,3 +226,31 @@ def test_out_of_memory_is_not_bisected_when_padding_restores_the_size():
         batcher.close()
     assert calls == [8], calls  # each half would be padded back to 8 rows: no point in retrying
     assert all(isinstance(r, ServingError) and r.code == StatusCode.RESOURCE_EXHAUSTED for r in results)
+
+
+def test_version_directories_are_int64_names_as_tensorflow_serving_reads_them(tmp_path):
+    # A 20-digit timestamp does not fit TensorFlow Serving's int64 version (it was loaded, then every
+    # response failed to set model_spec.version); "007" is not the directory str(7) would open;
+    # non-ASCII digits are not versions.
+    from serving.servables import versions_on_disk
+
+    for name in ("1", "12", "007", "20261201123045123456", "\u0663", "x1", "9223372036854775807"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "5").mkdir()  # no saved_model.pb yet
+    assert versions_on_disk(str(tmp_path)) == [1, 12, 9223372036854775807]
+
+
+def test_tensorflow_error_codes_pass_through_as_grpc_codes():
+    # TensorFlow's status codes are gRPC's (tensorflow/core/protobuf/error_codes.proto): UNAVAILABLE
+    # stays retryable, DEADLINE_EXCEEDED is 504, not INTERNAL (HTTP 500).
+    import tensorflow as tf
+
+    from serving.servables import _GRPC_CODES
+
+    for tf_code, grpc_code in ((tf.errors.UNAVAILABLE, StatusCode.UNAVAILABLE),
+                               (tf.errors.DEADLINE_EXCEEDED, StatusCode.DEADLINE_EXCEEDED),
+                               (tf.errors.INVALID_ARGUMENT, StatusCode.INVALID_ARGUMENT),
+                               (tf.errors.RESOURCE_EXHAUSTED, StatusCode.RESOURCE_EXHAUSTED),
+                               (tf.errors.FAILED_PRECONDITION, StatusCode.FAILED_PRECONDITION)):
+        assert _GRPC_CODES[tf_code] == grpc_code

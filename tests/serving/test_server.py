@@ -99,6 +99,7 @@ def test_rest_api(server, in_process):
     # insensitive, /versions/N or /labels/L, :classify and :regress; anything else is 400.
     assert call("GET", "/V1/MODELS/toy/Versions/1/METADATA")[0] == 200
     assert call("POST", "/v1/models/toy:PREDICT", {"instances": ["A man."]})[0] == 200
+    assert call("POST", "/v1/models/toy:predict?trace=1", {"instances": ["A man."]})[0] == 200  # the path alone routes
     assert call("GET", "/v1/models") == (400, {"error": "Missing model name in request."})
     assert call("GET", "/v1/models/toy/labels/stable") == (400, {"error": "Unrecognized servable version label: stable"})
     assert call("POST", "/v1/models/toy/labels/canary:predict", {"instances": ["a"]})[0] == 400
@@ -137,6 +138,11 @@ def test_bad_requests_get_a_status_and_the_server_stays_up(server):
                       ([{"b64": "!!!"}], "does not convert"), ([{"b64": "YQ==", "x": 1}], "objects must be")):
         with pytest.raises(ServingError, match=r"HTTP 400.*" + re.escape(said)):
             rest.predict(bad)
+    # An int32 tensor takes JSON integers only: NumPy would read 3.9 as 3 ([END]), "5" as 5, true as 1.
+    for bad, said in (([[2, 3.9, 3]], "(float), not an integer"), ([[2, "5", 3]], "(str), not an integer"),
+                      ([[2, True, 3]], "(bool), not an integer"), ([[2, {"b64": "Ng=="}, 3]], "(dict), not an integer")):
+        with pytest.raises(ServingError, match=r"HTTP 400.*" + re.escape(said)):
+            rest.predict(bad, "translate_ids")
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "toy"
     request.inputs["text"].dtype = 999  # no such DataType
@@ -250,6 +256,9 @@ def _raw_http(port, request: bytes, timeout=30) -> bytes:
         return data
 
 
+_GOOD = b'{"instances": ["A man."]}'
+
+
 def _until_closed(port, request: bytes, timeout=30) -> bytes:
     """Sends raw bytes to the REST port; returns everything that comes back until the server closes."""
     import socket
@@ -284,6 +293,10 @@ def test_rest_content_length_cannot_be_abused(server):
         b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(b'{"instances": ["A man."]}'): b" 200 ",
         b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % (5 << 20) + b"x" * 100: b" 413 ",
         b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n": b" 400 ",
+        # A chunk size is hex digits only, and a trailer line ends with CRLF (a bare LF may be framed
+        # otherwise by a proxy): both would be 200 with this valid body.
+        b"Transfer-Encoding: chunked\r\n\r\n %x\r\n%s\r\n0\r\n\r\n" % (len(_GOOD), _GOOD): b" 400 ",
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\nX: 1\n\r\n" % (len(_GOOD), _GOOD): b" 400 ",
         b"Transfer-Encoding: gzip\r\n\r\n{}": b" 501 ",
         # Both framings at once, or one twice, is how requests are smuggled past a proxy (RFC 9112, 6).
         b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}": b" 400 ",
@@ -503,6 +516,30 @@ def test_versions_follow_the_directory_as_tensorflow_serving_does(serving_export
         assert process.process.poll() is None
     finally:
         process.stop()
+
+
+def test_a_model_that_never_loads_stops_the_server_at_startup(tmp_path):
+    # TensorFlow Serving retries a failed load (core/loader_harness.cc) before it opens its ports,
+    # and exits when the model never becomes available (model_servers/server_core.cc,
+    # WaitUntilModelsAvailable); this server opened its ports and answered NOT_FOUND for ever.
+    import subprocess
+    import sys
+
+    from tests.serving.conftest import ROOT
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.server", f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0",
+         "--file_system_poll_wait_seconds=0", "--max_num_load_retries=2", "--load_retry_interval_micros=200000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-2000:]
+    assert "no version became available" in output and "Running gRPC ModelServer" not in output, output[-2000:]
+    assert output.count("failed to load (attempt") == 3, output[-2000:]  # the first try and 2 retries
+    assert time.monotonic() - start < 60
 
 
 def test_sigterm_finishes_accepted_requests_then_exits(server):
