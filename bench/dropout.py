@@ -107,7 +107,10 @@ def main():
     shape = [int(n) for n in args.shape.split(",")]
     alone = layer_alone(shape, args.rate, args.repeats)
     print(f"layer alone, forward + backward on {shape} ({args.dtype_policy}, rate {args.rate}):")
-    print(f"  ours {alone['ours']:.1f} ms   keras {alone['keras']:.1f} ms   keras / ours {alone['keras'] / alone['ours']:.2f}x")
+    print(
+        f"  ours {alone['ours']:.1f} ms   keras {alone['keras']:.1f} ms   "
+        f"keras / ours {alone['keras'] / alone['ours']:.2f}x"
+    )
 
     step = training_step(args.tokens, args.length, args.vocab_size, args.rate, attention_rate, args.repeats)
     print(

@@ -53,7 +53,10 @@ def main():
     keras.utils.set_random_seed(0)
     times = step_times(args.tokens, args.length, args.vocab_size, args.repeats)
     print(f"native bfloat16 on this CPU: {cpu_has_native_bfloat16()}")
-    print(f"tiny Transformer training step, {args.tokens // args.length} x {args.length} tokens, vocabulary {args.vocab_size}:")
+    print(
+        f"tiny Transformer training step, {args.tokens // args.length} x {args.length} tokens, "
+        f"vocabulary {args.vocab_size}:"
+    )
     print(
         f"  float32 {times['float32']:.0f} ms   mixed_bfloat16 {times['mixed_bfloat16']:.0f} ms   "
         f"mixed_bfloat16 / float32 {times['mixed_bfloat16'] / times['float32']:.2f}x"

@@ -162,7 +162,10 @@ def main():
             process.terminate()
             process.wait()
 
-    print(f"\n{len(sentences)} sentences from {os.path.basename(args.sentences)}, one per request, beam search as exported\n")
+    print(
+        f"\n{len(sentences)} sentences from {os.path.basename(args.sentences)}, "
+        "one per request, beam search as exported\n"
+    )
     print("| setting | sentences/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
     for row in rows:
         print(f"| {row['setting']} | {row['sentences_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} |")

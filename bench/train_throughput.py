@@ -55,7 +55,10 @@ def _peer_model(kind, vocab_size, num_layers, d_model, num_heads, d_ff, dropout,
             x = block(x, lambda z: keras.layers.MultiHeadAttention(num_heads, head, dropout=dropout)(z, z))
             x = block(x, ffn)
         for _ in range(num_layers):
-            y = block(y, lambda z: keras.layers.MultiHeadAttention(num_heads, head, dropout=dropout)(z, z, use_causal_mask=True))
+            y = block(
+                y,
+                lambda z: keras.layers.MultiHeadAttention(num_heads, head, dropout=dropout)(z, z, use_causal_mask=True),
+            )
             y = block(y, lambda z: keras.layers.MultiHeadAttention(num_heads, head, dropout=dropout)(z, x))
             y = block(y, ffn)
     logits = keras.layers.Dense(vocab_size)(y)

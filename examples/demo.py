@@ -64,7 +64,8 @@ def train(args, run_dir, start):
     tokenizer = data.WordPieceTokenizer(number_words.vocabulary())
     tokenizer.save(os.path.join(run_dir, "vocab.txt"))
     print(f"a {tokenizer.vocab_size}-token WordPiece vocabulary of the task's word pieces, e.g. "
-          f"{number_words.german(342)!r} -> {tokenizer.id_to_token(tokenizer.tokenize([number_words.german(342)])[0].numpy())}")
+          f"{number_words.german(342)!r} -> "
+          f"{tokenizer.id_to_token(tokenizer.tokenize([number_words.german(342)])[0].numpy())}")
 
     keras.utils.set_random_seed(args.seed)
     pairs = data.tokenized_pairs(tokenizer, source, target, max_length=48)

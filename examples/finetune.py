@@ -33,6 +33,7 @@ import keras  # noqa: E402
 import sacrebleu  # noqa: E402
 
 from keras_transformer import data  # noqa: E402
+from keras_transformer import models  # noqa: E402
 from keras_transformer import training  # noqa: E402
 from keras_transformer.decoding import Translator  # noqa: E402
 from keras_transformer.training import finetune  # noqa: E402
@@ -98,7 +99,7 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     training.set_mixed_precision(args.mixed_precision)
     tokenizer = data.WordPieceTokenizer.load(args.vocab)
-    model = finetune.load_model(args.model, args.weights, args.preset, tokenizer.vocab_size)
+    model = models.load_model(args.model, args.weights, args.preset, tokenizer.vocab_size)
     finetune.check_model_vocabulary(model, tokenizer)
     train = data.read_parallel(args.train_source, args.train_target)
     val = data.read_parallel(args.val_source, args.val_target)

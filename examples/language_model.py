@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 import keras_transformer as kt  # noqa: E402
 from keras_transformer.data import WordPieceTokenizer  # noqa: E402
 from keras_transformer.data import read_lines  # noqa: E402
-from keras_transformer.data.tokenizer import add_start_end  # noqa: E402
+from keras_transformer.text import add_start_end  # noqa: E402
 
 PAD_ID, START_ID, END_ID = WordPieceTokenizer.pad_id, WordPieceTokenizer.start_id, WordPieceTokenizer.end_id
 DEFAULT_DATA_DIR = os.path.join(ROOT, "..", "shared", "data", "multi30k")

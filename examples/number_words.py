@@ -46,7 +46,9 @@ def _german_below_1000(n: int, final: bool) -> str:
         tens, ones = divmod(n, 10)
         return (("ein" if ones == 1 else _DE_ONES[ones]) + "und" if ones else "") + _DE_TENS[tens]
     hundreds, rest = divmod(n, 100)
-    return ("ein" if hundreds == 1 else _DE_ONES[hundreds]) + "hundert" + (_german_below_1000(rest, final) if rest else "")
+    return (
+        ("ein" if hundreds == 1 else _DE_ONES[hundreds]) + "hundert" + (_german_below_1000(rest, final) if rest else "")
+    )
 
 
 def german(n: int) -> str:
@@ -96,7 +98,7 @@ def vocabulary() -> List[str]:
     are known, so they are listed: every word that can start a number, every
     "##" continuation, and single letters so no input is ever [UNK].
     """
-    from keras_transformer.data.tokenizer import RESERVED_TOKENS
+    from keras_transformer.text import RESERVED_TOKENS
 
     english = _EN_ONES + _EN_TENS[2:] + ["hundred", "thousand"]
     german = _DE_ONES + _DE_TENS[2:] + ["ein", "und", "hundert", "tausend"]

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import keras_transformer  # noqa: E402,F401  (registers the model's classes for loading)
 from keras_transformer.data import WordPieceTokenizer  # noqa: E402
-from keras_transformer.data.tokenizer import add_start_end  # noqa: E402
+from keras_transformer.text import add_start_end  # noqa: E402
 from keras_transformer.decoding import beam_search  # noqa: E402
 
 matplotlib.use("Agg")

@@ -135,7 +135,9 @@ class Batcher:
 
     RECENT_BATCHES = 1000
 
-    def __init__(self, fn: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: BatchingParameters, name=""):
+    def __init__(
+        self, fn: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: BatchingParameters, name=""
+    ):
         self.fn = fn
         self.params = params
         self.name = name
@@ -290,7 +292,9 @@ class Batcher:
             total = sum(t.rows for t in batch)
             half = sum(t.rows for t in batch[: len(batch) // 2])
             allowed = self.params.allowed_batch_sizes
-            return max(_allowed_size(half, allowed), _allowed_size(total - half, allowed)) < _allowed_size(total, allowed)
+            return (
+                max(_allowed_size(half, allowed), _allowed_size(total - half, allowed)) < _allowed_size(total, allowed)
+            )
         return True
 
     @staticmethod

@@ -182,7 +182,9 @@ def _describe(signature) -> dict:
     import tensorflow as tf
 
     def shape(info):
-        return None if info.tensor_shape.unknown_rank else [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+        return (
+            None if info.tensor_shape.unknown_rank else [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+        )
 
     return {
         "inputs": {k: (tf.dtypes.as_dtype(v.dtype).name, shape(v)) for k, v in signature.inputs.items()},

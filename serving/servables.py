@@ -85,7 +85,9 @@ class LoadedVersion:
                 outputs = fn(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
             except tf.errors.OpError as error:
                 # TensorFlow's codes are gRPC's: passed through, as TensorFlow Serving does.
-                raise ServingError(_GRPC_CODES.get(error.error_code, StatusCode.INTERNAL), _short(error.message)) from None
+                raise ServingError(
+                    _GRPC_CODES.get(error.error_code, StatusCode.INTERNAL), _short(error.message)
+                ) from None
             except UnicodeDecodeError:  # TensorFlow's own message held the request's bytes
                 raise ServingError(
                     StatusCode.INVALID_ARGUMENT, "the model rejected the input (is every string valid UTF-8?)"

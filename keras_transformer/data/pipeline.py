@@ -6,7 +6,8 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.tokenizer import add_start_end
+from keras_transformer.layers import validation
+from keras_transformer.text import add_start_end
 
 OVERLONG_CHOICES = ("drop", "truncate")
 
@@ -31,10 +32,8 @@ def tokenized_pairs(
         target_tokenizer: a `WordPieceTokenizer` for the target side, for
             separate vocabularies. Default: `tokenizer` (a joint vocabulary).
     """
-    if overlong not in OVERLONG_CHOICES:
-        raise ValueError(f"`overlong` must be one of {OVERLONG_CHOICES}. Received: overlong={overlong!r}")
-    if max_length < 3:
-        raise ValueError(f"`max_length` must be at least 3 ([START], a token, [END]). Received: {max_length}")
+    validation.check_choice("overlong", overlong, OVERLONG_CHOICES)
+    validation.check_int_at_least("max_length", max_length, 3, " ([START], a token, [END])")
     if len(source_texts) != len(target_texts):
         raise ValueError(
             f"source and target lists differ in length: {len(source_texts)} vs {len(target_texts)}"
@@ -90,9 +89,7 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
     Raises:
         ValueError: `dataset` is empty, or an element has a part of unknown rank.
     """
-    buffer_size = int(buffer_size)
-    if buffer_size < 1:
-        raise ValueError(f"`buffer_size` must be a positive integer. Received: buffer_size={buffer_size!r}")
+    buffer_size = validation.check_positive_int("buffer_size", buffer_size)
     spec = dataset.element_spec
     if any(part.shape.rank is None for part in tf.nest.flatten(spec)):
         raise ValueError(f"`dataset` elements must have parts of known rank. Received: element_spec={spec}")

@@ -9,25 +9,16 @@ portable export.
 """
 
 import collections
-import os
 from typing import Iterable, List, Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
-PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
-RESERVED_TOKENS = (PAD, UNK, START, END)
-SUFFIX = "##"
-MAX_BYTES_PER_WORD = 100
+from keras_transformer.text import tokens
 
-
-def add_start_end(ids: tf.RaggedTensor, start_id: int, end_id: int) -> tf.RaggedTensor:
-    """Ragged ids [B, (T)] -> [B, (T + 2)], each row wrapped in [START] ... [END]."""
-    batch = ids.nrows()
-    start = tf.fill([batch, 1], tf.constant(start_id, ids.dtype))
-    end = tf.fill([batch, 1], tf.constant(end_id, ids.dtype))
-    return tf.concat([start, ids, end], axis=1)
+# Re-exported: the reserved tokens live in `keras_transformer.text.tokens`, which needs no tensorflow-text.
+RESERVED_TOKENS = tokens.RESERVED_TOKENS
 
 
 def count_words(texts: Iterable[str]) -> collections.Counter:
@@ -52,25 +43,16 @@ class WordPieceTokenizer:
     array([b'a man rides'], dtype=object)
     """
 
-    pad_id, unk_id, start_id, end_id = range(4)
+    pad_id, unk_id, start_id, end_id = tokens.PAD_ID, tokens.UNK_ID, tokens.START_ID, tokens.END_ID
 
     def __init__(self, vocab: Sequence[str]):
-        vocab = list(vocab)
-        if tuple(vocab[:4]) != RESERVED_TOKENS:
-            raise ValueError(
-                f"`vocab` must start with the reserved tokens {list(RESERVED_TOKENS)}. "
-                f"Received first entries: {vocab[:4]}"
-            )
-        duplicates = [t for t, n in collections.Counter(vocab).items() if n > 1]
-        if duplicates:
-            raise ValueError(f"`vocab` has duplicate entries: {duplicates[:10]}")
-        self.vocab = vocab
+        self.vocab = tokens.check_reserved(vocab)
         self._wordpiece = tf_text.FastWordpieceTokenizer(
             vocab,
-            suffix_indicator=SUFFIX,
-            max_bytes_per_word=MAX_BYTES_PER_WORD,
+            suffix_indicator=tokens.SUFFIX,
+            max_bytes_per_word=tokens.MAX_BYTES_PER_WORD,
             token_out_type=tf.int32,
-            unknown_token=UNK,
+            unknown_token=tokens.UNK,
             no_pretokenization=True,
             support_detokenization=True,
         )
@@ -99,25 +81,18 @@ class WordPieceTokenizer:
             raise ValueError("`texts` has no words to learn a vocabulary from")
         vocab = learner.learn(
             counts, vocab_size, list(RESERVED_TOKENS), lower_thresh=min_count,
-            max_token_length=MAX_BYTES_PER_WORD,
+            max_token_length=tokens.MAX_BYTES_PER_WORD,
         )
         return cls(vocab)
 
     def save(self, path: str) -> None:
         """Writes the vocabulary, one token per line, in id order."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(token + "\n" for token in self.vocab))
-        os.replace(tmp, path)
+        tokens.write_vocab(self.vocab, path)
 
     @classmethod
     def load(cls, path: str) -> "WordPieceTokenizer":
         """Reads a vocabulary written by `save`."""
-        with open(path, encoding="utf-8") as f:
-            vocab = f.read().split("\n")
-        if vocab and vocab[-1] == "":
-            vocab.pop()
-        return cls(vocab)
+        return cls(tokens.read_vocab(path))
 
     def tokenize(self, texts) -> tf.RaggedTensor:
         """str [B] -> int32 ragged ids [B, (T)], without [START]/[END].
@@ -129,7 +104,7 @@ class WordPieceTokenizer:
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
         words = tf.strings.split(texts)  # [B, (W)]
         pieces = self._wordpiece.tokenize(words).merge_dims(-2, -1)  # [B, (T)]
-        return pieces.with_flat_values(escape_reserved_ids(pieces.flat_values))
+        return pieces.with_flat_values(tokens.escape_reserved_ids(pieces.flat_values))
 
     def detokenize(self, ids) -> tf.Tensor:
         """int ids [B, T] (dense or ragged) -> str [B].
@@ -146,10 +121,3 @@ class WordPieceTokenizer:
     def id_to_token(self, ids) -> List[str]:
         return [self.vocab[i] for i in ids]
 
-
-def escape_reserved_ids(ids: tf.Tensor) -> tf.Tensor:
-    """Text never yields [PAD], [START] or [END]: their ids become [UNK]'s, so a
-    word written "[END]" cannot end a source early."""
-    t = WordPieceTokenizer
-    reserved = (ids == t.pad_id) | (ids == t.start_id) | (ids == t.end_id)
-    return tf.where(reserved, tf.constant(t.unk_id, ids.dtype), ids)

@@ -1,18 +1,13 @@
-"""Batched beam search with a key/value cache and the GNMT length penalty,
-inside one `tf.while_loop` with fixed shapes."""
+"""Batched beam search with the GNMT length penalty, on the shared decoding loop."""
 
 import tensorflow as tf
 
-from keras_transformer.decoding.greedy import END_ID
-from keras_transformer.decoding.greedy import START_ID
-from keras_transformer.decoding.greedy import check_max_length
-from keras_transformer.decoding.greedy import decoder_rows_shapes
-from keras_transformer.decoding.greedy import grow_cache
-from keras_transformer.decoding.greedy import init_decoder_cache
-from keras_transformer.decoding.greedy import never_generated
-from keras_transformer.decoding.greedy import relax
-from keras_transformer.decoding.greedy import resolve_cache_chunk
-from keras_transformer.decoding.greedy import sentence_limits
+from keras_transformer.decoding.loop import DecodingStrategy
+from keras_transformer.decoding.loop import decode
+from keras_transformer.decoding.loop import never_generated
+from keras_transformer.layers import validation
+from keras_transformer.text.tokens import END_ID
+from keras_transformer.text.tokens import START_ID
 
 NEG_INF = -1e9
 
@@ -25,6 +20,114 @@ def length_penalty(length, alpha):
 def _gather_beams(x, beam_index):
     """x [B, K, ...], beam_index [B, M] -> [B, M, ...]."""
     return tf.gather(x, beam_index, axis=1, batch_dims=1)
+
+
+class BeamSearch(DecodingStrategy):
+    """K live and K finished hypotheses per sentence (see `beam_search`).
+
+    State, per sentence: live ids [B, K, L], log-probabilities [B, K] and
+    attention [B, K, L, (N,) S]; finished ids, scores, log-probabilities and
+    attention of the same shapes (NEG_INF scores mark empty slots). The
+    attention tensors are empty, [B, K, 0, 0], unless asked for.
+    """
+
+    def __init__(self, beam_size, alpha, start_id=START_ID, end_id=END_ID, attention=None, num_heads=None):
+        self.width = beam_size
+        self.alpha = tf.constant(alpha, tf.float32)
+        self.start_id, self.end_id = start_id, end_id
+        self.attention = attention
+        self.num_heads = num_heads
+
+    def initial_state(self, batch, max_length, source_length):
+        k = self.width
+        # Attention rows are collected only when asked for; else they are empty.
+        if self.attention is None:
+            attention_shape = [0, 0]
+        elif self.attention == "heads":
+            attention_shape = [max_length, self.num_heads, source_length]
+        else:
+            attention_shape = [max_length, source_length]
+        # Only beam 0 is live at the start.
+        live_log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
+        live = (tf.zeros([batch, k, max_length], tf.int32), live_log_probs, tf.zeros([batch, k, *attention_shape]))
+        done = (
+            tf.zeros([batch, k, max_length], tf.int32), tf.fill([batch, k], NEG_INF), tf.fill([batch, k], NEG_INF),
+            tf.zeros([batch, k, *attention_shape]),
+        )
+        return live, done
+
+    def prefix(self, rows, i):
+        live_ids = rows[0][0]  # [n, K, L]
+        return tf.reshape(live_ids[:, :, :i], [tf.shape(live_ids)[0] * self.width, -1])
+
+    def step(self, i, logits, attention, rows, limits, at_limit):
+        (live_ids, live_log_probs, live_attention), (done_ids, done_scores, done_log_probs, done_attention) = rows
+        n, k = tf.shape(logits)[0], self.width
+        vocab, max_length = tf.shape(logits)[-1], tf.shape(live_ids)[-1]
+        log_probs = never_generated(tf.nn.log_softmax(logits), self.start_id)
+        if at_limit is not None:
+            # At its last allowed step a sentence can only end.
+            only_end = tf.one_hot(self.end_id, vocab, on_value=0.0, off_value=NEG_INF)
+            log_probs = tf.where(at_limit[:, None, None], log_probs + only_end, log_probs)
+
+        # Expand: the best 2K of all K x V continuations.
+        candidates = tf.reshape(live_log_probs[:, :, None] + log_probs, [n, k * vocab])
+        cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [n, 2K]
+        beam, token = flat // vocab, flat % vocab
+        place = tf.one_hot(i, max_length, dtype=tf.int32)  # [L], 1 at step i
+        cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [n, 2K, L]
+        cand_attention = _gather_beams(live_attention, beam)
+        if self.attention is not None:
+            # This step's rows [n, K, (N,) S], written into row i of [n, 2K, L, (N,) S].
+            step_rows = _gather_beams(attention, beam)[:, :, None]
+            extra_dims = len(cand_attention.shape) - 3
+            row_place = tf.reshape(tf.cast(place, tf.float32), [1, 1, -1] + [1] * extra_dims)
+            cand_attention += step_rows * row_place
+        ended = tf.equal(token, self.end_id)
+        valid = cand_log_probs > NEG_INF / 2
+        in_top_k = tf.range(2 * k) < k  # top_k sorts, so rank < K is the best K
+
+        # Live: the best K candidates that did not end.
+        live_key = tf.where(ended | ~valid, NEG_INF, cand_log_probs)
+        live_log_probs, pick = tf.math.top_k(live_key, k)
+        live_ids = _gather_beams(cand_ids, pick)
+        live_attention = _gather_beams(cand_attention, pick)
+        parents = _gather_beams(beam, pick)  # [n, K], each live beam's parent
+        last = _gather_beams(token, pick)
+
+        # Finished: merge the candidates that ended with the kept ones.
+        finish = ended & valid & in_top_k[None]
+        new_scores = tf.where(finish, cand_log_probs / length_penalty(i + 1, self.alpha), NEG_INF)
+        all_scores = tf.concat([done_scores, new_scores], axis=1)
+        done_scores, best = tf.math.top_k(all_scores, k)
+        done_ids = _gather_beams(tf.concat([done_ids, cand_ids], axis=1), best)
+        done_log_probs = _gather_beams(
+            tf.concat([done_log_probs, tf.where(finish, cand_log_probs, NEG_INF)], 1), best
+        )
+        done_attention = _gather_beams(tf.concat([done_attention, cand_attention], axis=1), best)
+
+        # A live hypothesis's score can rise to at most its log-probability
+        # over the largest penalty its sentence can still reach (at its own
+        # length limit); once that is below the worst kept finished score,
+        # the sentence cannot improve: it is done.
+        sentence_done = done_scores[:, -1] >= live_log_probs[:, 0] / length_penalty(limits, self.alpha)
+        live = (live_ids, live_log_probs, live_attention)
+        done = (done_ids, done_scores, done_log_probs, done_attention)
+        return last, parents, (live, done), sentence_done
+
+    def finish(self, state, length):
+        (live_ids, live_log_probs, live_attention), (done_ids, done_scores, done_log_probs, done_attention) = state
+        # A sentence that finished nothing by max_length returns its live beams.
+        none_done = (done_scores[:, 0] <= NEG_INF / 2)[:, None]
+        outputs = {
+            "ids": tf.where(none_done[:, :, None], live_ids, done_ids),
+            "scores": tf.where(none_done, live_log_probs / length_penalty(length, self.alpha), done_scores),
+            "log_probs": tf.where(none_done, live_log_probs, done_log_probs),
+        }
+        if self.attention is not None:
+            pick_live = tf.reshape(none_done, [-1, 1] + [1] * (len(live_attention.shape) - 2))
+            outputs["attention"] = tf.where(pick_live, live_attention, done_attention)
+        return outputs
 
 
 def beam_search(
@@ -85,176 +188,14 @@ def beam_search(
         or [B, K, max_length, num_heads, S] with "heads"; row t is the
         attention of the step that generated token t.
     """
-    check_max_length(model, max_length)
-    cache_chunk = resolve_cache_chunk(cache_chunk, use_cache)
-    if beam_size < 1:
-        raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
+    validation.check_positive_int("beam_size", beam_size)
     if return_attention not in (False, True, "mean", "heads"):
         raise ValueError(
             f"`return_attention` must be False, True, 'mean' or 'heads'. Received: {return_attention!r}"
         )
-    per_head = return_attention == "heads"
-    source = tf.convert_to_tensor(source)
-    batch, source_length = tf.shape(source)[0], tf.shape(source)[1]
-    k = beam_size
-    max_length = tf.convert_to_tensor(max_length, tf.int32)
-    alpha = tf.constant(alpha, tf.float32)
-    limits = sentence_limits(source, max_length, max_extra_length)
-
-    encoder_output, source_mask = model.encode(source)
-    encoder_output = tf.repeat(encoder_output, k, axis=0)  # [B * K, S, D]
-    source_mask = tf.repeat(source_mask, k, axis=0)
-    cache = init_decoder_cache(model, encoder_output, max_length, cache_chunk) if use_cache else []
-
-    # Live hypotheses; only beam 0 is real at the start.
-    live_ids = tf.zeros([batch, k, max_length], tf.int32)
-    live_log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
-    # Attention rows are collected only when asked for; else they are empty.
-    if not return_attention:
-        attention_shape = [0, 0]
-    elif per_head:
-        attention_shape = [max_length, model.num_heads, source_length]
-    else:
-        attention_shape = [max_length, source_length]
-    live_attention = tf.zeros([batch, k, *attention_shape])
-    # Finished hypotheses; NEG_INF scores mark empty slots.
-    done_ids = tf.zeros([batch, k, max_length], tf.int32)
-    done_scores = tf.fill([batch, k], NEG_INF)
-    done_log_probs = tf.fill([batch, k], NEG_INF)
-    done_attention = tf.zeros([batch, k, *attention_shape])
-    last = tf.fill([batch * k], tf.constant(start_id, tf.int32))
-    # With a growing cache shapes are dynamic anyway, so a sentence that is
-    # done also leaves the decoder's batch: `active` lists the sentences still
-    # decoded, and `last`, the caches and the encoder context hold their
-    # K rows each. The per-sentence results stay full-sized [B, ...].
-    compact = cache_chunk is not None
-
-    def take(x, active):
-        return tf.gather(x, active) if compact else x
-
-    def put(full, part, active):
-        return tf.tensor_scatter_nd_update(full, active[:, None], part) if compact else part
-
-    def put_state(full, part, active):
-        # Without return_attention the attention tensors are empty, [B, K, 0, 0],
-        # and a scatter into an empty tensor fails: they are left as they are.
-        merged = [put(f, p, active) for f, p in zip(full[:-1], part[:-1])]
-        return (*merged, put(full[-1], part[-1], active) if return_attention else full[-1])
-
-    def step(i, active, last, cache, context, live, done, sentence_done):
-        encoder_output, source_mask = context
-        n = tf.shape(active)[0]  # sentences decoded in this step
-        live_ids, live_log_probs, live_attention = [take(x, active) for x in live]
-        done_ids, done_scores, done_log_probs, done_attention = [take(x, active) for x in done]
-        if use_cache:
-            cache = grow_cache(cache, i, cache_chunk)
-            logits, scores, cache = model.decode(
-                last[:, None], encoder_output, source_mask, cache=cache, cache_index=i,
-                return_attention_scores=True,
-            )
-        else:
-            prefix = tf.concat([tf.fill([n * k, 1], start_id), tf.reshape(live_ids[:, :, :i], [n * k, -1])], 1)
-            logits, scores = model.decode(prefix, encoder_output, source_mask, return_attention_scores=True)
-            logits, scores = logits[:, -1:], [s[:, :, -1:] for s in scores]
-        vocab = tf.shape(logits)[-1]
-        log_probs = tf.nn.log_softmax(tf.reshape(logits, [n, k, vocab]))
-        log_probs = never_generated(log_probs, start_id)
-        own_limits = take(limits, active)
-        if max_extra_length is not None:
-            # At its last allowed step a sentence can only end.
-            only_end = tf.one_hot(end_id, vocab, on_value=0.0, off_value=NEG_INF)
-            log_probs = tf.where((i + 1 >= own_limits)[:, None, None], log_probs + only_end, log_probs)
-
-        # Expand: the best 2K of all K x V continuations.
-        candidates = tf.reshape(live_log_probs[:, :, None] + log_probs, [n, k * vocab])
-        cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [n, 2K]
-        beam, token = flat // vocab, flat % vocab
-        place = tf.one_hot(i, max_length, dtype=tf.int32)  # [L], 1 at step i
-        cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [n, 2K, L]
-        cand_attention = _gather_beams(live_attention, beam)
-        if return_attention:
-            # Last decoder layer: [n * K, N, 1, S] -> [n, K, N, S] or, averaged
-            # over heads, [n, K, S]; written into row i of [n, 2K, L, (N,) S].
-            rows = tf.cast(scores[-1][:, :, 0, :], tf.float32)
-            if not per_head:
-                rows = tf.reduce_mean(rows, axis=1)
-            rows = tf.reshape(rows, tf.concat([[n, k], tf.shape(rows)[1:]], 0))
-            rows = _gather_beams(rows, beam)[:, :, None]
-            row_place = tf.reshape(tf.cast(place, tf.float32), [1, 1, -1] + [1] * (len(attention_shape) - 1))
-            cand_attention += rows * row_place
-        ended = tf.equal(token, end_id)
-        valid = cand_log_probs > NEG_INF / 2
-        in_top_k = tf.range(2 * k) < k  # top_k sorts, so rank < K is the best K
-
-        # Live: the best K candidates that did not end.
-        live_key = tf.where(ended | ~valid, NEG_INF, cand_log_probs)
-        live_log_probs, pick = tf.math.top_k(live_key, k)
-        live_ids = _gather_beams(cand_ids, pick)
-        live_attention = _gather_beams(cand_attention, pick)
-        origin = _gather_beams(beam, pick)  # [n, K], each live beam's parent
-        parents = origin + tf.range(n)[:, None] * k  # rows of the caches
-        last = _gather_beams(token, pick)
-
-        # Finished: merge the candidates that ended with the kept ones.
-        finish = ended & valid & in_top_k[None]
-        new_scores = tf.where(finish, cand_log_probs / length_penalty(i + 1, alpha), NEG_INF)
-        all_scores = tf.concat([done_scores, new_scores], axis=1)
-        done_scores, best = tf.math.top_k(all_scores, k)
-        done_ids = _gather_beams(tf.concat([done_ids, cand_ids], axis=1), best)
-        done_log_probs = _gather_beams(tf.concat([done_log_probs, tf.where(finish, cand_log_probs, NEG_INF)], 1), best)
-        done_attention = _gather_beams(tf.concat([done_attention, cand_attention], axis=1), best)
-
-        # A live hypothesis's score can rise to at most its log-probability
-        # over the largest penalty its sentence can still reach (at its own
-        # length limit); once that is below the worst kept finished score,
-        # the sentence cannot improve: it is done.
-        sentence_done = done_scores[:, -1] >= live_log_probs[:, 0] / length_penalty(own_limits, alpha)
-        live = put_state(live, (live_ids, live_log_probs, live_attention), active)
-        done = put_state(done, (done_ids, done_scores, done_log_probs, done_attention), active)
-        if compact:
-            keep = tf.where(~sentence_done)[:, 0]
-            active, parents, last = tf.gather(active, keep), tf.gather(parents, keep), tf.gather(last, keep)
-            sentence_done = tf.gather(sentence_done, keep)  # all False; empty once every sentence is done
-            # Rows of per-sentence tensors change only when a sentence leaves.
-            def drop_done_rows(tensors):
-                kept_rows = tf.reshape(keep[:, None] * k + tf.range(k, dtype=keep.dtype), [-1])
-                return tf.nest.map_structure(lambda x: tf.gather(x, kept_rows), tensors)
-
-            per_sentence = (context, [c["cross_attention"] for c in cache])
-            context, cross = tf.cond(tf.size(keep) < n, lambda: drop_done_rows(per_sentence), lambda: per_sentence)
-            cache = [{**c, "cross_attention": x} for c, x in zip(cache, cross)]
-        parents, last = tf.reshape(parents, [-1]), tf.reshape(last, [-1])
-        cache = [{**c, "self_attention": tf.gather(c["self_attention"], parents)} for c in cache]
-        return i + 1, active, last, cache, context, live, done, sentence_done
-
-    def not_finished(i, active, last, cache, context, live, done, sentence_done):
-        return (i < max_length) & ~tf.reduce_all(sentence_done)
-
-    live = (live_ids, live_log_probs, live_attention)
-    done = (done_ids, done_scores, done_log_probs, done_attention)
-    context = (encoder_output, source_mask)
-    state = (tf.constant(0), tf.range(batch), last, cache, context, live, done, tf.zeros([batch], tf.bool))
-    shapes = tf.nest.map_structure(lambda t: t.shape, state)
-    if compact:
-        i, active, last, cache, context, live, done, sentence_done = shapes
-        shapes = (i, relax(active, 0), relax(last, 0), *decoder_rows_shapes(cache, context), live, done, relax(sentence_done, 0))
-
-    def same_shapes_step(*state):
-        # Gathers by computed indices lose static batch sizes; keep them so
-        # tf.while_loop sees loop variables of unchanged shape.
-        return tf.nest.map_structure(tf.ensure_shape, step(*state), shapes)
-
-    length, *_, live, done, _ = tf.while_loop(not_finished, same_shapes_step, state, shape_invariants=shapes)
-    done_ids, done_scores, done_log_probs, done_attention = done
-    live_ids, live_log_probs, live_attention = live
-    # A sentence that finished nothing by max_length returns its live beams.
-    none_done = (done_scores[:, 0] <= NEG_INF / 2)[:, None]
-    outputs = {
-        "ids": tf.where(none_done[:, :, None], live_ids, done_ids),
-        "scores": tf.where(none_done, live_log_probs / length_penalty(length, alpha), done_scores),
-        "log_probs": tf.where(none_done, live_log_probs, done_log_probs),
-    }
-    if return_attention:
-        pick_live = tf.reshape(none_done, [batch, 1] + [1] * len(attention_shape))
-        outputs["attention"] = tf.where(pick_live, live_attention, done_attention)
-    return outputs
+    attention = None if not return_attention else ("heads" if return_attention == "heads" else "mean")
+    strategy = BeamSearch(beam_size, alpha, start_id, end_id, attention=attention, num_heads=model.num_heads)
+    return decode(
+        model, source, max_length, strategy, use_cache=use_cache, max_extra_length=max_extra_length,
+        cache_chunk=cache_chunk,
+    )

@@ -5,12 +5,13 @@ from typing import List, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.text import moses_detokenize
-from keras_transformer.data.text import is_lowercase_vocabulary
-from keras_transformer.data.text import moses_tokenize
-from keras_transformer.data.tokenizer import add_start_end
+from keras_transformer.text import moses_detokenize
+from keras_transformer.text import is_lowercase_vocabulary
+from keras_transformer.text import moses_tokenize
+from keras_transformer.text import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.greedy import greedy_decode
+from keras_transformer.layers import validation
 
 
 class Translator:
@@ -27,14 +28,14 @@ class Translator:
             as they are, for a model trained on already tokenized text fed
             the same kind of text. "moses": raw text in and out,
             Moses-tokenized first and detokenized after
-            (`keras_transformer.data.text`), as the exported SavedModel does.
+            (`keras_transformer.text`), as the exported SavedModel does.
         source_lang, target_lang: languages for the Moses rules.
         lowercase: with "moses", lowercase the input first. Default None:
             exactly when the tokenizer's vocabulary has no uppercase piece
             (a model trained on lowercased text).
         jit_compile: bool, compile decoding with XLA. Each step then runs as
             one compiled program instead of hundreds of small ops, which
-            pays off at small batch sizes (see the README's benchmark); each
+            pays off at small batch sizes (docs/benchmarks.md); each
             new source length compiles once (seconds). Default False.
     """
 
@@ -43,10 +44,9 @@ class Translator:
         text_processing: str = "none", source_lang: str = "en", target_lang: str = "de",
         jit_compile: bool = False, lowercase=None,
     ):
-        if beam_size < 1:
-            raise ValueError(f"`beam_size` must be at least 1. Received: beam_size={beam_size}")
-        if text_processing not in ("none", "moses"):
-            raise ValueError(f"`text_processing` must be 'none' or 'moses'. Received: {text_processing!r}")
+        validation.check_positive_int("beam_size", beam_size)
+        validation.check_int_at_least("max_extra_length", max_extra_length, 0)
+        validation.check_choice("text_processing", text_processing, ("none", "moses"))
         self.text_processing = text_processing
         self.source_lang = source_lang
         self.target_lang = target_lang
@@ -70,7 +70,9 @@ class Translator:
         extra = self.max_extra_length
         if self.beam_size == 1:
             return greedy_decode(self.model, source, max_length, max_extra_length=extra)
-        return beam_search(self.model, source, max_length, self.beam_size, self.alpha, max_extra_length=extra)["ids"][:, 0]
+        return beam_search(
+            self.model, source, max_length, self.beam_size, self.alpha, max_extra_length=extra
+        )["ids"][:, 0]
 
     def encode_sources(self, texts: Sequence[str]) -> tf.RaggedTensor:
         """str [B] -> ragged int32 ids [B, (S)] with [START] and [END].

@@ -1,9 +1,9 @@
-"""Command line: export a trained model, or check an export's ops.
+"""Command line: export a trained model, or check an export's ops (also installed as `kt-export`).
 
-    python -m keras_transformer.export export --model run/model.keras --vocab run/vocab.txt --base-dir models/transformer
-    python -m keras_transformer.export export --model run/model.keras --weights run/checkpoints/epoch-0030.weights.h5 ...
-    python -m keras_transformer.export export --preset tiny --weights run/best.weights.h5 --vocab run/vocab.txt ...
-    python -m keras_transformer.export check models/transformer/1
+    python -m keras_transformer.export export --model RUN/model.keras --vocab RUN/vocab.txt --base-dir models/t
+    python -m keras_transformer.export export --model RUN/model.keras --weights RUN/best.weights.h5 ...
+    python -m keras_transformer.export export --preset tiny --weights RUN/best.weights.h5 --vocab RUN/vocab.txt ...
+    python -m keras_transformer.export check models/t/1
 """
 
 import argparse
@@ -31,11 +31,11 @@ def _check(args) -> int:
 
 
 def _export(args) -> int:
-    from keras_transformer.data import WordPieceTokenizer
     from keras_transformer.export.saved_model import export_saved_model
-    from keras_transformer.training.finetune import load_model
+    from keras_transformer.models import load_model
+    from keras_transformer.text.tokens import read_vocab
 
-    vocab = WordPieceTokenizer.load(args.vocab).vocab
+    vocab = read_vocab(args.vocab)
     model = load_model(args.model, args.weights, args.preset, len(vocab), args.max_length)
     path = export_saved_model(
         model, vocab, args.base_dir, version=args.version, beam_size=args.beam_size,

@@ -15,15 +15,14 @@ first piece); a word with no match at some position, or longer than
 
 import tensorflow as tf
 
-from keras_transformer.data.tokenizer import MAX_BYTES_PER_WORD
-from keras_transformer.data.tokenizer import RESERVED_TOKENS
-from keras_transformer.data.tokenizer import SUFFIX
-from keras_transformer.data.tokenizer import WordPieceTokenizer
-from keras_transformer.data.tokenizer import escape_reserved_ids
-
-_PAD, _UNK, _START, _END = (
-    WordPieceTokenizer.pad_id, WordPieceTokenizer.unk_id, WordPieceTokenizer.start_id, WordPieceTokenizer.end_id,
-)
+from keras_transformer.text.tokens import END_ID as _END
+from keras_transformer.text.tokens import MAX_BYTES_PER_WORD
+from keras_transformer.text.tokens import PAD_ID as _PAD
+from keras_transformer.text.tokens import START_ID as _START
+from keras_transformer.text.tokens import SUFFIX
+from keras_transformer.text.tokens import UNK_ID as _UNK
+from keras_transformer.text.tokens import check_reserved
+from keras_transformer.text.tokens import escape_reserved_ids
 
 
 class CoreWordPiece(tf.Module):
@@ -35,12 +34,7 @@ class CoreWordPiece(tf.Module):
 
     def __init__(self, vocab, name=None):
         super().__init__(name=name)
-        vocab = list(vocab)
-        if tuple(vocab[:4]) != RESERVED_TOKENS:
-            raise ValueError(
-                f"`vocab` must start with the reserved tokens {list(RESERVED_TOKENS)}. "
-                f"Received first entries: {vocab[:4]}"
-            )
+        vocab = check_reserved(vocab)
         self.vocab_size = len(vocab)
         self.max_piece_bytes = max(len(t.encode("utf-8")) for t in vocab)
         self.vocab = tf.constant(vocab, tf.string)

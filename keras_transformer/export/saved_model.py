@@ -8,14 +8,15 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from keras_transformer.data.text import moses_detokenize
-from keras_transformer.data.text import is_lowercase_vocabulary
-from keras_transformer.data.text import moses_tokenize
-from keras_transformer.data.tokenizer import add_start_end
+from keras_transformer.text import moses_detokenize
+from keras_transformer.text import is_lowercase_vocabulary
+from keras_transformer.text import moses_tokenize
+from keras_transformer.text import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
-from keras_transformer.decoding.greedy import END_ID
-from keras_transformer.decoding.greedy import START_ID
+from keras_transformer.text.tokens import END_ID
+from keras_transformer.text.tokens import START_ID
 from keras_transformer.export.core_tokenizer import CoreWordPiece
+from keras_transformer.layers import validation
 
 
 class TranslationModule(tf.Module):
@@ -42,7 +43,7 @@ class TranslationModule(tf.Module):
         max_extra_length: int, translations have at most source length +
             this many tokens.
         text_processing: "moses" (raw text in and out, see
-            `keras_transformer.data.text`) or "none" (text goes to the
+            `keras_transformer.text`) or "none" (text goes to the
             subword tokenizer as it is).
         source_lang, target_lang: languages for the Moses rules.
         lowercase: with `text_processing="moses"`, lowercase the input
@@ -59,12 +60,11 @@ class TranslationModule(tf.Module):
         self.model = model
         self.tokenizer = CoreWordPiece(vocab)
         self.vocab = self.tokenizer.vocab
-        self.beam_size = int(beam_size)
+        self.beam_size = validation.check_positive_int("beam_size", beam_size)
         self.alpha = float(alpha)
-        self.max_extra_length = int(max_extra_length)
+        self.max_extra_length = validation.check_int_at_least("max_extra_length", max_extra_length, 0)
         self.max_source_tokens = model.max_length - 2
-        if text_processing not in TEXT_PROCESSING:
-            raise ValueError(f"text_processing must be one of {TEXT_PROCESSING}, got {text_processing!r}")
+        validation.check_choice("text_processing", text_processing, TEXT_PROCESSING)
         self.text_processing = text_processing
         self.source_lang = source_lang
         self.target_lang = target_lang

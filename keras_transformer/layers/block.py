@@ -1,4 +1,5 @@
-"""Arguments shared by the encoder and decoder layers and their stacks."""
+"""Arguments shared by the encoder and decoder layers and their stacks, and
+the residual sublayer connection both layers are made of."""
 
 import keras
 
@@ -16,8 +17,8 @@ def check_heads_divide(d_model, num_heads):
         )
 
 
-class TransformerBlock(keras.layers.Layer):
-    """Stores and validates the arguments of a residual Transformer block.
+class BlockArguments(keras.layers.Layer):
+    """Stores and validates the arguments of a Transformer block or a stack of them.
 
     Args:
         num_heads: int, attention heads; must divide d_model.
@@ -74,18 +75,25 @@ class TransformerBlock(keras.layers.Layer):
         config.update(self.block_config())
         return config
 
-    def _attention(self, name, d_model):
-        return MultiHeadAttention(
-            self.num_heads, d_model // self.num_heads, dropout=self.attention_dropout,
-            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name=name,
-        )
-
     def _norm(self, name, inputs_shape):
         layer = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
         )
         layer.build(inputs_shape)
         return layer
+
+
+class TransformerBlock(BlockArguments):
+    """A residual Transformer block: builds its sublayers and connects each one.
+
+    Args: as for `BlockArguments`.
+    """
+
+    def _attention(self, name, d_model):
+        return MultiHeadAttention(
+            self.num_heads, d_model // self.num_heads, dropout=self.attention_dropout,
+            kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name=name,
+        )
 
     def _feed_forward(self, inputs_shape):
         layer = FeedForward(
@@ -95,13 +103,21 @@ class TransformerBlock(keras.layers.Layer):
         layer.build(inputs_shape)
         return layer
 
-    def _feed_forward_block(self, x, training):
-        """The feed-forward sublayer with its residual, dropout and norm."""
-        residual = x
-        x = self.feed_forward_norm(x) if self.norm_first else x
-        x = self.feed_forward(x, training=training)
-        x = residual + self.feed_forward_dropout(x, training=training)
-        return x if self.norm_first else self.feed_forward_norm(x)
+    def _sublayer(self, x, norm, dropout, sublayer, training):
+        """The residual connection around one sublayer, post- or pre-norm.
+
+        Post-norm (the paper): norm(x + dropout(sublayer(x))). Pre-norm:
+        x + dropout(sublayer(norm(x))). `sublayer` maps the (normed) input to
+        its output, or to a tuple whose first item is the output (an
+        attention layer's cache or scores); the rest comes back unchanged.
+
+        Returns:
+            (outputs, extra): `extra` is a list of the tuple's rest, [] for a plain output.
+        """
+        y = sublayer(norm(x) if self.norm_first else x)
+        y, *extra = y if isinstance(y, (tuple, list)) else (y,)
+        x = x + dropout(y, training=training)
+        return (x if self.norm_first else norm(x)), extra
 
     def _dropout(self):
         return Dropout(self.dropout, dtype=self.dtype_policy)

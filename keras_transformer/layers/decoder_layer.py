@@ -88,35 +88,36 @@ class DecoderLayer(TransformerBlock):
             self_cache, cross_cache = cache["self_attention"], cache["cross_attention"]
 
         # Causal self-attention block.
-        residual = inputs
-        x = self.self_attention_norm(inputs) if self.norm_first else inputs
-        x = self.self_attention(
-            x, x, query_mask=inputs_mask, value_mask=inputs_mask, attention_mask=attention_mask,
-            use_causal_mask=True, cache=self_cache, cache_index=cache_index, training=training,
+        x, new_self_cache = self._sublayer(
+            inputs, self.self_attention_norm, self.self_attention_dropout,
+            lambda h: self.self_attention(
+                h, h, query_mask=inputs_mask, value_mask=inputs_mask, attention_mask=attention_mask,
+                use_causal_mask=True, cache=self_cache, cache_index=cache_index, training=training,
+            ),
+            training,
         )
-        if cache is not None:
-            x, self_cache = x
-        x = residual + self.self_attention_dropout(x, training=training)
-        x = x if self.norm_first else self.self_attention_norm(x)
 
         # Cross-attention block.
-        residual = x
-        x = self.cross_attention_norm(x) if self.norm_first else x
-        x, scores = self.cross_attention(
-            x, encoder_output, value_mask=encoder_output_mask, return_attention_scores=True,
-            cache=cross_cache, training=training,
-        )[:2]
-        x = residual + self.cross_attention_dropout(x, training=training)
-        x = x if self.norm_first else self.cross_attention_norm(x)
+        x, (scores, *_) = self._sublayer(
+            x, self.cross_attention_norm, self.cross_attention_dropout,
+            lambda h: self.cross_attention(
+                h, encoder_output, value_mask=encoder_output_mask, return_attention_scores=True,
+                cache=cross_cache, training=training,
+            ),
+            training,
+        )
 
         # Feed-forward block.
-        x = self._feed_forward_block(x, training)
+        x, _ = self._sublayer(
+            x, self.feed_forward_norm, self.feed_forward_dropout,
+            lambda h: self.feed_forward(h, training=training), training,
+        )
 
         outputs = (x,)
         if return_attention_scores:
             outputs += (scores,)
         if cache is not None:
-            outputs += ({"self_attention": self_cache, "cross_attention": cross_cache},)
+            outputs += ({"self_attention": new_self_cache[0], "cross_attention": cross_cache},)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def compute_output_shape(self, inputs_shape, encoder_output_shape):

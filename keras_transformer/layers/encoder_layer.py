@@ -7,7 +7,6 @@ from keras_transformer.layers.block import TransformerBlock
 from keras_transformer.layers.block import check_heads_divide
 
 
-
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class EncoderLayer(TransformerBlock):
     """Self-attention and feed-forward blocks, each with residual, dropout and
@@ -72,20 +71,21 @@ class EncoderLayer(TransformerBlock):
         training=None,
     ):
         # Self-attention block.
-        residual = inputs
-        x = self.self_attention_norm(inputs) if self.norm_first else inputs
-        x = self.self_attention(
-            x, x, query_mask=mask, value_mask=mask, attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask, cache=cache, cache_index=cache_index, training=training,
+        x, new_cache = self._sublayer(
+            inputs, self.self_attention_norm, self.self_attention_dropout,
+            lambda h: self.self_attention(
+                h, h, query_mask=mask, value_mask=mask, attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask, cache=cache, cache_index=cache_index, training=training,
+            ),
+            training,
         )
-        if cache is not None:
-            x, cache = x
-        x = residual + self.self_attention_dropout(x, training=training)
-        x = x if self.norm_first else self.self_attention_norm(x)
 
         # Feed-forward block.
-        x = self._feed_forward_block(x, training)
-        return x if cache is None else (x, cache)
+        x, _ = self._sublayer(
+            x, self.feed_forward_norm, self.feed_forward_dropout,
+            lambda h: self.feed_forward(h, training=training), training,
+        )
+        return x if cache is None else (x, new_cache[0])
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape

@@ -15,9 +15,10 @@ def clone_initializer(initializer):
 
     Returned as they are: an initializer seeded with a
     `keras.random.SeedGenerator` (it draws anew at every call), a plain
-    function, and a subclass without a `get_config` of its own. An integer seed is kept, as Keras's own layers keep it: every
-    weight of one shape it initializes gets the same draw, so leave the seed
-    None and call `keras.utils.set_random_seed` for a reproducible model.
+    function, and a subclass without a `get_config` of its own. An integer
+    seed is kept, as Keras's own layers keep it: every weight of one shape
+    it initializes gets the same draw, so leave the seed None and call
+    `keras.utils.set_random_seed` for a reproducible model.
     """
     initializer = keras.initializers.get(initializer)
     if not isinstance(initializer, keras.initializers.Initializer):

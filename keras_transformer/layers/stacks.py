@@ -4,12 +4,12 @@ normalization when the layers are pre-norm."""
 import keras
 
 from keras_transformer.layers import validation
-from keras_transformer.layers.block import TransformerBlock
+from keras_transformer.layers.block import BlockArguments
 from keras_transformer.layers.decoder_layer import DecoderLayer
 from keras_transformer.layers.encoder_layer import EncoderLayer
 
 
-class _Stack(TransformerBlock):
+class _Stack(BlockArguments):
     """Holds `num_layers` and the block arguments of a stack."""
 
     layer_class = None

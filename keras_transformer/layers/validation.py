@@ -1,14 +1,18 @@
-"""Argument checks shared by the layers: each error names the argument,
-what was expected and what was received."""
+"""Argument checks shared by the layers, decoding, data, training and export:
+each error names the argument, what was expected and what was received."""
 
 import numbers
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
+    return check_int_at_least(name, value, 1)
+
+
+def check_int_at_least(name: str, value, minimum: int, why: str = "") -> int:
+    """`value` as an int, refused unless it is an integer >= `minimum` (`why`: the reason, for the message)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"`{name}` must be {expected}{why}. Received: {name}={value!r}")
     return int(value)
 
 

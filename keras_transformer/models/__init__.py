@@ -2,3 +2,4 @@
 
 from keras_transformer.models.presets import PRESETS
 from keras_transformer.models.transformer import Transformer
+from keras_transformer.models.loading import load_model

@@ -143,8 +143,14 @@ class Transformer(keras.Model):
     def _target_embedding(self):
         return self.target_embedding or self.source_embedding
 
+    def _ensure_built(self):
+        # encode/init_cache/decode may come before any full call (step-by-step decoding of a new model).
+        if not self.built:
+            self.build()
+
     def encode(self, source, training=None):
         """Source ids [B, S] -> (encoder output [B, S, D], source mask [B, S])."""
+        self._ensure_built()
         source_mask = masks.padding_mask(source)
         x = self.source_embedding(source)
         x = self.positional_encoding(x)
@@ -153,6 +159,7 @@ class Transformer(keras.Model):
 
     def init_cache(self, encoder_output, max_length):
         """Decoder cache for incremental decoding of up to `max_length` tokens."""
+        self._ensure_built()
         return self.decoder.init_cache(encoder_output, max_length)
 
     def decode(
@@ -167,6 +174,7 @@ class Transformer(keras.Model):
         decoder layer's cross-attention scores [B, N, T, S] comes next to the
         logits.
         """
+        self._ensure_built()
         x = self._target_embedding(target)
         x = self.positional_encoding(x, start_index=0 if cache_index is None else cache_index)
         x = self.target_dropout(x, training=training)

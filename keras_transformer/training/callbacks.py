@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 import keras
 import numpy as np
 
+from keras_transformer.layers import validation
+
 
 def _seed_states(model):
     """Dropout random-number states, which `save_weights` leaves out."""
@@ -69,8 +71,7 @@ class StepBackup(keras.callbacks.Callback):
 
     def __init__(self, backup_dir: str, save_freq: int = 100, stateful: Optional[Dict] = None):
         super().__init__()
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0:
-            raise ValueError(f"`save_freq` must be a positive int. Received: save_freq={save_freq!r}")
+        validation.check_positive_int("save_freq", save_freq)
         self.backup_dir = backup_dir
         self.save_freq = save_freq
         self.stateful = dict(stateful or {})
@@ -238,8 +239,7 @@ class EarlyStopping(_ValidationWatch):
 
     def __init__(self, patience: int, monitor: str = "val_loss"):
         super().__init__(monitor)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"`patience` must be a positive int. Received: patience={patience!r}")
+        validation.check_positive_int("patience", patience)
         self.patience = patience
         self.wait = 0
         self._batches = 0

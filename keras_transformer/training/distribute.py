@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import keras
 import tensorflow as tf
 
+from keras_transformer.layers import validation
 from keras_transformer.training.callbacks import checkpoint_epoch
 from keras_transformer.training.callbacks import list_checkpoints
 from keras_transformer.training.callbacks import save_epoch_checkpoint
@@ -85,8 +86,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     """"default" (one device), "mirrored" (every local GPU, or the CPU), or
     "multi-worker" (MultiWorkerMirroredStrategy; the cluster comes from the
     TF_CONFIG environment variable)."""
-    if name not in STRATEGY_CHOICES:
-        raise ValueError(f"`strategy` must be one of {STRATEGY_CHOICES}. Received: {name!r}")
+    validation.check_choice("strategy", name, STRATEGY_CHOICES)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

@@ -1,6 +1,6 @@
 """Fine-tuning a trained Transformer on new data.
 
-    model = load_model("run/model.keras")                    # or a preset + checkpoint
+    model = keras_transformer.models.load_model("run/model.keras")  # or a preset + checkpoint
     check_vocabulary(tokenizer, new_sources + new_targets)   # unknown-token rate, refuses a poor fit
     freeze(model, embeddings=True, encoder_layers=2)         # what stays fixed
     compile_for_translation(model, warmup_steps=500, learning_rate_scale=0.3)  # restarted, lower schedule
@@ -12,35 +12,12 @@ to a model built for the new one.
 """
 
 import collections
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
-import keras
 import numpy as np
 
 from keras_transformer.data.tokenizer import WordPieceTokenizer
-
-
-def load_model(path: str, weights: Optional[str] = None, preset: Optional[str] = None,
-               vocab_size: Optional[int] = None, max_length: int = 192):
-    """A trained model from a `.keras` file, or from a preset and a `.weights.h5` checkpoint.
-
-    Args:
-        path: a `.keras` file, or None with `preset`.
-        weights: a `.weights.h5` training checkpoint loaded on top (optional with `path`).
-        preset, vocab_size, max_length: build the model when there is no `.keras` file.
-    """
-    import keras_transformer as kt
-
-    if path:
-        model = keras.saving.load_model(path, compile=False)
-    elif preset and vocab_size:
-        model = kt.Transformer.from_preset(preset, vocab_size, vocab_size, max_length=max_length)
-        model.build()
-    else:
-        raise ValueError("give a .keras file, or `preset` and `vocab_size` with `weights`")
-    if weights:
-        model.load_weights(weights)
-    return model
+from keras_transformer.models.loading import load_model  # noqa: F401  (its old home; use keras_transformer.models)
 
 
 def vocabulary_report(tokenizer: WordPieceTokenizer, texts: Sequence[str], examples: int = 10) -> Dict:

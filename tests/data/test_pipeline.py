@@ -102,7 +102,8 @@ def test_one_stream_gives_element_n_at_position_n_on_every_iteration(multi30k_to
         np.testing.assert_array_equal(a, b)
     other = data.token_batches(pairs, 256, 64, shuffle=True, repeat=True, seed=8)
     assert not all(
-        a.shape == b.shape and (a == b).all() for a, b in zip(first, (l for _, l in other.take(5).as_numpy_iterator()))
+        a.shape == b.shape and (a == b).all()
+        for a, b in zip(first, (labels for _, labels in other.take(5).as_numpy_iterator()))
     )
 
 

@@ -42,7 +42,8 @@ def test_cached_greedy_equals_full_recompute():
 
 def test_translator_keeps_order_and_ignores_batch_company():
     tokenizer = WordPieceTokenizer.learn(["a b c d e f g h"] * 20, vocab_size=40, min_count=5)
-    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=64)
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2,
+                           d_ff=32, max_length=64)
     translator = Translator(model, tokenizer, max_extra_length=5)
     texts = ["a b c d e f", "g", "h a", "b c d"]
     together = translator.translate(texts, batch_size=3)
@@ -59,7 +60,8 @@ def test_bad_inputs_give_clear_errors_or_empty_results():
     import pytest
 
     tokenizer = WordPieceTokenizer.learn(["a b c"] * 20, vocab_size=40, min_count=5)
-    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=12)
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2,
+                           d_ff=32, max_length=12)
     translator = Translator(model, tokenizer, beam_size=2, max_extra_length=4)
     assert translator.translate([]) == []
     assert len(translator.translate([""])) == 1

@@ -32,7 +32,9 @@ def test_same_ids_on_awkward_text():
     only_long = ["x" * 150, "y" * 101 + " " + "z" * 400, ""]  # no word within the limit
     assert core.tokenize(tf.constant(only_long)).to_list() == tok.tokenize(tf.constant(only_long)).to_list()
     suffix = tok.vocab.index("##s") if "##s" in tok.vocab else tok.vocab.index("##r")
-    ids = tf.constant([[2, 5, 6, 3, 0], [0, 0, 0, 0, 0], [7, 1, 8, 3, 9], [2, suffix, 5, suffix, 3], [suffix, 0, 0, 0, 0]])
+    ids = tf.constant(
+        [[2, 5, 6, 3, 0], [0, 0, 0, 0, 0], [7, 1, 8, 3, 9], [2, suffix, 5, suffix, 3], [suffix, 0, 0, 0, 0]]
+    )
     np.testing.assert_array_equal(core.detokenize(ids).numpy(), tok.detokenize(ids).numpy())
 
 
@@ -69,7 +71,8 @@ def test_an_over_long_word_costs_no_memory(tmp_path):
         "ids = tokenize(tf.constant(['a ' * 3000 + 'x' * 100000]))\n"
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "row = ids.to_list()[0]\n"
-        "print(len(row), row[-1] == tok.unk_id, row[0] == tok.tokenize(['a']).to_list()[0][0], (after - before) // 1024)\n"
+        "print(len(row), row[-1] == tok.unk_id, row[0] == tok.tokenize(['a']).to_list()[0][0], "
+        "(after - before) // 1024)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)

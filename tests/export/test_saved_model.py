@@ -36,7 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def exported(tmp_path_factory):
     """Exported from the command line: a .keras file plus a training checkpoint with other weights."""
     tokenizer = WordPieceTokenizer.learn(["a man rides a bike", "two dogs run fast"] * 20, vocab_size=60, min_count=5)
-    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2, d_ff=32, max_length=40)
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=1, d_model=16, num_heads=2,
+                           d_ff=32, max_length=40)
     model.build()
     work = tmp_path_factory.mktemp("run")
     model.save(str(work / "model.keras"))
@@ -211,7 +212,9 @@ def test_check_fails_on_an_op_outside_core_tensorflow_and_names_it(exported, tmp
         assert f"NOT IN CORE TENSORFLOW: {op}" in check.stdout and where in check.stdout, check.stdout
 
 
-def test_raw_text_export_matches_translator_on_multi30k_val(multi30k_dir, multi30k_tokenizer, multi30k_train_slice, tmp_path):
+def test_raw_text_export_matches_translator_on_multi30k_val(
+    multi30k_dir, multi30k_tokenizer, multi30k_train_slice, tmp_path
+):
     """A model trained briefly on Multi30k, exported for raw text: the SavedModel and the
     in-memory Translator (same Moses-style processing) agree on raw val sentences."""
     import gzip

@@ -70,7 +70,9 @@ def test_several_batch_threads_survive_sharing_one_queue_deadline(threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_bad_request_fails_alone_in_its_batch(threads):
     fn = Recorder()
-    batcher = Batcher(fn, BatchingParameters(max_batch_size=16, batch_timeout_micros=1_000_000, num_batch_threads=threads))
+    batcher = Batcher(
+        fn, BatchingParameters(max_batch_size=16, batch_timeout_micros=1_000_000, num_batch_threads=threads)
+    )
     try:
         requests = [np.array([1, 2]), np.array([-5]), np.array([3]), np.array([4, -1, 6])]
         results = _concurrently(batcher, requests)
@@ -151,8 +153,8 @@ def test_without_padding_inputs_of_other_widths_go_to_other_batches():
 
 
 def test_allowed_batch_sizes_pad_with_the_last_tasks_first_row():
-    # tensorflow_serving/batching/batching_session.cc, MergeInputTensors: "Use the first row of this task's tensor as the
-    # padding data", this task being the batch's last.
+    # tensorflow_serving/batching/batching_session.cc, MergeInputTensors: "Use the first row of this task's tensor as
+    # the padding data", this task being the batch's last.
     fn = Recorder()
     params = BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, allowed_batch_sizes=(4, 8))
     batcher = Batcher(fn, params)

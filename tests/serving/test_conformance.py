@@ -26,8 +26,8 @@ SAME = [
      "model_servers/http_rest_api_util.cc", "test_server.py", "test_rest_api"),
     ("a path outside the routes: 400 Malformed request", "model_servers/http_rest_api_handler.cc",
      "test_server.py", "test_an_error_reply_closes_the_connection_so_an_unread_body_is_not_a_request"),
-    (":classify on a predict signature: Expected classification signature method_name", "servables/tensorflow/classifier.cc",
-     "test_server.py", "test_rest_api"),
+    (":classify on a predict signature: Expected classification signature method_name",
+     "servables/tensorflow/classifier.cc", "test_server.py", "test_rest_api"),
     ("columnar response with one output: the value alone, unnamed", "util/json_tensor.cc",
      "test_server.py", "test_rest_api"),
     ("boolean flags: --flag, --flag=true, --flag=false", "core/util/command_line_flags.cc",
@@ -50,7 +50,8 @@ SAME = [
 # Deliberate differences: TensorFlow Serving's behaviour would let one request harm others.
 DIFFERENT = [
     ("without padding, inputs of other widths go to other batches (TF Serving: FAILED_PRECONDITION for all)",
-     "batching/batching_session.cc", "test_batching.py", "test_without_padding_inputs_of_other_widths_go_to_other_batches"),
+     "batching/batching_session.cc", "test_batching.py",
+     "test_without_padding_inputs_of_other_widths_go_to_other_batches"),
     ("a batch failing on a request's content is bisected, so only the bad requests fail",
      "", "test_batching.py", "test_a_bad_request_fails_alone_in_its_batch"),
     ("a TensorProto that declares far more elements than it carries is refused (TF fills it)",

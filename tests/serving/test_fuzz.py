@@ -40,7 +40,9 @@ def _rss_mb(pid):
 def fuzzed_server(serving_exports, tmp_path_factory):
     base, _, _ = serving_exports
     config = tmp_path_factory.mktemp("fuzz") / "batching.config"
-    config.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 2000 }\nnum_batch_threads { value: 2 }\n")
+    config.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 2000 }\nnum_batch_threads { value: 2 }\n"
+    )
     process = ServerProcess(base, "--enable_batching", f"--batching_parameters_file={config}",
                             "--rest_api_timeout_in_ms=2000")
     yield process
@@ -96,7 +98,11 @@ def _json_value(rng, depth=0):
     if roll in (4, 5):
         return str(rng.choice(["A man.", "", "\ud800", "[END] a", "x" * 5000, "fährt"]))
     if roll == 6:
-        return {"b64": str(rng.choice(["YQ==", "!!", ""]))} if rng.random() < 0.5 else {"text": _json_value(rng, depth + 1)}
+        return (
+            {"b64": str(rng.choice(["YQ==", "!!", ""]))}
+            if rng.random() < 0.5
+            else {"text": _json_value(rng, depth + 1)}
+        )
     return [_json_value(rng, depth + 1) for _ in range(rng.integers(0, 4))]
 
 

@@ -79,7 +79,9 @@ def test_rest_api(server, in_process):
     default = signatures["serving_default"]
     assert default["method_name"] == "tensorflow/serving/predict"
     text = default["inputs"]["text"]
-    assert text["dtype"] == "DT_STRING" and text["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
+    assert text["dtype"] == "DT_STRING" and text["tensor_shape"] == {
+        "dim": [{"size": "-1", "name": ""}], "unknown_rank": False
+    }
     assert "methodName" not in json.dumps(signatures) and "tensorShape" not in json.dumps(signatures)
     columnar = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"http://localhost:{server.rest_port}/v1/models/toy/versions/1:predict",
@@ -101,9 +103,13 @@ def test_rest_api(server, in_process):
     assert call("POST", "/v1/models/toy:PREDICT", {"instances": ["A man."]})[0] == 200
     assert call("POST", "/v1/models/toy:predict?trace=1", {"instances": ["A man."]})[0] == 200  # the path alone routes
     assert call("GET", "/v1/models") == (400, {"error": "Missing model name in request."})
-    assert call("GET", "/v1/models/toy/labels/stable") == (400, {"error": "Unrecognized servable version label: stable"})
+    assert call("GET", "/v1/models/toy/labels/stable") == (
+        400, {"error": "Unrecognized servable version label: stable"}
+    )
     assert call("POST", "/v1/models/toy/labels/canary:predict", {"instances": ["a"]})[0] == 400
-    assert call("POST", "/v1/models/toy:translate", {}) == (400, {"error": "Malformed request: POST /v1/models/toy:translate"})
+    assert call("POST", "/v1/models/toy:translate", {}) == (
+        400, {"error": "Malformed request: POST /v1/models/toy:translate"}
+    )
     assert call("GET", "/v2/models/toy") == (400, {"error": "Malformed request: GET /v2/models/toy"})
     # tensorflow_serving/servables/tensorflow/classifier.cc and regressor.cc: the default signature is a predict one.
     assert call("POST", "/v1/models/toy:classify", {"examples": [{"text": "a"}]}) == (
@@ -129,18 +135,21 @@ def test_bad_requests_get_a_status_and_the_server_stays_up(server):
     # (tensorflow_serving/servables/tensorflow/predict_util.cc), HTTP 400 over REST
     # (tensorflow_serving/model_servers/http_server.cc, ToHTTPStatusCode).
     code, message = _code(lambda: client.predict({"text": text}, "no_such_signature"))
-    assert code == "FAILED_PRECONDITION" and 'key "no_such_signature" not found' in message and "serving_default" in message
+    assert (code == "FAILED_PRECONDITION" and 'key "no_such_signature" not found' in message
+            and "serving_default" in message)
     rest = RestClient(f"localhost:{server.rest_port}", "toy")
     with pytest.raises(ServingError, match='HTTP 400.*key "nope" not found'):
         rest.predict([{"text": "a"}], "nope")
     # A string tensor takes strings only (tensorflow_serving/util/json_tensor.cc): 400, not 500.
-    for bad, said in (([1], "(int), not a string"), ([None], "(null), not a string"), ([["a"], ["b", "c"]], "unequal lengths"),
-                      ([{"b64": "!!!"}], "does not convert"), ([{"b64": "YQ==", "x": 1}], "objects must be")):
+    for bad, said in (([1], "(int), not a string"), ([None], "(null), not a string"),
+                      ([["a"], ["b", "c"]], "unequal lengths"), ([{"b64": "!!!"}], "does not convert"),
+                      ([{"b64": "YQ==", "x": 1}], "objects must be")):
         with pytest.raises(ServingError, match=r"HTTP 400.*" + re.escape(said)):
             rest.predict(bad)
     # An int32 tensor takes JSON integers only: NumPy would read 3.9 as 3 ([END]), "5" as 5, true as 1.
     for bad, said in (([[2, 3.9, 3]], "(float), not an integer"), ([[2, "5", 3]], "(str), not an integer"),
-                      ([[2, True, 3]], "(bool), not an integer"), ([[2, {"b64": "Ng=="}, 3]], "(dict), not an integer")):
+                      ([[2, True, 3]], "(bool), not an integer"),
+                      ([[2, {"b64": "Ng=="}, 3]], "(dict), not an integer")):
         with pytest.raises(ServingError, match=r"HTTP 400.*" + re.escape(said)):
             rest.predict(bad, "translate_ids")
     request = predict_pb2.PredictRequest()
@@ -150,7 +159,8 @@ def test_bad_requests_get_a_status_and_the_server_stays_up(server):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.address))
     with pytest.raises(grpc.RpcError) as caught:
         stub.Predict(request, timeout=30)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown dtype enum 999" in caught.value.details()
+    assert (caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "unknown dtype enum 999" in caught.value.details())
     # One 1 KB string declared as a million rows: TensorFlow would repeat it (4 GB here).
     filled = predict_pb2.PredictRequest()
     filled.model_spec.name = "toy"
@@ -185,7 +195,8 @@ def test_bad_requests_get_a_status_and_the_server_stays_up(server):
     code, message = _code(lambda: client.predict({"text": np.array([b"x" * (5 << 20)], object)}))
     assert code == "RESOURCE_EXHAUSTED"
     # Still serving, the same answers as before.
-    assert client.translate(["A man rides a bike."])[0] == GrpcClient(server.address, "toy").translate(["A man rides a bike."])[0]
+    assert (client.translate(["A man rides a bike."])[0]
+            == GrpcClient(server.address, "toy").translate(["A man rides a bike."])[0])
     assert server.process.poll() is None
 
 
@@ -322,7 +333,9 @@ def test_an_error_reply_closes_the_connection_so_an_unread_body_is_not_a_request
     # A 404 sent before its body is read: on a kept-alive connection the body
     # would be read as the next request (request smuggling behind a proxy).
     smuggled = b"GET /v1/models/toy HTTP/1.1\r\nHost: x\r\n\r\n"
-    request = (b"POST /v1/models/nope:nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)) + smuggled
+    request = (
+        b"POST /v1/models/nope:nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+    ) + smuggled
     received = _until_closed(server.rest_port, request)
     # 400 "Malformed request", as TensorFlow Serving answers a path outside its routes
     # (tensorflow_serving/model_servers/http_rest_api_handler.cc, ProcessRequest).
@@ -559,7 +572,9 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     rest_sockets = []
     for _ in range(3):
         sock = socket.create_connection(("localhost", server.rest_port), timeout=60)
-        sock.sendall(b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/models/toy:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         rest_sockets.append(sock)
     idle = socket.create_connection(("localhost", server.rest_port), timeout=30)
     time.sleep(1.0)  # on the wire and accepted, even on a busy machine

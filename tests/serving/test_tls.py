@@ -8,7 +8,7 @@ import pytest
 
 from serving.client import GrpcClient
 from serving.client import ServingError
-from serving.server import parse_ssl_config
+from serving.tls import parse_ssl_config
 from tests.serving.conftest import ServerProcess
 
 

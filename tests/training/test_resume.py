@@ -27,7 +27,9 @@ def _run(tmp_path, name, epochs, interrupts=(), model=_model, callbacks=(), **kw
         fresh = model()
         extra = [*callbacks, *([Interrupt(**interrupt)] if interrupt else [])]
         try:
-            history = training.train(fresh, _stream(), 6, epochs, run_dir, backup_every=4, callbacks=extra, verbose=0, **kwargs)
+            history = training.train(
+                fresh, _stream(), 6, epochs, run_dir, backup_every=4, callbacks=extra, verbose=0, **kwargs
+            )
         except KeyboardInterrupt:
             resumed_at.append(training.StepBackup(os.path.join(run_dir, "backup")).restore(model()))
             continue
@@ -220,4 +222,7 @@ def test_the_watches_work_in_a_plain_fit_of_unknown_length(tmp_path):
     assert os.path.exists(tmp_path / "best.weights.h5") and np.isfinite(best.best)
     # Without the monitored value, a warning instead of a silent no-op.
     with pytest.warns(UserWarning, match="val_missing"):
-        model.fit(finite, epochs=1, callbacks=[training.BestCheckpoint(str(tmp_path / "x.weights.h5"), "val_missing")], verbose=0)
+        model.fit(
+            finite, epochs=1, callbacks=[training.BestCheckpoint(str(tmp_path / "x.weights.h5"), "val_missing")],
+            verbose=0,
+        )

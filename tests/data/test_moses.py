@@ -6,9 +6,9 @@ import os
 import pytest
 import tensorflow as tf
 
-from keras_transformer.data.text import is_lowercase_vocabulary
-from keras_transformer.data.text import moses_detokenize
-from keras_transformer.data.text import moses_tokenize
+from keras_transformer.text import is_lowercase_vocabulary
+from keras_transformer.text import moses_detokenize
+from keras_transformer.text import moses_tokenize
 
 
 def _lines(path):

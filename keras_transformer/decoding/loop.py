@@ -1,0 +1,292 @@
+"""The decoding loop shared by greedy and beam search, and the strategy interface.
+
+`decode(model, source, max_length, strategy)` runs a `Transformer`'s encoder
+once and its decoder one token a step inside one `tf.while_loop`. The loop
+owns what every search needs: the key/value cache (grown in chunks, or
+preallocated for XLA), each sentence's length limit, the cross-attention rows
+of each step, and compaction (a sentence that is done leaves the decoder's
+batch). A `DecodingStrategy` only says how to pick the next tokens from the
+step's logits and what to keep of them (greedy: the arg-max; beam search: the
+best hypotheses).
+
+Shapes: B sentences, K hypotheses decoded per sentence (the strategy's
+`width`), n <= B sentences still decoded in a step, L `max_length`, S the
+source length, V the vocabulary, N heads.
+"""
+
+import tensorflow as tf
+
+from keras_transformer.layers import validation
+
+
+class DecodingStrategy:
+    """How a search picks the next tokens; `decode` runs the loop around it.
+
+    The strategy's state is a nest of tensors with the B sentences on axis 0.
+    At each step the loop passes the rows of the sentences still decoded and
+    writes the rows that `step` returns back into the full state.
+    """
+
+    width = 1  # K: hypotheses decoded per sentence
+    start_id = 1  # [START], every hypothesis's first input
+    attention = None  # "mean" or "heads": `step` receives the step's cross-attention rows
+
+    def initial_state(self, batch, max_length, source_length):
+        """The state of B sentences: a nest of tensors [B, ...]."""
+        raise NotImplementedError
+
+    def prefix(self, rows, i):
+        """Without a cache: the n * K generated prefixes before step `i`, int32 [n * K, i]."""
+        raise NotImplementedError
+
+    def step(self, i, logits, attention, rows, limits, at_limit):
+        """Picks the tokens of step `i`.
+
+        Args:
+            i: scalar int32, the step (the position of the tokens picked).
+            logits: float [n, K, V], the decoder's scores for the next token.
+            attention: with `attention` "mean", float32 [n, K, S], the last
+                decoder layer's cross-attention of this step averaged over
+                heads; with "heads", [n, K, N, S]; else None.
+            rows: the state's rows of the n sentences.
+            limits: int32 [n], each sentence's most generated tokens.
+            at_limit: with `max_extra_length`, bool [n]: whether this is a
+                sentence's last allowed step (its token must be [END]); else
+                None (nothing is forced, not even at `max_length`).
+
+        Returns:
+            (tokens int32 [n, K]: the next inputs of the K hypotheses;
+             parents int32 [n, K]: the hypothesis (0..K-1) each one continues,
+             or None when hypotheses never move;
+             new rows; done bool [n]: sentences that can stop).
+        """
+        raise NotImplementedError
+
+    def finish(self, state, length):
+        """The search's result from the full state after `length` steps."""
+        raise NotImplementedError
+
+
+def never_generated(logits, start_id, pad_id=0):
+    """Logits [..., V] with [PAD] and [START] made impossible: neither may
+    follow a token (a generated 0 would also read as padding)."""
+    vocab = tf.shape(logits)[-1]
+    banned = tf.one_hot(pad_id, vocab) + tf.one_hot(start_id, vocab)
+    return logits - 1e9 * banned
+
+
+def check_max_length(model, max_length):
+    """A Python-int `max_length` must fit the model's positional encoding."""
+    if isinstance(max_length, int) and not 0 < max_length <= model.max_length:
+        raise ValueError(
+            f"`max_length` must be in [1, {model.max_length}] (the model's max_length). "
+            f"Received: max_length={max_length}"
+        )
+
+
+def sentence_limits(source, max_length, max_extra_length):
+    """[B] int32: each sentence's most generated tokens, its own source
+    length (non-padding tokens) + `max_extra_length`, at most `max_length`.
+    Without `max_extra_length`, every sentence may use `max_length`."""
+    batch = tf.shape(source)[0]
+    if max_extra_length is None:
+        return tf.fill([batch], tf.cast(max_length, tf.int32))
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(source, 0), tf.int32), axis=1)
+    return tf.minimum(lengths + max_extra_length, tf.cast(max_length, tf.int32))
+
+
+def _tracing_for_xla():
+    """True while tracing a `tf.function(jit_compile=True)`."""
+    try:  # TensorFlow marks the graph it traces for XLA with a control-flow context.
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without the module
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def resolve_cache_chunk(cache_chunk, use_cache):
+    """Checks `cache_chunk`; None where the cache must not grow: without a
+    cache, or under XLA, which needs the fixed shapes of a preallocated one."""
+    if cache_chunk is not None:
+        cache_chunk = validation.check_int_at_least("cache_chunk", cache_chunk, 1, " or None")
+    if not use_cache or _tracing_for_xla():
+        return None
+    return cache_chunk
+
+
+def init_decoder_cache(model, encoder_output, max_length, cache_chunk):
+    """The decoder cache, with self-attention room for `cache_chunk`
+    positions (at most `max_length`), or for all `max_length` when None."""
+    capacity = max_length if cache_chunk is None else tf.minimum(cache_chunk, max_length)
+    return model.init_cache(encoder_output, capacity)
+
+
+def grow_cache(cache, index, cache_chunk):
+    """`cache` with room at position `index`: self-attention caches
+    [B, 2, N, L, H] that are full get `cache_chunk` more positions.
+
+    Only the filled part of a cache is then read (and, in beam search,
+    reordered) at each step, instead of all `max_length` positions.
+    """
+    if cache_chunk is None or not cache:
+        return cache
+
+    def grown():
+        pad = [[0, 0], [0, 0], [0, 0], [0, cache_chunk], [0, 0]]
+        return [{**c, "self_attention": tf.pad(c["self_attention"], pad)} for c in cache]
+
+    capacity = tf.shape(cache[0]["self_attention"])[3]
+    return tf.cond(index < capacity, lambda: cache, grown)
+
+
+def relax(shape, *dims):
+    """`shape` with the sizes at `dims` unknown (a `tf.while_loop` shape
+    invariant for a loop variable that changes size there)."""
+    return tf.TensorShape([None if d in dims else size for d, size in enumerate(shape.as_list())])
+
+
+def decoder_rows_shapes(cache, context):
+    """Shape invariants of the decoder's caches and context (encoder output
+    and mask) when sentences leave the batch (axis 0) and the self-attention
+    caches grow (axis 3)."""
+    cache = [
+        {"self_attention": relax(c["self_attention"], 0, 3), "cross_attention": relax(c["cross_attention"], 0)}
+        for c in cache
+    ]
+    return cache, tuple(relax(x, 0) for x in context)
+
+
+def _attention_rows(scores, n, k, per_head):
+    """The last decoder layer's scores [n * K, N, 1, S] -> float32 [n, K, S],
+    averaged over heads, or [n, K, N, S] with `per_head`."""
+    rows = tf.cast(scores[-1][:, :, 0, :], tf.float32)
+    if not per_head:
+        rows = tf.reduce_mean(rows, axis=1)
+    return tf.reshape(rows, tf.concat([[n, k], tf.shape(rows)[1:]], 0))
+
+
+def decode(model, source, max_length, strategy, use_cache=True, max_extra_length=None, cache_chunk=16):
+    """Runs `strategy` over a `Transformer`: the encoder once, then one token a step.
+
+    Args:
+        model: a `Transformer`.
+        source: int [B, S] source ids, 0-padded.
+        max_length: int or scalar tensor, the most tokens to generate.
+        strategy: a `DecodingStrategy`; its `start_id` is every hypothesis's first input.
+        use_cache: bool; False re-runs the decoder over the whole prefix at
+            every step (the reference and benchmark baseline).
+        max_extra_length: int; when given, a sentence whose source has n
+            tokens generates at most n + max_extra_length, so a translation
+            does not depend on the other sentences in its batch.
+        cache_chunk: int, the self-attention cache grows by this many
+            positions when full, and a sentence that is done leaves the
+            decoder's batch. None preallocates all `max_length` positions and
+            keeps every sentence: the fixed shapes XLA needs, also used
+            whenever this is traced inside `tf.function(jit_compile=True)`.
+
+    Returns:
+        `strategy.finish(state, steps)`.
+    """
+    cache_chunk = resolve_cache_chunk(cache_chunk, use_cache)
+    check_max_length(model, max_length)
+    source = tf.convert_to_tensor(source)
+    batch = tf.shape(source)[0]
+    k = strategy.width
+    max_length = tf.convert_to_tensor(max_length, tf.int32)
+    limits = sentence_limits(source, max_length, max_extra_length)
+
+    encoder_output, source_mask = model.encode(source)
+    if k > 1:
+        encoder_output = tf.repeat(encoder_output, k, axis=0)  # [B * K, S, D]
+        source_mask = tf.repeat(source_mask, k, axis=0)
+    cache = init_decoder_cache(model, encoder_output, max_length, cache_chunk) if use_cache else []
+    start = tf.constant(strategy.start_id, tf.int32)
+    last = tf.fill([batch * k], start)  # each hypothesis's newest token
+    # With a growing cache shapes are dynamic anyway, so a sentence that is
+    # done also leaves the decoder's batch: `active` lists the sentences still
+    # decoded, and `last`, the caches and the encoder context hold their K
+    # rows each. The strategy's state stays full-sized, [B, ...].
+    compact = cache_chunk is not None
+
+    def take(state, active):
+        return tf.nest.map_structure(lambda x: tf.gather(x, active), state) if compact else state
+
+    def put(full, rows, active):
+        if not compact:
+            return rows
+        # An empty tensor (a strategy's unused slot) cannot be scattered into: it stays.
+        return tf.nest.map_structure(
+            lambda f, r: f if 0 in f.shape.as_list()[1:] else tf.tensor_scatter_nd_update(f, active[:, None], r),
+            full, rows,
+        )
+
+    def step(i, active, last, cache, context, state, sentence_done):
+        encoder_output, source_mask = context
+        n = tf.shape(active)[0]  # sentences decoded in this step
+        rows = take(state, active)
+        if use_cache:
+            cache = grow_cache(cache, i, cache_chunk)
+            logits, scores, cache = model.decode(
+                last[:, None], encoder_output, source_mask, cache=cache, cache_index=i,
+                return_attention_scores=True,
+            )
+        else:
+            prefix = tf.concat([tf.fill([n * k, 1], start), strategy.prefix(rows, i)], 1)  # [n * K, i + 1]
+            logits, scores = model.decode(prefix, encoder_output, source_mask, return_attention_scores=True)
+            logits, scores = logits[:, -1:], [s[:, :, -1:] for s in scores]
+        logits = tf.reshape(logits, [n, k, -1])  # [n, K, V]
+        attention = None if strategy.attention is None else _attention_rows(scores, n, k, strategy.attention == "heads")
+        own_limits = tf.gather(limits, active) if compact else limits
+        at_limit = None if max_extra_length is None else i + 1 >= own_limits
+        tokens, parents, rows, sentence_done = strategy.step(i, logits, attention, rows, own_limits, at_limit)
+        state = put(state, rows, active)
+        last = tf.reshape(tokens, [-1])
+        if parents is not None:
+            parents = tf.reshape(parents + tf.range(n)[:, None] * k, [-1])  # rows of the caches
+        if compact:
+            keep = tf.where(~sentence_done)[:, 0]
+            kept_rows = tf.reshape(keep[:, None] * k + tf.range(k, dtype=keep.dtype), [-1])
+            active, sentence_done = tf.gather(active, keep), tf.gather(sentence_done, keep)
+            last = tf.gather(last, kept_rows)
+            # Rows of per-sentence tensors change only when a sentence leaves;
+            # a strategy that reorders moves the self-attention caches below.
+            if parents is not None:
+                parents = tf.gather(parents, kept_rows)
+                per_sentence = (context, [c["cross_attention"] for c in cache])
+                context, cross = tf.cond(
+                    tf.size(keep) < n,
+                    lambda: tf.nest.map_structure(lambda x: tf.gather(x, kept_rows), per_sentence),
+                    lambda: per_sentence,
+                )
+                cache = [{**c, "cross_attention": x} for c, x in zip(cache, cross)]
+            else:
+                cache, context = tf.cond(
+                    tf.size(keep) < n,
+                    lambda: tf.nest.map_structure(lambda x: tf.gather(x, kept_rows), (cache, context)),
+                    lambda: (cache, context),
+                )
+        if parents is not None:
+            cache = [{**c, "self_attention": tf.gather(c["self_attention"], parents)} for c in cache]
+        return i + 1, active, last, cache, context, state, sentence_done
+
+    def not_finished(i, active, last, cache, context, state, sentence_done):
+        return (i < max_length) & ~tf.reduce_all(sentence_done)
+
+    context = (encoder_output, source_mask)
+    strategy_state = strategy.initial_state(batch, max_length, tf.shape(source)[1])
+    state = (tf.constant(0), tf.range(batch), last, cache, context, strategy_state, tf.zeros([batch], tf.bool))
+    shapes = tf.nest.map_structure(lambda t: t.shape, state)
+    if compact:
+        i, active, last, cache, context, strategy_state, sentence_done = shapes
+        shapes = (
+            i, relax(active, 0), relax(last, 0), *decoder_rows_shapes(cache, context), strategy_state,
+            relax(sentence_done, 0),
+        )
+
+    def same_shapes_step(*state):
+        # Gathers by computed indices lose static batch sizes; keep them so
+        # tf.while_loop sees loop variables of unchanged shape.
+        return tf.nest.map_structure(tf.ensure_shape, step(*state), shapes)
+
+    length, *_, state, _ = tf.while_loop(not_finished, same_shapes_step, state, shape_invariants=shapes)
+    return strategy.finish(state, length)

@@ -1,0 +1,165 @@
+"""TensorFlow Serving's gRPC API: PredictionService and ModelService over a ModelManager."""
+
+import functools
+import logging
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: E402
+from tensorflow_serving.apis import get_model_status_pb2  # noqa: E402
+from tensorflow_serving.apis import model_service_pb2_grpc  # noqa: E402
+from tensorflow_serving.apis import predict_pb2  # noqa: E402
+from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
+
+from serving.errors import ServingError  # noqa: E402
+from serving.errors import StatusCode  # noqa: E402
+from serving.servables import DEFAULT_SIGNATURE  # noqa: E402
+from serving.servables import ModelManager  # noqa: E402
+
+log = logging.getLogger("serving")
+
+
+def _dims(name: str, proto) -> tuple:
+    """A TensorProto's shape; every size must be >= 0 (-1, "unknown", is not a value's shape)."""
+    dims = tuple(d.size for d in proto.tensor_shape.dim)
+    if any(d < 0 for d in dims):
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" has a negative dimension: {list(dims)}")
+    return dims
+
+
+def _tensor_to_array(name: str, proto, dims: tuple) -> np.ndarray:
+    # A TensorProto with fewer values than its shape holds is filled with
+    # its last value (tf.make_ndarray does so): a few bytes could then ask
+    # for gigabytes. A string tensor must carry every value; a numeric one
+    # may be filled up to what a message could plausibly carry.
+    elements = int(np.prod(dims, dtype=np.float64))
+    if proto.dtype == tf.string.as_datatype_enum and len(proto.string_val) != elements:
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT,
+            f"input \"{name}\" has shape {list(dims)} ({elements} values) but carries "
+            f"{len(proto.string_val)} strings",
+        )
+    if elements * 8 > max(16 << 20, 8 * proto.ByteSize()):
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT,
+            f"input \"{name}\" declares {elements} elements in a {proto.ByteSize()}-byte TensorProto",
+        )
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as error:
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT, f"input \"{name}\" is not a valid TensorProto: {error}"
+        ) from None
+
+
+def _dtype(name: str, enum: int) -> tf.DType:
+    """A TensorProto's dtype enum as a tf.DType (DT_INVALID reads as float32, as an
+    unset field does); an enum TensorFlow does not know is INVALID_ARGUMENT."""
+    if not enum:
+        return tf.float32
+    try:
+        return tf.dtypes.as_dtype(enum)
+    except (TypeError, ValueError):
+        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" has an unknown dtype enum {enum}") from None
+
+
+def _version(spec) -> Optional[int]:
+    if spec.WhichOneof("version_choice") == "version_label":
+        raise ServingError(
+            StatusCode.INVALID_ARGUMENT,
+            # As TensorFlow Serving without version labels (model_servers/server_core.cc).
+            f"Unrecognized servable version label: {spec.version_label}",
+        )
+    return spec.version.value if spec.HasField("version") else None
+
+
+def _grpc_method(method):
+    """A gRPC handler that answers every failure with a status: a `ServingError`
+    with its own code, anything unexpected with INTERNAL and a message (the
+    server logs it and stays up), never grpc's bare UNKNOWN."""
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as error:
+            message, code = error.message, error.code
+        except Exception as error:
+            log.exception("gRPC %s failed", method.__name__)
+            message, code = f"{type(error).__name__}: {error}"[:500], StatusCode.INTERNAL
+        context.abort(code, message)
+
+    return handler
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    @_grpc_method
+    def Predict(self, request, context):
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        # Check types and shapes against the signature before building arrays.
+        with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+            dims = {k: _dims(k, v) for k, v in request.inputs.items()}
+            loaded.check_inputs(signature, {k: _dtype(k, v.dtype) for k, v in request.inputs.items()}, dims)
+            inputs = {k: _tensor_to_array(k, v, dims[k]) for k, v in request.inputs.items()}
+            outputs = loaded.run(signature, inputs, tuple(request.output_filter), checked=True)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = loaded.name
+            response.model_spec.version.value = loaded.version
+            response.model_spec.signature_name = signature
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    @_grpc_method
+    def GetModelMetadata(self, request, context):
+        fields = set(request.metadata_field)
+        if fields != {"signature_def"}:
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"metadata_field must be [\"signature_def\"], got {sorted(fields)}",
+            )
+        with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = loaded.name
+            response.model_spec.version.value = loaded.version
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, value in loaded.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(value)
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    @_grpc_method
+    def GetModelStatus(self, request, context):
+        rows = self.manager.status(request.model_spec.name, _version(request.model_spec))
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, state, message in rows:
+            status = response.model_version_status.add(version=number, state=state)
+            if message:
+                status.status.error_code = StatusCode.UNKNOWN.value[0]
+                status.status.error_message = message
+        return response
+
+
+def parse_channel_arguments(text: str):
+    """TensorFlow Serving's --grpc_channel_arguments: "key=value,key=value"."""
+    options = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        options.append((key, int(value) if re.fullmatch(r"-?\d+", value) else value))
+    return options
