@@ -75,7 +75,7 @@ def train(args, run_dir, start):
         tokenizer.vocab_size, tokenizer.vocab_size, num_layers=2, d_model=128, num_heads=4, d_ff=256,
         dropout=0.0, max_length=64,
     )
-    training.compile_for_translation(model, warmup_steps=200, learning_rate_scale=0.5, label_smoothing=0.0)
+    training.compile_for_translation(model, warmup_steps=200, learning_rate_scale=args.lr_scale, label_smoothing=0.0)
     _say(f"training: {args.epochs} epochs of {one_pass} batches (~{args.tokens_per_batch} tokens each)", start)
     model.fit(stream, steps_per_epoch=one_pass, epochs=args.epochs, verbose=2)
     model.save(os.path.join(run_dir, "model.keras"))
@@ -91,6 +91,7 @@ def main():
     p.add_argument("--tokens-per-batch", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-scale", type=float, default=0.5, help="multiplies the paper's learning-rate schedule")
     p.add_argument("--min-accuracy", type=float, default=0.95)
     args = p.parse_args()
     start = time.monotonic()
