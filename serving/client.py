@@ -264,7 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--model_name", default="transformer")
     p.add_argument("--model_version", type=int, help="default: the latest")
     p.add_argument("--input", help="a file of sentences, one per line ('-': stdin); translations go to stdout in order")
-    p.add_argument("--batch_size", type=int, default=32, help="sentences per request (at most the server's max_batch_size)")
+    p.add_argument("--batch_size", type=int, default=32,
+                   help="sentences per request (at most the server's max_batch_size)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
     p.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
