@@ -25,14 +25,19 @@ def _gather_beams(x, beam_index):
 class BeamSearch(DecodingStrategy):
     """K live and K finished hypotheses per sentence (see `beam_search`).
 
-    State, per sentence: live ids [B, K, L], log-probabilities [B, K] and
-    attention [B, K, L, (N,) S]; finished ids, scores, log-probabilities and
-    attention of the same shapes (NEG_INF scores mark empty slots). The
-    attention tensors are empty, [B, K, 0, 0], unless asked for.
+    State, per sentence: `live`, a dict of ids [B, K, L] and log-probabilities
+    [B, K]; `done`, the finished hypotheses: ids, scores and log-probabilities
+    of the same shapes (NEG_INF scores mark empty slots). With `attention`
+    ("mean" or "heads"), each also holds the hypotheses' cross-attention
+    rows [B, K, L, S], or [B, K, L, num_heads, S].
     """
 
     def __init__(self, beam_size, alpha, start_id=START_ID, end_id=END_ID, attention=None, num_heads=None):
-        self.width = beam_size
+        self.width = validation.check_positive_int("beam_size", beam_size)
+        if attention not in (None, "mean", "heads"):
+            raise ValueError(f"`attention` must be None, 'mean' or 'heads'. Received: attention={attention!r}")
+        if attention == "heads":
+            num_heads = validation.check_positive_int("num_heads", num_heads)
         self.alpha = tf.constant(alpha, tf.float32)
         self.start_id, self.end_id = start_id, end_id
         self.attention = attention
@@ -40,30 +45,27 @@ class BeamSearch(DecodingStrategy):
 
     def initial_state(self, batch, max_length, source_length):
         k = self.width
-        # Attention rows are collected only when asked for; else they are empty.
-        if self.attention is None:
-            attention_shape = [0, 0]
-        elif self.attention == "heads":
-            attention_shape = [max_length, self.num_heads, source_length]
-        else:
-            attention_shape = [max_length, source_length]
         # Only beam 0 is live at the start.
         live_log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
-        live = (tf.zeros([batch, k, max_length], tf.int32), live_log_probs, tf.zeros([batch, k, *attention_shape]))
-        done = (
-            tf.zeros([batch, k, max_length], tf.int32), tf.fill([batch, k], NEG_INF), tf.fill([batch, k], NEG_INF),
-            tf.zeros([batch, k, *attention_shape]),
-        )
+        live = {"ids": tf.zeros([batch, k, max_length], tf.int32), "log_probs": live_log_probs}
+        done = {
+            "ids": tf.zeros([batch, k, max_length], tf.int32), "scores": tf.fill([batch, k], NEG_INF),
+            "log_probs": tf.fill([batch, k], NEG_INF),
+        }
+        if self.attention is not None:
+            heads = [self.num_heads] if self.attention == "heads" else []
+            live["attention"] = tf.zeros([batch, k, max_length, *heads, source_length])
+            done["attention"] = tf.zeros([batch, k, max_length, *heads, source_length])
         return live, done
 
     def prefix(self, rows, i):
-        live_ids = rows[0][0]  # [n, K, L]
+        live_ids = rows[0]["ids"]  # [n, K, L]
         return tf.reshape(live_ids[:, :, :i], [tf.shape(live_ids)[0] * self.width, -1])
 
     def step(self, i, logits, attention, rows, limits, at_limit):
-        (live_ids, live_log_probs, live_attention), (done_ids, done_scores, done_log_probs, done_attention) = rows
+        live, done = rows
         n, k = tf.shape(logits)[0], self.width
-        vocab, max_length = tf.shape(logits)[-1], tf.shape(live_ids)[-1]
+        vocab, max_length = tf.shape(logits)[-1], tf.shape(live["ids"])[-1]
         log_probs = never_generated(tf.nn.log_softmax(logits), self.start_id)
         if at_limit is not None:
             # At its last allowed step a sentence can only end.
@@ -71,18 +73,18 @@ class BeamSearch(DecodingStrategy):
             log_probs = tf.where(at_limit[:, None, None], log_probs + only_end, log_probs)
 
         # Expand: the best 2K of all K x V continuations.
-        candidates = tf.reshape(live_log_probs[:, :, None] + log_probs, [n, k * vocab])
+        candidates = tf.reshape(live["log_probs"][:, :, None] + log_probs, [n, k * vocab])
         cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [n, 2K]
         beam, token = flat // vocab, flat % vocab
         place = tf.one_hot(i, max_length, dtype=tf.int32)  # [L], 1 at step i
-        cand_ids = _gather_beams(live_ids, beam) + token[:, :, None] * place  # [n, 2K, L]
-        cand_attention = _gather_beams(live_attention, beam)
+        cand = {"ids": _gather_beams(live["ids"], beam) + token[:, :, None] * place}  # [n, 2K, L]
         if self.attention is not None:
             # This step's rows [n, K, (N,) S], written into row i of [n, 2K, L, (N,) S].
             step_rows = _gather_beams(attention, beam)[:, :, None]
+            cand_attention = _gather_beams(live["attention"], beam)
             extra_dims = len(cand_attention.shape) - 3
             row_place = tf.reshape(tf.cast(place, tf.float32), [1, 1, -1] + [1] * extra_dims)
-            cand_attention += step_rows * row_place
+            cand["attention"] = cand_attention + step_rows * row_place
         ended = tf.equal(token, self.end_id)
         valid = cand_log_probs > NEG_INF / 2
         in_top_k = tf.range(2 * k) < k  # top_k sorts, so rank < K is the best K
@@ -90,43 +92,44 @@ class BeamSearch(DecodingStrategy):
         # Live: the best K candidates that did not end.
         live_key = tf.where(ended | ~valid, NEG_INF, cand_log_probs)
         live_log_probs, pick = tf.math.top_k(live_key, k)
-        live_ids = _gather_beams(cand_ids, pick)
-        live_attention = _gather_beams(cand_attention, pick)
+        new_live = {key: _gather_beams(value, pick) for key, value in cand.items()}
+        new_live["log_probs"] = live_log_probs
         parents = _gather_beams(beam, pick)  # [n, K], each live beam's parent
         last = _gather_beams(token, pick)
 
         # Finished: merge the candidates that ended with the kept ones.
         finish = ended & valid & in_top_k[None]
-        new_scores = tf.where(finish, cand_log_probs / length_penalty(i + 1, self.alpha), NEG_INF)
-        all_scores = tf.concat([done_scores, new_scores], axis=1)
-        done_scores, best = tf.math.top_k(all_scores, k)
-        done_ids = _gather_beams(tf.concat([done_ids, cand_ids], axis=1), best)
-        done_log_probs = _gather_beams(
-            tf.concat([done_log_probs, tf.where(finish, cand_log_probs, NEG_INF)], 1), best
-        )
-        done_attention = _gather_beams(tf.concat([done_attention, cand_attention], axis=1), best)
+        ended_cand = {
+            **cand,
+            "scores": tf.where(finish, cand_log_probs / length_penalty(i + 1, self.alpha), NEG_INF),
+            "log_probs": tf.where(finish, cand_log_probs, NEG_INF),
+        }
+        _, best = tf.math.top_k(tf.concat([done["scores"], ended_cand["scores"]], axis=1), k)
+        new_done = {key: _gather_beams(tf.concat([done[key], ended_cand[key]], axis=1), best) for key in done}
 
         # A live hypothesis's score can rise to at most its log-probability
         # over the largest penalty its sentence can still reach (at its own
         # length limit); once that is below the worst kept finished score,
         # the sentence cannot improve: it is done.
-        sentence_done = done_scores[:, -1] >= live_log_probs[:, 0] / length_penalty(limits, self.alpha)
-        live = (live_ids, live_log_probs, live_attention)
-        done = (done_ids, done_scores, done_log_probs, done_attention)
-        return last, parents, (live, done), sentence_done
+        sentence_done = new_done["scores"][:, -1] >= live_log_probs[:, 0] / length_penalty(limits, self.alpha)
+        return last, parents, (new_live, new_done), sentence_done
 
     def finish(self, state, length):
-        (live_ids, live_log_probs, live_attention), (done_ids, done_scores, done_log_probs, done_attention) = state
+        live, done = state
         # A sentence that finished nothing by max_length returns its live beams.
-        none_done = (done_scores[:, 0] <= NEG_INF / 2)[:, None]
+        none_done = done["scores"][:, 0] <= NEG_INF / 2  # [B]
+
+        def pick(live_value, done_value):
+            where = tf.reshape(none_done, [-1] + [1] * (len(live_value.shape) - 1))
+            return tf.where(where, live_value, done_value)
+
         outputs = {
-            "ids": tf.where(none_done[:, :, None], live_ids, done_ids),
-            "scores": tf.where(none_done, live_log_probs / length_penalty(length, self.alpha), done_scores),
-            "log_probs": tf.where(none_done, live_log_probs, done_log_probs),
+            "ids": pick(live["ids"], done["ids"]),
+            "scores": pick(live["log_probs"] / length_penalty(length, self.alpha), done["scores"]),
+            "log_probs": pick(live["log_probs"], done["log_probs"]),
         }
         if self.attention is not None:
-            pick_live = tf.reshape(none_done, [-1, 1] + [1] * (len(live_attention.shape) - 2))
-            outputs["attention"] = tf.where(pick_live, live_attention, done_attention)
+            outputs["attention"] = pick(live["attention"], done["attention"])
         return outputs
 
 
@@ -188,7 +191,6 @@ def beam_search(
         or [B, K, max_length, num_heads, S] with "heads"; row t is the
         attention of the step that generated token t.
     """
-    validation.check_positive_int("beam_size", beam_size)
     if return_attention not in (False, True, "mean", "heads"):
         raise ValueError(
             f"`return_attention` must be False, True, 'mean' or 'heads'. Received: {return_attention!r}"

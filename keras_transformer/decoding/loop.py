@@ -14,6 +14,8 @@ Shapes: B sentences, K hypotheses decoded per sentence (the strategy's
 source length, V the vocabulary, N heads.
 """
 
+import numbers
+
 import tensorflow as tf
 
 from keras_transformer.layers import validation
@@ -76,12 +78,30 @@ def never_generated(logits, start_id, pad_id=0):
 
 
 def check_max_length(model, max_length):
-    """A Python-int `max_length` must fit the model's positional encoding."""
-    if isinstance(max_length, int) and not 0 < max_length <= model.max_length:
-        raise ValueError(
-            f"`max_length` must be in [1, {model.max_length}] (the model's max_length). "
-            f"Received: max_length={max_length}"
-        )
+    """`max_length` (an int, NumPy integer or int scalar tensor) must be in
+    [1, model.max_length], the positions of the model's positional encoding.
+
+    A value known now is checked now (ValueError); a tensor known only when
+    the graph runs gets a graph assertion (InvalidArgumentError), except
+    under XLA, which compiles assertions away. Returns `max_length` as an
+    int32 tensor.
+    """
+    message = f"`max_length` must be in [1, {model.max_length}] (the model's max_length)"
+    if isinstance(max_length, bool) or not (
+        isinstance(max_length, numbers.Integral) or (tf.is_tensor(max_length) and max_length.dtype.is_integer)
+    ):
+        raise ValueError(f"{message}, an integer. Received: max_length={max_length!r}")
+    if tf.is_tensor(max_length) and max_length.shape.rank not in (None, 0):
+        raise ValueError(f"{message}, a scalar. Received: max_length with shape {max_length.shape}")
+    value = tf.get_static_value(max_length) if tf.is_tensor(max_length) else max_length
+    if value is not None and not 0 < int(value) <= model.max_length:
+        raise ValueError(f"{message}. Received: max_length={int(value)}")
+    max_length = tf.cast(max_length, tf.int32)
+    if value is None and not _tracing_for_xla():
+        valid = (max_length > 0) & (max_length <= model.max_length)
+        with tf.control_dependencies([tf.debugging.Assert(valid, [message + ". Received: max_length=", max_length])]):
+            max_length = tf.identity(max_length)
+    return max_length
 
 
 def sentence_limits(source, max_length, max_extra_length):
@@ -157,9 +177,9 @@ def decoder_rows_shapes(cache, context):
 
 
 def _attention_rows(scores, n, k, per_head):
-    """The last decoder layer's scores [n * K, N, 1, S] -> float32 [n, K, S],
+    """One layer's scores of one position [n * K, N, 1, S] -> float32 [n, K, S],
     averaged over heads, or [n, K, N, S] with `per_head`."""
-    rows = tf.cast(scores[-1][:, :, 0, :], tf.float32)
+    rows = tf.cast(scores[:, :, 0, :], tf.float32)
     if not per_head:
         rows = tf.reduce_mean(rows, axis=1)
     return tf.reshape(rows, tf.concat([[n, k], tf.shape(rows)[1:]], 0))
@@ -188,11 +208,10 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
         `strategy.finish(state, steps)`.
     """
     cache_chunk = resolve_cache_chunk(cache_chunk, use_cache)
-    check_max_length(model, max_length)
+    max_length = check_max_length(model, max_length)
     source = tf.convert_to_tensor(source)
     batch = tf.shape(source)[0]
     k = strategy.width
-    max_length = tf.convert_to_tensor(max_length, tf.int32)
     limits = sentence_limits(source, max_length, max_extra_length)
 
     encoder_output, source_mask = model.encode(source)
@@ -214,28 +233,30 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     def put(full, rows, active):
         if not compact:
             return rows
-        # An empty tensor (a strategy's unused slot) cannot be scattered into: it stays.
-        return tf.nest.map_structure(
-            lambda f, r: f if 0 in f.shape.as_list()[1:] else tf.tensor_scatter_nd_update(f, active[:, None], r),
-            full, rows,
-        )
+        return tf.nest.map_structure(lambda f, r: tf.tensor_scatter_nd_update(f, active[:, None], r), full, rows)
 
     def step(i, active, last, cache, context, state, sentence_done):
         encoder_output, source_mask = context
         n = tf.shape(active)[0]  # sentences decoded in this step
         rows = take(state, active)
+        # Only the last layer's cross-attention of the newest position is used, and only by a strategy that asks.
+        with_scores = strategy.attention is not None
         if use_cache:
             cache = grow_cache(cache, i, cache_chunk)
-            logits, scores, cache = model.decode(
+            logits, *scores, cache = model.decode(
                 last[:, None], encoder_output, source_mask, cache=cache, cache_index=i,
-                return_attention_scores=True,
+                return_attention_scores=with_scores,
             )
         else:
             prefix = tf.concat([tf.fill([n * k, 1], start), strategy.prefix(rows, i)], 1)  # [n * K, i + 1]
-            logits, scores = model.decode(prefix, encoder_output, source_mask, return_attention_scores=True)
-            logits, scores = logits[:, -1:], [s[:, :, -1:] for s in scores]
+            outputs = model.decode(prefix, encoder_output, source_mask, return_attention_scores=with_scores)
+            logits, *scores = outputs if with_scores else (outputs,)
+            logits = logits[:, -1:]
         logits = tf.reshape(logits, [n, k, -1])  # [n, K, V]
-        attention = None if strategy.attention is None else _attention_rows(scores, n, k, strategy.attention == "heads")
+        attention = None
+        if with_scores:
+            last_layer = scores[0][-1][:, :, -1:]  # [n * K, N, 1, S]
+            attention = _attention_rows(last_layer, n, k, strategy.attention == "heads")
         own_limits = tf.gather(limits, active) if compact else limits
         at_limit = None if max_extra_length is None else i + 1 >= own_limits
         tokens, parents, rows, sentence_done = strategy.step(i, logits, attention, rows, own_limits, at_limit)

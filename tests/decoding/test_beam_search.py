@@ -131,3 +131,66 @@ def test_bad_decoding_options_are_refused_by_name(model, source):
         greedy_decode(model, source, 10, cache_chunk=2.5)
     with pytest.raises(ValueError, match="return_attention"):
         beam_search(model, source, 10, return_attention="max")
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_max_length_is_checked_whatever_its_type(model, source, search):
+    def run(max_length):
+        if search == "greedy":
+            return greedy_decode(model, source, max_length)
+        return beam_search(model, source, max_length, beam_size=2)["ids"]
+
+    # True is an int to Python but never a length.
+    with pytest.raises(ValueError, match="max_length"):
+        run(True)
+    # NumPy integers and eager tensors are checked like Python ints.
+    for too_long in (np.int64(model.max_length + 1), tf.constant(model.max_length + 1), np.int32(0)):
+        with pytest.raises(ValueError, match="max_length"):
+            run(too_long)
+    with pytest.raises(ValueError, match="max_length"):
+        run(2.0)
+    # A length known only when the graph runs is asserted there, naming it.
+    fn = tf.function(lambda n: run(n), input_signature=[tf.TensorSpec([], tf.int32)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_length"):
+        fn(tf.constant(model.max_length + 1))
+    assert fn(tf.constant(5)).shape[-1] == 5
+
+
+def test_a_strategy_state_holds_no_empty_placeholders(model):
+    # Attention is kept only when asked for: no [B, K, 0, 0] stand-ins for
+    # the loop to special-case.
+    from keras_transformer.decoding.beam_search import BeamSearch
+
+    state = BeamSearch(2, 0.6).initial_state(3, 10, 6)
+    assert all(0 not in t.shape.as_list() for t in tf.nest.flatten(state))
+    with_heads = BeamSearch(2, 0.6, attention="heads", num_heads=4).initial_state(3, 10, 6)
+    assert sum(t.shape.as_list() == [3, 2, 10, 4, 6] for t in tf.nest.flatten(with_heads)) == 2
+
+
+def test_a_beam_search_strategy_refuses_bad_attention_settings():
+    from keras_transformer.decoding.beam_search import BeamSearch
+
+    with pytest.raises(ValueError, match="num_heads"):
+        BeamSearch(2, 0.6, attention="heads")  # the maps' shape needs the head count
+    with pytest.raises(ValueError, match="attention"):
+        BeamSearch(2, 0.6, attention="max")
+    with pytest.raises(ValueError, match="beam_size"):
+        BeamSearch(0, 0.6)
+
+
+def test_decoding_asks_for_attention_scores_only_when_the_strategy_uses_them(model, source, monkeypatch):
+    asked = []
+    decode = type(model).decode
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs.get("return_attention_scores", False))
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "decode", spy)
+    for use_cache in (True, False):
+        asked.clear()
+        greedy_decode(model, source, 4, use_cache=use_cache)
+        beam_search(model, source, 4, beam_size=2, use_cache=use_cache)
+        assert asked and not any(asked)
+        beam_search(model, source, 4, beam_size=2, return_attention=True, use_cache=use_cache)
+        assert any(asked)
