@@ -131,7 +131,7 @@ def main():
         sources = [number_words.english(n) for n in test_numbers]
         expected = [number_words.german(n) for n in test_numbers]
         with GrpcClient(f"localhost:{port}", "numbers") as client:
-            translations, log_probs = client.translate(sources, batch_size=32)  # batching.config's max_batch_size
+            translations, log_probs = client.translate(sources)  # DEFAULT_BATCH_SIZE: batching.config's max_batch_size
         correct = [t.lower() == e for t, e in zip(translations, expected)]
         width = max(len(s) for s in sources[: len(SHOWN)])
         for source, translation, ok, log_prob in list(zip(sources, translations, correct, log_probs))[: len(SHOWN)]:

@@ -9,7 +9,6 @@ hands each request its own rows of the outputs.
 
 import collections
 import dataclasses
-import re
 import threading
 import time
 from typing import Callable, Deque, Dict, List, Optional, Tuple
@@ -18,6 +17,7 @@ import numpy as np
 
 from serving.errors import ServingError
 from serving.errors import StatusCode
+from serving.protos import parse_text
 
 
 @dataclasses.dataclass
@@ -50,13 +50,9 @@ class BatchingParameters:
             )
 
 
-_WRAPPED = re.compile(r"(\w+)\s*:?\s*\{\s*value\s*:\s*([^\s}]+)\s*\}")
-_PLAIN = re.compile(r"(\w+)\s*:\s*([^\s{}]+)")
-_IGNORED = {"thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size"}
-
-
 def parse_batching_parameters(text: str) -> BatchingParameters:
-    """Parses TensorFlow Serving's batching parameters file (protobuf text format).
+    """Parses TensorFlow Serving's batching parameters file (protobuf text
+    format, read by protobuf's parser as TensorFlow Serving reads it).
 
     Example:
         max_batch_size { value: 32 }
@@ -65,37 +61,24 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         allowed_batch_sizes: 8
         allowed_batch_sizes: 32
 
+    `thread_pool_name`, `enable_large_batch_splitting` and
+    `max_execution_batch_size` are accepted and ignored.
+
     Raises:
-        ValueError: an unknown field or a value that does not parse, named.
+        ValueError: text that does not parse, an unknown field or a field
+            given twice (protobuf's message, with line and column), or a value
+            out of range, named.
     """
-    fields = {f.name: f for f in dataclasses.fields(BatchingParameters)}
+    message = parse_text("BatchingParameters", text, "batching parameters")
     values: Dict[str, object] = {}
-    allowed: List[int] = []
-    text = re.sub(r"#[^\n]*", "", text)
-    entries = _WRAPPED.findall(text)
-    rest = _WRAPPED.sub(" ", text)
-    entries += _PLAIN.findall(rest)
-    leftover = _PLAIN.sub(" ", rest).strip()
-    if leftover:
-        raise ValueError(f"batching parameters: cannot parse {leftover[:60]!r}")
-    for name, raw in entries:
-        if name in _IGNORED:
-            continue
-        if name not in fields:
-            raise ValueError(f"batching parameters: unknown field {name!r} (known: {', '.join(sorted(fields))})")
-        try:
-            if name == "pad_variable_length_inputs":
-                if raw not in ("true", "false"):
-                    raise ValueError(raw)
-                values[name] = raw == "true"
-            elif name == "allowed_batch_sizes":
-                allowed.append(int(raw))
-            else:
-                values[name] = int(raw)
-        except ValueError:
-            raise ValueError(f"batching parameters: {name} must be an integer, got {raw!r}") from None
-    if allowed:
-        values["allowed_batch_sizes"] = tuple(allowed)
+    for field in dataclasses.fields(BatchingParameters):
+        if field.name == "allowed_batch_sizes":
+            if message.allowed_batch_sizes:
+                values[field.name] = tuple(message.allowed_batch_sizes)
+        elif field.name == "pad_variable_length_inputs":
+            values[field.name] = message.pad_variable_length_inputs
+        elif message.HasField(field.name):
+            values[field.name] = getattr(message, field.name).value
     return BatchingParameters(**values)
 
 

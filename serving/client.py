@@ -20,6 +20,9 @@ import grpc
 import numpy as np
 
 DEFAULT_SIGNATURE = "serving_default"
+# Sentences per request: the max_batch_size of serving/batching.config (`make
+# serve`); a server with batching refuses requests of more rows.
+DEFAULT_BATCH_SIZE = 32
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
@@ -144,7 +147,9 @@ class GrpcClient(_Retrying):
         response = self._rpc(self.prediction.Predict, request)
         return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
 
-    def translate(self, sentences: Sequence[str], batch_size: int = 32) -> Tuple[List[str], List[float]]:
+    def translate(
+        self, sentences: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Tuple[List[str], List[float]]:
         """Translations and their log-probabilities, `batch_size` sentences per request."""
         texts, scores = [], []
         for chunk in _chunks(list(sentences), batch_size):
@@ -235,7 +240,9 @@ class RestClient(_Retrying):
         body = {"signature_name": signature_name, "instances": instances}
         return self._request(self.url + ":predict", body)["predictions"]
 
-    def translate(self, sentences: Sequence[str], batch_size: int = 32) -> Tuple[List[str], List[float]]:
+    def translate(
+        self, sentences: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Tuple[List[str], List[float]]:
         texts, scores = [], []
         for chunk in _chunks(list(sentences), batch_size):
             for prediction in self.predict(list(chunk)):
@@ -264,7 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--model_name", default="transformer")
     p.add_argument("--model_version", type=int, help="default: the latest")
     p.add_argument("--input", help="a file of sentences, one per line ('-': stdin); translations go to stdout in order")
-    p.add_argument("--batch_size", type=int, default=32,
+    p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="sentences per request (at most the server's max_batch_size)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")

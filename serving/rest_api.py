@@ -109,9 +109,9 @@ def rest_predict(manager: ModelManager, name: str, version: Optional[int], body:
             arrays[key] = from_json(key, value, dtype)
         outputs = loaded.run(signature, arrays)
     if "instances" in body:
+        rows = _row_batch_size(outputs)
         if len(outputs) == 1:
             return {"predictions": to_json(next(iter(outputs.values())))}
-        rows = len(next(iter(outputs.values())))
         return {"predictions": [{k: to_json(v[i]) if isinstance(v[i], np.ndarray) else json_value(v[i])
                                  for k, v in outputs.items()} for i in range(rows)]}
     if len(outputs) == 1:
@@ -119,6 +119,30 @@ def rest_predict(manager: ModelManager, name: str, version: Optional[int], body:
         # (tensorflow_serving/util/json_tensor.cc, MakeColumnarFormatJsonFromTensors).
         return {"outputs": to_json(next(iter(outputs.values())))}
     return {"outputs": {k: to_json(v) for k, v in outputs.items()}}
+
+
+def _row_batch_size(outputs: dict) -> int:
+    """The batch size every output shares, which a row answer needs
+    (tensorflow_serving/util/json_tensor.cc, MakeRowFormatJsonFromTensors).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT, with TensorFlow Serving's words, for an
+            output of rank 0 or batch size 0, or outputs of different batch sizes.
+    """
+    batch = None
+    for name, value in sorted(outputs.items()):
+        shape = np.shape(value)
+        if not shape:
+            raise ServingError(StatusCode.INVALID_ARGUMENT, f"Tensor name: {name} has no shape information ")
+        if shape[0] < 1:
+            raise ServingError(StatusCode.INVALID_ARGUMENT, f"Tensor name: {name} has invalid batch size: {shape[0]}")
+        if batch is not None and shape[0] != batch:
+            raise ServingError(
+                StatusCode.INVALID_ARGUMENT,
+                f"Tensor name: {name} has inconsistent batch size: {shape[0]} expecting: {batch}",
+            )
+        batch = shape[0]
+    return batch
 
 
 def _signature_name(body: dict) -> str:
@@ -387,6 +411,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address, handler, max_threads: int):
+        self._closed = threading.Event()  # before binding: a failed bind calls server_close
         super().__init__(address, handler)
         self._max_threads = max_threads
         self._slots = threading.BoundedSemaphore(max_threads)
@@ -439,8 +464,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 self._idle.notify_all()
 
     def _reap(self):
-        while True:
-            time.sleep(0.1)
+        while not self._closed.wait(0.1):
             now = time.monotonic()
             with self._lock:
                 late = [d for d in self._deadlines if d.at <= now]
@@ -472,6 +496,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self._closed.set()
 
     def process_request(self, request, client_address):
         # Wait for a thread, but not past a shutdown (serve_forever's loop
@@ -506,3 +531,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def shutdown(self):
         self._stopping.set()
         super().shutdown()
+
+    def server_close(self):
+        self._closed.set()
+        super().server_close()

@@ -18,6 +18,8 @@ HTTP server), `json_tensor.py` (tensors as JSON) and `tls.py` (--ssl_config_file
 import argparse
 import dataclasses
 import logging
+import math
+import numbers
 import os
 import signal
 import sys
@@ -80,6 +82,28 @@ class ServerConfig:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
 
+    def __post_init__(self):
+        # The same limits as the flags', so a config built in code cannot
+        # start a server that hangs (no REST threads) or times out every request.
+        for name in ("model_name", "model_base_path"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"`{name}` must be a non-empty string. Received: {name}={getattr(self, name)!r}")
+        for name, low, high in (("port", 0, 65535), ("rest_api_port", 0, 65535), ("grpc_max_threads", 1, None),
+                                ("max_body_bytes", 1, None), ("rest_api_num_threads", 1, None),
+                                ("max_num_load_retries", 0, None)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+                    or (high is not None and value > high)):
+                expected = f"an integer of at least {low}" + ("" if high is None else f" and at most {high}")
+                raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+        for name, low in (("rest_api_timeout_seconds", None), ("file_system_poll_wait_seconds", 0.0),
+                          ("load_retry_interval_seconds", 0.0)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                    or (value <= 0 if low is None else value < low)):
+                expected = "a positive number of seconds" if low is None else "a number of seconds, at least 0"
+                raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+
 
 class ModelServer:
     """The gRPC server, the REST server and the model manager, started and stopped together."""
@@ -90,43 +114,81 @@ class ModelServer:
             c.model_name, c.model_base_path, c.file_system_poll_wait_seconds, c.batching, c.max_num_load_retries,
             c.load_retry_interval_seconds,
         )
+        self.rest = None
+        self._started = self._stopped = self._grpc_started = False
         # gRPC turns SO_REUSEPORT on by default, so a second server on a busy
         # port would share it silently; this one fails to bind instead.
         options = [("grpc.so_reuseport", 0), *c.grpc_channel_arguments]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=c.grpc_max_threads), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self.grpc)
-        if c.ssl:
-            credentials = grpc.ssl_server_credentials(
-                [(c.ssl["server_key"].encode(), c.ssl["server_cert"].encode())],
-                root_certificates=c.ssl["custom_ca"].encode() or None,
-                require_client_auth=c.ssl["client_verify"],
-            )
-            self.port = self.grpc.add_secure_port(f"0.0.0.0:{c.port}", credentials)
-        else:
-            self.port = self.grpc.add_insecure_port(f"0.0.0.0:{c.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen for gRPC on port {c.port}")
-        self.rest = None
-        if c.rest_api_port:
-            handler = make_rest_handler(self.manager, c.max_body_bytes, c.rest_api_timeout_seconds)
-            self.rest = BoundedHTTPServer(("0.0.0.0", c.rest_api_port), handler, c.rest_api_num_threads)
-            self.rest_api_port = self.rest.server_address[1]
+        try:
+            if c.ssl:
+                credentials = grpc.ssl_server_credentials(
+                    [(c.ssl["server_key"].encode(), c.ssl["server_cert"].encode())],
+                    root_certificates=c.ssl["custom_ca"].encode() or None,
+                    require_client_auth=c.ssl["client_verify"],
+                )
+                self.port = self.grpc.add_secure_port(f"0.0.0.0:{c.port}", credentials)
+            else:
+                self.port = self.grpc.add_insecure_port(f"0.0.0.0:{c.port}")
+            if self.port == 0:
+                raise OSError(f"cannot listen for gRPC on port {c.port}")
+            if c.rest_api_port:
+                handler = make_rest_handler(self.manager, c.max_body_bytes, c.rest_api_timeout_seconds)
+                self.rest = BoundedHTTPServer(("0.0.0.0", c.rest_api_port), handler, c.rest_api_num_threads)
+                self.rest_api_port = self.rest.server_address[1]
+        except BaseException:
+            self._close()  # a port bound before the failure is not left behind
+            raise
 
     def start(self):
-        self.manager.start()  # the first version loads before the ports open, as in TensorFlow Serving
-        self.grpc.start()
-        print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
-        if self.rest is not None:
-            threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
-            print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
+        """Loads the model, then opens the ports; a failed start closes them again.
+
+        Raises:
+            RuntimeError: the model has versions on disk and none loaded.
+        """
+        if self._started or self._stopped:
+            raise RuntimeError("a ModelServer starts once; make a new one")
+        self._started = True
+        try:
+            self.manager.start()  # the first version loads before the ports open, as in TensorFlow Serving
+            self.grpc.start()
+            self._grpc_started = True
+            print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
+            if self.rest is not None:
+                threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
+                print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
+        except BaseException:
+            self._close()
+            raise
 
     def stop(self, grace: float = 30.0):
-        """Refuses new requests, lets the accepted ones finish (up to `grace` s), then unloads."""
+        """Refuses new requests, lets the accepted ones finish (up to `grace` s),
+        then unloads. Also closes the ports of a server never started; a
+        second call does nothing."""
+        if self._stopped:
+            return
+        if not self._started:
+            self._close()
+            return
+        self._stopped = True
         done = self.grpc.stop(grace)
         if self.rest is not None:
             self.rest.drain(grace)
         done.wait()
+        self.manager.stop()
+
+    def _close(self):
+        """Closes whatever is open, at once: for a server that is not serving."""
+        self._stopped = True
+        # gRPC's stop() leaves a never-started server's ports bound (until the
+        # object is collected): start it to stop it at once.
+        if not self._grpc_started:
+            self.grpc.start()
+        self.grpc.stop(None).wait()
+        if self.rest is not None:
+            self.rest.server_close()
         self.manager.stop()
 
 
@@ -147,6 +209,33 @@ def _bool_flag(text: str) -> bool:
     if text not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
     return text == "true"
+
+
+# ServerConfig's fields that come from a flag of another name.
+_FLAGS = {"rest_api_timeout_seconds": "rest_api_timeout_in_ms", "load_retry_interval_seconds":
+          "load_retry_interval_micros"}
+
+
+def _config(parser, fields) -> ServerConfig:
+    """A `ServerConfig` from the flags' values; a value it refuses is a usage error naming the flag."""
+    try:
+        return ServerConfig(**fields)
+    except ValueError as error:
+        message = str(error)
+        for field in dataclasses.fields(ServerConfig):
+            if f"`{field.name}`" in message:
+                flag = _FLAGS.get(field.name, field.name)
+                parser.error(f"--{flag}: {message}")
+        parser.error(message)
+
+
+def _read_config(parser, flag, path, parse):
+    """The file a flag names, parsed; a file that cannot be read or parsed is a usage error naming the flag."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse(f.read())
+    except (OSError, ValueError) as error:
+        parser.error(f"--{flag}={path}: {error}")
 
 
 def main(argv=None) -> int:
@@ -176,16 +265,14 @@ def main(argv=None) -> int:
     p.add_argument("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
                    help="REST connections handled at once; more wait in the listen backlog")
     args = p.parse_args(argv)
-    if args.rest_api_timeout_in_ms < 1 or args.rest_api_num_threads < 1:
-        p.error("--rest_api_timeout_in_ms and --rest_api_num_threads must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
     batching = None
     if args.enable_batching:
         batching = BatchingParameters()
         if args.batching_parameters_file:
-            with open(args.batching_parameters_file) as f:
-                batching = parse_batching_parameters(f.read())
+            batching = _read_config(p, "batching_parameters_file", args.batching_parameters_file,
+                                        parse_batching_parameters)
     elif args.batching_parameters_file:
         p.error("--batching_parameters_file needs --enable_batching")
     if args.tensorflow_intra_op_parallelism:
@@ -195,9 +282,8 @@ def main(argv=None) -> int:
 
     ssl = None
     if args.ssl_config_file:
-        with open(args.ssl_config_file) as f:
-            ssl = parse_ssl_config(f.read())
-    server = ModelServer(ServerConfig(
+        ssl = _read_config(p, "ssl_config_file", args.ssl_config_file, parse_ssl_config)
+    config = _config(p, dict(
         model_name=args.model_name,
         model_base_path=os.path.abspath(args.model_base_path),
         port=args.port,
@@ -212,6 +298,7 @@ def main(argv=None) -> int:
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
     ))
+    server = ModelServer(config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

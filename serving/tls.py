@@ -1,6 +1,6 @@
 """TensorFlow Serving's --ssl_config_file (SSLConfig in protobuf text format)."""
 
-import re
+from serving.protos import parse_text
 
 
 def parse_ssl_config(text: str) -> dict:
@@ -8,18 +8,23 @@ def parse_ssl_config(text: str) -> dict:
 
     Fields: server_key, server_cert, custom_ca (PEM strings, newlines
     escaped as \\n) and client_verify (true/false).
+
+    Raises:
+        ValueError: text that does not parse (named by line and column), a
+            missing key or certificate, or client_verify without custom_ca.
     """
-    config = {"server_key": "", "server_cert": "", "custom_ca": "", "client_verify": False}
-    text = re.sub(r"#[^\n]*", "", text)
-    for name, quoted, bare in re.findall(r'(\w+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(\w+))', text):
-        if name not in config:
-            raise ValueError(f"ssl config: unknown field {name!r} (known: {', '.join(sorted(config))})")
-        if name == "client_verify":
-            if bare not in ("true", "false"):
-                raise ValueError(f"ssl config: client_verify must be true or false, got {bare or quoted!r}")
-            config[name] = bare == "true"
-        else:
-            config[name] = quoted.encode("latin-1").decode("unicode_escape")
+    message = parse_text("SSLConfig", text, "ssl config")
+    config = {
+        "server_key": message.server_key, "server_cert": message.server_cert, "custom_ca": message.custom_ca,
+        "client_verify": message.client_verify,
+    }
     if not (config["server_key"] and config["server_cert"]):
         raise ValueError("ssl config: server_key and server_cert are required")
+    if config["client_verify"] and not config["custom_ca"]:
+        # TensorFlow Serving's C++ gRPC would verify clients against the
+        # system's roots; Python's gRPC needs the CA given.
+        raise ValueError(
+            "ssl config: client_verify: true needs custom_ca, the PEM certificate of the CA that signs the "
+            "clients' certificates"
+        )
     return config

@@ -1,5 +1,6 @@
 """The dynamic batcher alone, with a NumPy function in place of a model: threads, shapes, failures."""
 
+import re
 import threading
 
 import numpy as np
@@ -192,8 +193,27 @@ def test_batching_parameters_in_every_text_format_form():
     params = parse_batching_parameters(text + "pad_variable_length_inputs: true\n")
     assert params.max_batch_size == 32 and params.batch_timeout_micros == 500
     assert params.allowed_batch_sizes == (32,) and params.pad_variable_length_inputs
-    with pytest.raises(ValueError, match="unknown field 'max_batch'"):
+    with pytest.raises(ValueError, match="max_batch"):
         parse_batching_parameters("max_batch { value: 3 }")
+    # Fields of the newest BatchingParameters that this server accepts and ignores.
+    parse_batching_parameters('thread_pool_name { value: "pool" }\nenable_large_batch_splitting { value: true }\n'
+                              "max_execution_batch_size { value: 8 }\n")
+
+
+@pytest.mark.parametrize("text, named", [
+    # TensorFlow Serving reads the file with protobuf's text-format parser
+    # (model_servers/server.cc, ParseProtoTextFile; the message in
+    # servables/tensorflow/session_bundle_config.proto), which refuses each of these.
+    ("max_batch_size: 32", "max_batch_size"),  # a wrapped field needs { value: N }
+    ("max_batch_size { value: 32 }\nmax_batch_size { value: 64 }", "max_batch_size"),  # given twice
+    ("max_batch_size { value: 32 } }", "}"),  # unbalanced
+    ("max_batch_size { value: 3.5 }", "3.5"),
+    ("pad_variable_length_inputs: maybe", "maybe"),
+    ("max_batch_size { valu: 3 }", "valu"),
+])
+def test_malformed_batching_parameters_are_refused_naming_the_fault(text, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        parse_batching_parameters(text)
 
 
 def test_bisection_finds_the_bad_request_in_few_runs_and_answers_each_once():

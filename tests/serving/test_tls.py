@@ -1,6 +1,7 @@
 """gRPC over TLS: the server's --ssl_config_file (TensorFlow Serving's SSLConfig) and the client's tls=True."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -20,10 +21,35 @@ def _escaped(path):
 def test_ssl_config_parses_like_tensorflow_serving():
     config = parse_ssl_config('server_key: "KEY\\nLINE"\nserver_cert: "CERT"\nclient_verify: false\n')
     assert config == {"server_key": "KEY\nLINE", "server_cert": "CERT", "custom_ca": "", "client_verify": False}
-    with pytest.raises(ValueError, match="unknown field 'server_keys'"):
+    with pytest.raises(ValueError, match='no field named "server_keys"'):
         parse_ssl_config('server_keys: "x"')
     with pytest.raises(ValueError, match="server_key and server_cert are required"):
         parse_ssl_config('server_cert: "x"')
+
+
+@pytest.mark.parametrize("text, named", [
+    # TensorFlow Serving parses the file with protobuf's text-format parser
+    # (model_servers/server.cc, BuildServerCredentialsFromSSLConfigFile ->
+    # ParseProtoTextFile; the message in config/ssl_config.proto): a line it
+    # cannot read fails the start, it is never skipped.
+    ('server_key: "K"\nserver_cert: "C"\nserver_cert "C2"', "server_cert"),  # a string needs its colon
+    ('server_key: "K"\nserver_cert: "C"\nclient_verify: yes', "yes"),
+    ('server_key: "K"\nserver_cert: "C"\nserver_key: "K2"', "server_key"),  # given twice
+    ('server_key: "K"\nserver_cert: "C"\n}', "}"),
+    ('server_key: "K" server_cert: C', "C"),  # an unquoted string
+])
+def test_malformed_ssl_config_lines_fail_naming_the_fault(text, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        parse_ssl_config(text)
+
+
+def test_client_verify_without_a_custom_ca_is_refused_clearly():
+    # gRPC's Python server cannot verify clients without the CA that signs
+    # their certificates (TF Serving's C++ gRPC would fall back to the system
+    # roots, model_servers/server.cc): say so instead of failing later in
+    # grpc.ssl_server_credentials.
+    with pytest.raises(ValueError, match="client_verify.*custom_ca"):
+        parse_ssl_config('server_key: "K"\nserver_cert: "C"\nclient_verify: true')
 
 
 def test_translate_over_tls(serving_exports, tmp_path):

@@ -1,0 +1,157 @@
+"""`ModelServer` and `ServerConfig` used from code: stopped before starting,
+a start that fails, limits checked as the flags check them, and REST row
+answers that cannot be formed."""
+
+import contextlib
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from serving.errors import ServingError
+from serving.errors import StatusCode
+from serving.rest_api import rest_predict
+from serving.server import ModelServer
+from serving.server import ServerConfig
+from serving.server import main
+
+
+def _port_is_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def _within(seconds, fn):
+    """Runs `fn` in a thread; fails the test if it has not returned after `seconds`."""
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn} still running after {seconds} s"
+    if errors:
+        raise errors[0]
+
+
+def test_a_server_stopped_before_it_started_returns_and_frees_its_ports(serving_exports):
+    base, _, _ = serving_exports
+    server = ModelServer(ServerConfig("toy", base, port=0, rest_api_port=_free_port()))
+    ports = server.port, server.rest_api_port
+    assert not any(_port_is_free(p) for p in ports)  # bound by the constructor
+    _within(20, server.stop)
+    assert all(_port_is_free(p) for p in ports)
+    _within(20, server.stop)  # twice is harmless
+
+
+def test_a_start_that_fails_frees_the_ports(tmp_path):
+    broken = tmp_path / "1"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    server = ModelServer(ServerConfig("toy", str(tmp_path), port=0, rest_api_port=_free_port(),
+                                      max_num_load_retries=0))
+    ports = server.port, server.rest_api_port
+    with pytest.raises(RuntimeError, match="no version became available"):
+        server.start()
+    assert all(_port_is_free(p) for p in ports)
+    _within(20, server.stop)  # stopping afterwards is harmless
+
+
+def test_a_rest_port_in_use_leaves_no_grpc_port_behind(serving_exports):
+    base, _, _ = serving_exports
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        grpc_port = _free_port()
+        with pytest.raises(OSError):
+            ModelServer(ServerConfig("toy", base, port=grpc_port, rest_api_port=busy.getsockname()[1]))
+        assert _port_is_free(grpc_port)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("rest_api_num_threads", 0), ("rest_api_timeout_seconds", 0), ("rest_api_timeout_seconds", float("nan")),
+    ("port", -1), ("port", 70000), ("rest_api_port", -2), ("grpc_max_threads", 0), ("max_body_bytes", 0),
+    ("file_system_poll_wait_seconds", -1), ("max_num_load_retries", -1), ("load_retry_interval_seconds", -0.5),
+    ("model_name", ""), ("model_base_path", ""), ("grpc_max_threads", 2.5), ("rest_api_num_threads", True),
+])
+def test_a_config_built_in_code_is_checked_as_the_flags_are(field, value):
+    fields = {"model_name": "toy", "model_base_path": "/models/toy", field: value}
+    with pytest.raises(ValueError, match=field):
+        ServerConfig(**fields)
+
+
+def test_the_flags_refuse_what_the_config_refuses(capsys, tmp_path):
+    for flag in ("--rest_api_num_threads=0", "--rest_api_timeout_in_ms=0", "--grpc_max_threads=0", "--port=-1"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([f"--model_base_path={tmp_path}", flag])
+        assert exit_info.value.code == 2
+        assert flag.split("=")[0].lstrip("-").replace("_in_ms", "") in capsys.readouterr().err
+
+
+class _Loaded:
+    """A loaded version whose one signature returns `outputs` whatever the inputs."""
+
+    def __init__(self, outputs):
+        import tensorflow as tf
+
+        self.inputs = {"serving_default": {"x": tf.TensorSpec([None], tf.int32)}}
+        self.outputs = outputs
+
+    def check_inputs(self, signature, inputs, specs):
+        raise ServingError(StatusCode.FAILED_PRECONDITION, f"no signature {signature}")
+
+    def run(self, signature, arrays):
+        return self.outputs
+
+
+class _Manager:
+    def __init__(self, outputs):
+        self.loaded = _Loaded(outputs)
+
+    @contextlib.contextmanager
+    def serve(self, name, version):
+        yield self.loaded
+
+
+@pytest.mark.parametrize("outputs, message", [
+    # TensorFlow Serving forms row answers only from outputs that share one
+    # batch size of at least 1 (util/json_tensor.cc, MakeRowFormatJsonFromTensors).
+    ({"a": np.zeros([2, 3], np.int32), "b": np.zeros([3], np.int32)}, "inconsistent batch size"),
+    ({"a": np.zeros([2], np.int32), "b": np.array(5, np.int32)}, "no shape information"),
+    ({"a": np.array(5, np.int32)}, "no shape information"),
+    ({"a": np.zeros([0, 2], np.int32), "b": np.zeros([0], np.int32)}, "invalid batch size"),
+])
+def test_row_answers_from_outputs_without_one_batch_size_are_invalid_argument(outputs, message):
+    body = {"instances": [1, 2]}
+    with pytest.raises(ServingError, match=message) as error:
+        rest_predict(_Manager(outputs), "toy", None, body)
+    assert error.value.code == StatusCode.INVALID_ARGUMENT
+    # The columnar format has no batch to agree on: the same outputs are answered.
+    if all(np.ndim(v) for v in outputs.values()) and min(len(v) for v in outputs.values()) > 0:
+        assert set(rest_predict(_Manager(outputs), "toy", None, {"inputs": [1, 2]})["outputs"]) == set(outputs)
+
+
+def test_row_answers_pair_each_instance_with_its_rows():
+    outputs = {"a": np.array([[1, 2], [3, 4]], np.int32), "b": np.array([7, 8], np.int32)}
+    assert rest_predict(_Manager(outputs), "toy", None, {"instances": [1, 2]}) == {
+        "predictions": [{"a": [1, 2], "b": 7}, {"a": [3, 4], "b": 8}]
+    }
+    one = {"a": np.array([[1, 2], [3, 4]], np.int32)}
+    assert rest_predict(_Manager(one), "toy", None, {"instances": [1, 2]}) == {"predictions": [[1, 2], [3, 4]]}
+
