@@ -75,7 +75,10 @@ def train(args, run_dir, start):
         tokenizer.vocab_size, tokenizer.vocab_size, num_layers=2, d_model=128, num_heads=4, d_ff=256,
         dropout=0.0, max_length=64,
     )
-    training.compile_for_translation(model, warmup_steps=200, learning_rate_scale=args.lr_scale, label_smoothing=0.0)
+    training.compile_for_translation(
+        model, warmup_steps=200, learning_rate_scale=args.lr_scale, label_smoothing=0.0, schedule=args.schedule
+    )
+    training.schedules.fit_schedule_to_run(model.optimizer, args.epochs * one_pass)  # "linear" ends at the last step
     _say(f"training: {args.epochs} epochs of {one_pass} batches (~{args.tokens_per_batch} tokens each)", start)
     model.fit(stream, steps_per_epoch=one_pass, epochs=args.epochs, verbose=2)
     model.save(os.path.join(run_dir, "model.keras"))
@@ -92,7 +95,11 @@ def main():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr-scale", type=float, default=0.5, help="multiplies the paper's learning-rate schedule")
+    p.add_argument("--schedule", default="inverse_sqrt", choices=["inverse_sqrt", "linear"],
+                   help="after the warm-up: the paper's decay, or linear to zero at the last step")
     p.add_argument("--min-accuracy", type=float, default=0.95)
+    p.add_argument("--require-shown", action=argparse.BooleanOptionalAction, default=True,
+                   help="fail unless every example shown is right (--no-require-shown: only --min-accuracy counts)")
     args = p.parse_args()
     start = time.monotonic()
 
@@ -145,10 +152,11 @@ def main():
         server.wait(60)
     _say(f"server stopped. {sum(correct)}/{len(correct)} held-out numbers translated exactly "
          f"({accuracy:.1%}); the first {len(SHOWN)} are shown above", start)
-    if all(correct[: len(SHOWN)]) and accuracy >= args.min_accuracy:
+    if (all(correct[: len(SHOWN)]) or not args.require_shown) and accuracy >= args.min_accuracy:
         print("demo passed")
         return 0
-    print(f"demo FAILED: needs every example shown right and >= {args.min_accuracy:.0%} overall", file=sys.stderr)
+    needs = "every example shown right and " if args.require_shown else ""
+    print(f"demo FAILED: needs {needs}>= {args.min_accuracy:.0%} overall", file=sys.stderr)
     return 1
 
 

@@ -9,6 +9,7 @@ hands each request its own rows of the outputs.
 
 import collections
 import dataclasses
+import logging
 import threading
 import time
 from typing import Callable, Deque, Dict, List, Optional, Tuple
@@ -18,6 +19,8 @@ import numpy as np
 from serving.errors import ServingError
 from serving.errors import StatusCode
 from serving.protos import parse_text
+
+log = logging.getLogger("serving")
 
 
 @dataclasses.dataclass
@@ -70,6 +73,10 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
             out of range, named.
     """
     message = parse_text("BatchingParameters", text, "batching parameters")
+    if message.enable_large_batch_splitting.value or message.HasField("max_execution_batch_size"):
+        # TensorFlow Serving would split tasks into batches of at most max_execution_batch_size.
+        log.warning("batching parameters: enable_large_batch_splitting and max_execution_batch_size are ignored: "
+                    "batches run at up to max_batch_size rows, and larger tasks are refused")
     values: Dict[str, object] = {}
     for field in dataclasses.fields(BatchingParameters):
         if field.name == "allowed_batch_sizes":

@@ -11,6 +11,8 @@ The messages live in a pool of their own, so they never clash with the same
 names registered by another package.
 """
 
+import re
+
 from google.protobuf import descriptor_pb2
 from google.protobuf import descriptor_pool
 from google.protobuf import message_factory
@@ -63,8 +65,12 @@ def _build():
 MESSAGES = _build()
 
 
-def parse_text(message_name: str, text: str, what: str):
+def parse_text(message_name: str, text: str, what: str, secret: bool = False):
     """`text` (protobuf text format) as a `message_name` message.
+
+    Args:
+        secret: the text holds secrets (a private key): the error gives the
+            line, the column and protobuf's reason, but none of the text.
 
     Raises:
         ValueError: `what` and protobuf's own message (line, column and the
@@ -74,4 +80,8 @@ def parse_text(message_name: str, text: str, what: str):
     try:
         return text_format.Parse(text, MESSAGES[message_name]())
     except text_format.ParseError as error:
-        raise ValueError(f"{what}: {error}") from None
+        if not secret:
+            raise ValueError(f"{what}: {error}") from None
+        # Protobuf's message quotes the line it stopped at, and may quote the token, in '...'.
+        reason = re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", str(error).split(" : ", 1)[-1]).removeprefix("'…': ")
+        raise ValueError(f"{what}: line {error.GetLine()}, column {error.GetColumn()}: {reason}") from None

@@ -127,15 +127,13 @@ def _row_batch_size(outputs: dict) -> int:
 
     Raises:
         ServingError: INVALID_ARGUMENT, with TensorFlow Serving's words, for an
-            output of rank 0 or batch size 0, or outputs of different batch sizes.
+            output of rank 0, or outputs of different batch sizes.
     """
     batch = None
     for name, value in sorted(outputs.items()):
         shape = np.shape(value)
         if not shape:
             raise ServingError(StatusCode.INVALID_ARGUMENT, f"Tensor name: {name} has no shape information ")
-        if shape[0] < 1:
-            raise ServingError(StatusCode.INVALID_ARGUMENT, f"Tensor name: {name} has invalid batch size: {shape[0]}")
         if batch is not None and shape[0] != batch:
             raise ServingError(
                 StatusCode.INVALID_ARGUMENT,

@@ -96,12 +96,14 @@ class ServerConfig:
                     or (high is not None and value > high)):
                 expected = f"an integer of at least {low}" + ("" if high is None else f" and at most {high}")
                 raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
-        for name, low in (("rest_api_timeout_seconds", None), ("file_system_poll_wait_seconds", 0.0),
-                          ("load_retry_interval_seconds", 0.0)):
+        # Negative poll and retry intervals are TensorFlow Serving's too
+        # (model_servers/main.cc): no polling after the start, no wait between retries.
+        for name, positive in (("rest_api_timeout_seconds", True), ("file_system_poll_wait_seconds", False),
+                               ("load_retry_interval_seconds", False)):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-                    or (value <= 0 if low is None else value < low)):
-                expected = "a positive number of seconds" if low is None else "a number of seconds, at least 0"
+                    or (positive and value <= 0)):
+                expected = "a positive number of seconds" if positive else "a finite number of seconds"
                 raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
 
 
@@ -115,7 +117,10 @@ class ModelServer:
             c.load_retry_interval_seconds,
         )
         self.rest = None
-        self._started = self._stopped = self._grpc_started = False
+        self._lock = threading.Lock()
+        self._state = "new"  # then "starting", "serving"; "stopped" from any
+        self._grpc_started = self._rest_serving = False
+        self._start_done = threading.Event()
         # gRPC turns SO_REUSEPORT on by default, so a second server on a busy
         # port would share it silently; this one fails to bind instead.
         options = [("grpc.so_reuseport", 0), *c.grpc_channel_arguments]
@@ -146,50 +151,76 @@ class ModelServer:
         """Loads the model, then opens the ports; a failed start closes them again.
 
         Raises:
-            RuntimeError: the model has versions on disk and none loaded.
+            RuntimeError: the model has versions on disk and none loaded, or
+                `stop` was called while the model loaded.
         """
-        if self._started or self._stopped:
-            raise RuntimeError("a ModelServer starts once; make a new one")
-        self._started = True
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"a ModelServer starts once ({self._state}); make a new one")
+            self._state = "starting"
         try:
             self.manager.start()  # the first version loads before the ports open, as in TensorFlow Serving
-            self.grpc.start()
-            self._grpc_started = True
-            print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
-            if self.rest is not None:
-                threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
-                print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
+            with self._lock:
+                if self._state != "starting":  # stop() was called while the model loaded
+                    raise RuntimeError("the server was stopped while it started")
+                self.grpc.start()
+                self._grpc_started = True
+                if self.rest is not None:
+                    threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
+                    self._rest_serving = True
+                self._state = "serving"
         except BaseException:
             self._close()
             raise
+        finally:
+            self._start_done.set()
+        print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
+        if self.rest is not None:
+            print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
 
     def stop(self, grace: float = 30.0):
         """Refuses new requests, lets the accepted ones finish (up to `grace` s),
-        then unloads. Also closes the ports of a server never started; a
-        second call does nothing."""
-        if self._stopped:
+        then unloads. A server never started closes its ports; one still
+        loading its model stops loading, and its `start` raises. A second
+        call does nothing."""
+        with self._lock:
+            state, self._state = self._state, "stopped"
+        if state == "stopped":
             return
-        if not self._started:
+        if state == "new":
             self._close()
             return
-        self._stopped = True
+        if state == "starting":
+            self.manager.stop()  # ends the load; start() sees "stopped" and closes the ports
+            self._start_done.wait(grace)
+            return
         done = self.grpc.stop(grace)
-        if self.rest is not None:
-            self.rest.drain(grace)
-        done.wait()
-        self.manager.stop()
+        try:
+            if self.rest is not None:
+                self.rest.drain(grace)
+        finally:
+            done.wait()
+            self.manager.stop()
 
     def _close(self):
-        """Closes whatever is open, at once: for a server that is not serving."""
-        self._stopped = True
-        # gRPC's stop() leaves a never-started server's ports bound (until the
-        # object is collected): start it to stop it at once.
-        if not self._grpc_started:
-            self.grpc.start()
-        self.grpc.stop(None).wait()
-        if self.rest is not None:
-            self.rest.server_close()
-        self.manager.stop()
+        """Closes whatever is open, at once: for a server that is not serving.
+        Every step runs even if one before it fails."""
+        with self._lock:
+            self._state = "stopped"
+        try:
+            # gRPC's stop() leaves a never-started server's ports bound (until
+            # the object is collected): start it to stop it at once.
+            if not self._grpc_started:
+                self.grpc.start()
+            self.grpc.stop(None).wait()
+        finally:
+            try:
+                if self.rest is not None:
+                    if self._rest_serving:
+                        self.rest.shutdown()
+                    self.rest.server_close()
+            finally:
+                self.manager.stop()
 
 
 def _at_least(low: int):

@@ -78,30 +78,46 @@ def never_generated(logits, start_id, pad_id=0):
 
 
 def check_max_length(model, max_length):
-    """`max_length` (an int, NumPy integer or int scalar tensor) must be in
-    [1, model.max_length], the positions of the model's positional encoding.
+    """`max_length` (an int, a NumPy integer or an int scalar tensor or
+    variable) must be in [1, model.max_length], the positions of the model's
+    positional encoding.
 
-    A value known now is checked now (ValueError); a tensor known only when
-    the graph runs gets a graph assertion (InvalidArgumentError), except
-    under XLA, which compiles assertions away. Returns `max_length` as an
-    int32 tensor.
+    A value known now is checked now (ValueError). A tensor known only when
+    the graph runs is asserted there (InvalidArgumentError) to be in
+    [0, model.max_length] (0: nothing to generate, as for an empty batch),
+    except under XLA, which compiles assertions away. Returns `max_length`
+    as an int32 tensor.
     """
-    message = f"`max_length` must be in [1, {model.max_length}] (the model's max_length)"
-    if isinstance(max_length, bool) or not (
-        isinstance(max_length, numbers.Integral) or (tf.is_tensor(max_length) and max_length.dtype.is_integer)
-    ):
+    limit = model.max_length
+    message = f"`max_length` must be in [1, {limit}] (the model's max_length)"
+    if isinstance(max_length, bool):
         raise ValueError(f"{message}, an integer. Received: max_length={max_length!r}")
-    if tf.is_tensor(max_length) and max_length.shape.rank not in (None, 0):
-        raise ValueError(f"{message}, a scalar. Received: max_length with shape {max_length.shape}")
-    value = tf.get_static_value(max_length) if tf.is_tensor(max_length) else max_length
-    if value is not None and not 0 < int(value) <= model.max_length:
-        raise ValueError(f"{message}. Received: max_length={int(value)}")
-    max_length = tf.cast(max_length, tf.int32)
-    if value is None and not _tracing_for_xla():
-        valid = (max_length > 0) & (max_length <= model.max_length)
-        with tf.control_dependencies([tf.debugging.Assert(valid, [message + ". Received: max_length=", max_length])]):
-            max_length = tf.identity(max_length)
-    return max_length
+    if isinstance(max_length, numbers.Integral):
+        value = tensor = int(max_length)
+    else:
+        try:
+            tensor = tf.convert_to_tensor(max_length)
+        except (TypeError, ValueError):
+            raise ValueError(f"{message}, an integer. Received: max_length={max_length!r}") from None
+        if not tensor.dtype.is_integer:
+            raise ValueError(f"{message}, an integer. Received: max_length of dtype {tensor.dtype.name}")
+        if tensor.shape.rank not in (None, 0):
+            raise ValueError(f"{message}, a scalar. Received: max_length with shape {tensor.shape}")
+        value = tf.get_static_value(tensor)
+        if value is None and tf.executing_eagerly():
+            value = tensor.numpy()
+    if value is not None:
+        if not 0 < int(value) <= limit:
+            raise ValueError(f"{message}. Received: max_length={int(value)}")
+        return tf.constant(int(value), tf.int32)
+    if not _tracing_for_xla():
+        # Compared in the tensor's own dtype: an int64 past 2**31 must not wrap first.
+        valid = (tensor >= 0) & (tensor <= tf.cast(limit, tensor.dtype))
+        assertion = tf.debugging.Assert(valid, [f"`max_length` must be in [0, {limit}] (the model's max_length) "
+                                                "when the graph runs. Received: max_length=", tensor])
+        with tf.control_dependencies([assertion]):
+            tensor = tf.identity(tensor)
+    return tf.cast(tensor, tf.int32)
 
 
 def sentence_limits(source, max_length, max_extra_length):

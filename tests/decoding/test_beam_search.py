@@ -149,11 +149,23 @@ def test_max_length_is_checked_whatever_its_type(model, source, search):
             run(too_long)
     with pytest.raises(ValueError, match="max_length"):
         run(2.0)
-    # A length known only when the graph runs is asserted there, naming it.
-    fn = tf.function(lambda n: run(n), input_signature=[tf.TensorSpec([], tf.int32)])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="max_length"):
-        fn(tf.constant(model.max_length + 1))
-    assert fn(tf.constant(5)).shape[-1] == 5
+    # 0-d arrays and variables are lengths too.
+    assert run(np.array(5)).shape[-1] == 5
+    assert run(tf.Variable(5)).shape[-1] == 5
+    with pytest.raises(ValueError, match="max_length"):
+        run(tf.Variable(model.max_length + 1))
+    # A length known only when the graph runs is asserted there, naming it
+    # (the message is the loop's own: the positional encoding's check says
+    # "Sequence is longer than").
+    for dtype in (tf.int32, tf.int64):
+        fn = tf.function(lambda n: run(n), input_signature=[tf.TensorSpec([], dtype)])
+        for bad in (model.max_length + 1, -1, 2**32 + 5):  # 2**32 + 5 would wrap to 5 in int32
+            if dtype == tf.int32 and bad > 2**31:
+                continue
+            with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be in \[0, "):
+                fn(tf.constant(bad, dtype))
+        assert fn(tf.constant(5, dtype)).shape[-1] == 5
+        assert fn(tf.constant(0, dtype)).shape[-1] == 0  # nothing to generate
 
 
 def test_a_strategy_state_holds_no_empty_placeholders(model):

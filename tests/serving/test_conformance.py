@@ -45,7 +45,7 @@ SAME = [
      "test_batching.py", "test_variable_length_inputs_are_padded_with_each_tensors_first_value"),
     ("allowed_batch_sizes pad with the last task's first row", "batching/batching_session.cc",
      "test_batching.py", "test_allowed_batch_sizes_pad_with_the_last_tasks_first_row"),
-    ("row answers need outputs of one batch size of at least 1, else INVALID_ARGUMENT", "util/json_tensor.cc",
+    ("row answers need outputs of rank >= 1 and one batch size, else INVALID_ARGUMENT", "util/json_tensor.cc",
      "test_lifecycle.py", "test_row_answers_from_outputs_without_one_batch_size_are_invalid_argument"),
     ("--ssl_config_file read by protobuf's text-format parser: a malformed line fails the start",
      "model_servers/server.cc", "test_tls.py", "test_malformed_ssl_config_lines_fail_naming_the_fault"),
@@ -63,7 +63,7 @@ DIFFERENT = [
      "", "test_batching.py", "test_a_bad_request_fails_alone_in_its_batch"),
     ("a TensorProto that declares far more elements than it carries is refused (TF fills it)",
      "", "test_fuzz.py", "test_fuzzed_requests_get_client_errors_and_the_server_stays_up"),
-    ("client_verify without custom_ca is refused at start (TF Serving's C++ gRPC verifies against system roots)",
+    ("client_verify without custom_ca is refused at start (TF Serving passes the empty CA on to gRPC)",
      "model_servers/server.cc", "test_tls.py", "test_client_verify_without_a_custom_ca_is_refused_clearly"),
 ]
 

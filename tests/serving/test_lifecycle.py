@@ -5,6 +5,7 @@ answers that cannot be formed."""
 import contextlib
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +74,36 @@ def test_a_start_that_fails_frees_the_ports(tmp_path):
     _within(20, server.stop)  # stopping afterwards is harmless
 
 
+def test_a_stop_while_the_model_loads_ends_the_start_and_frees_the_ports(tmp_path):
+    broken = tmp_path / "1"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    # Retried every 3 s: start() would take 15 s without the stop.
+    server = ModelServer(ServerConfig("toy", str(tmp_path), port=0, rest_api_port=_free_port(),
+                                      max_num_load_retries=5, load_retry_interval_seconds=3.0))
+    ports = server.port, server.rest_api_port
+    started = []
+    starter = threading.Thread(target=lambda: started.append(_raises(server.start)), daemon=True)
+    starter.start()
+    time.sleep(1.0)
+    begun = time.monotonic()
+    _within(20, server.stop)
+    starter.join(20)
+    assert not starter.is_alive() and isinstance(started[0], RuntimeError)
+    assert time.monotonic() - begun < 10  # the load ended at the stop, not after its retries
+    assert all(_port_is_free(p) for p in ports)
+    with pytest.raises(RuntimeError, match="starts once"):
+        server.start()
+
+
+def _raises(fn):
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 - the test looks at it
+        return error
+    return None
+
+
 def test_a_rest_port_in_use_leaves_no_grpc_port_behind(serving_exports):
     base, _, _ = serving_exports
     with socket.socket() as busy:
@@ -87,7 +118,8 @@ def test_a_rest_port_in_use_leaves_no_grpc_port_behind(serving_exports):
 @pytest.mark.parametrize("field, value", [
     ("rest_api_num_threads", 0), ("rest_api_timeout_seconds", 0), ("rest_api_timeout_seconds", float("nan")),
     ("port", -1), ("port", 70000), ("rest_api_port", -2), ("grpc_max_threads", 0), ("max_body_bytes", 0),
-    ("file_system_poll_wait_seconds", -1), ("max_num_load_retries", -1), ("load_retry_interval_seconds", -0.5),
+    ("file_system_poll_wait_seconds", float("inf")), ("max_num_load_retries", -1),
+    ("load_retry_interval_seconds", "60"),
     ("model_name", ""), ("model_base_path", ""), ("grpc_max_threads", 2.5), ("rest_api_num_threads", True),
 ])
 def test_a_config_built_in_code_is_checked_as_the_flags_are(field, value):
@@ -101,7 +133,11 @@ def test_the_flags_refuse_what_the_config_refuses(capsys, tmp_path):
         with pytest.raises(SystemExit) as exit_info:
             main([f"--model_base_path={tmp_path}", flag])
         assert exit_info.value.code == 2
-        assert flag.split("=")[0].lstrip("-").replace("_in_ms", "") in capsys.readouterr().err
+        # The usage line lists every flag: the error line must name this one.
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"python -m serving.server: error: {flag.split('=')[0]}: "), last
+    # Negative intervals are TensorFlow Serving's (model_servers/main.cc): no wait between retries.
+    assert ServerConfig("toy", "/m", load_retry_interval_seconds=-1.0, file_system_poll_wait_seconds=-1.0)
 
 
 class _Loaded:
@@ -130,20 +166,19 @@ class _Manager:
 
 
 @pytest.mark.parametrize("outputs, message", [
-    # TensorFlow Serving forms row answers only from outputs that share one
-    # batch size of at least 1 (util/json_tensor.cc, MakeRowFormatJsonFromTensors).
     ({"a": np.zeros([2, 3], np.int32), "b": np.zeros([3], np.int32)}, "inconsistent batch size"),
     ({"a": np.zeros([2], np.int32), "b": np.array(5, np.int32)}, "no shape information"),
     ({"a": np.array(5, np.int32)}, "no shape information"),
-    ({"a": np.zeros([0, 2], np.int32), "b": np.zeros([0], np.int32)}, "invalid batch size"),
 ])
 def test_row_answers_from_outputs_without_one_batch_size_are_invalid_argument(outputs, message):
+    # TensorFlow Serving forms row answers only from outputs of rank 1 or more
+    # that share one batch size (util/json_tensor.cc, MakeRowFormatJsonFromTensors).
     body = {"instances": [1, 2]}
     with pytest.raises(ServingError, match=message) as error:
         rest_predict(_Manager(outputs), "toy", None, body)
     assert error.value.code == StatusCode.INVALID_ARGUMENT
     # The columnar format has no batch to agree on: the same outputs are answered.
-    if all(np.ndim(v) for v in outputs.values()) and min(len(v) for v in outputs.values()) > 0:
+    if all(np.ndim(v) for v in outputs.values()):
         assert set(rest_predict(_Manager(outputs), "toy", None, {"inputs": [1, 2]})["outputs"]) == set(outputs)
 
 
@@ -154,4 +189,7 @@ def test_row_answers_pair_each_instance_with_its_rows():
     }
     one = {"a": np.array([[1, 2], [3, 4]], np.int32)}
     assert rest_predict(_Manager(one), "toy", None, {"instances": [1, 2]}) == {"predictions": [[1, 2], [3, 4]]}
+    # A batch of none is an empty list, as in TensorFlow Serving (no check refuses it there).
+    empty = {"a": np.zeros([0, 2], np.int32), "b": np.zeros([0], np.int32)}
+    assert rest_predict(_Manager(empty), "toy", None, {"instances": [1, 2]}) == {"predictions": []}
 

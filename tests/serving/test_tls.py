@@ -27,20 +27,28 @@ def test_ssl_config_parses_like_tensorflow_serving():
         parse_ssl_config('server_cert: "x"')
 
 
-@pytest.mark.parametrize("text, named", [
+@pytest.mark.parametrize("text, reason", [
+    ('server_key: "K"\nserver_cert: "C"\nserver_cert "C2"', r'line 3, column 13: Expected ":"'),
+    ('server_key: "K"\nserver_cert: "C"\nclient_verify: yes', r'line 3, column 16: Expected "true" or "false"'),
+    ('server_key: "K"\nserver_cert: "C"\nserver_key: "K2"', r'should not have multiple "server_key" fields'),
+    ('server_key: "K"\nserver_cert: "C"\n}', r"line 3, column 1: Expected identifier or number, got }"),
+    ('server_key: "K" server_cert: C', r"line 1, column 30: Expected string"),
+])
+def test_malformed_ssl_config_lines_fail_naming_the_fault(text, reason):
     # TensorFlow Serving parses the file with protobuf's text-format parser
     # (model_servers/server.cc, BuildServerCredentialsFromSSLConfigFile ->
     # ParseProtoTextFile; the message in config/ssl_config.proto): a line it
     # cannot read fails the start, it is never skipped.
-    ('server_key: "K"\nserver_cert: "C"\nserver_cert "C2"', "server_cert"),  # a string needs its colon
-    ('server_key: "K"\nserver_cert: "C"\nclient_verify: yes', "yes"),
-    ('server_key: "K"\nserver_cert: "C"\nserver_key: "K2"', "server_key"),  # given twice
-    ('server_key: "K"\nserver_cert: "C"\n}', "}"),
-    ('server_key: "K" server_cert: C', "C"),  # an unquoted string
-])
-def test_malformed_ssl_config_lines_fail_naming_the_fault(text, named):
-    with pytest.raises(ValueError, match=re.escape(named)):
+    with pytest.raises(ValueError, match=re.escape(reason)):
         parse_ssl_config(text)
+
+
+def test_an_ssl_config_error_never_quotes_the_key():
+    key = "-----BEGIN PRIVATE KEY-----\\nMIIEsecretsecret"
+    for text in (f'server_key: "{key}\nserver_cert: "C"', f"server_key: {key}", f'server_key: "{key}" bad'):
+        with pytest.raises(ValueError) as error:
+            parse_ssl_config(text)
+        assert "secret" not in str(error.value) and "line 1" in str(error.value), error.value
 
 
 def test_client_verify_without_a_custom_ca_is_refused_clearly():
