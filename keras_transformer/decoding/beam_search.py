@@ -196,7 +196,8 @@ def beam_search(
             f"`return_attention` must be False, True, 'mean' or 'heads'. Received: {return_attention!r}"
         )
     attention = None if not return_attention else ("heads" if return_attention == "heads" else "mean")
-    strategy = BeamSearch(beam_size, alpha, start_id, end_id, attention=attention, num_heads=model.num_heads)
+    num_heads = model.num_heads if attention == "heads" else None
+    strategy = BeamSearch(beam_size, alpha, start_id, end_id, attention=attention, num_heads=num_heads)
     return decode(
         model, source, max_length, strategy, use_cache=use_cache, max_extra_length=max_extra_length,
         cache_chunk=cache_chunk,

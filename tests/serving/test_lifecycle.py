@@ -51,9 +51,9 @@ def _within(seconds, fn):
         raise errors[0]
 
 
-def test_a_server_stopped_before_it_started_returns_and_frees_its_ports(serving_exports):
-    base, _, _ = serving_exports
-    server = ModelServer(ServerConfig("toy", base, port=0, rest_api_port=_free_port()))
+def test_a_server_stopped_before_it_started_returns_and_frees_its_ports(tmp_path):
+    # Nothing loads before start(): an empty base path will do.
+    server = ModelServer(ServerConfig("toy", str(tmp_path), port=0, rest_api_port=_free_port()))
     ports = server.port, server.rest_api_port
     assert not any(_port_is_free(p) for p in ports)  # bound by the constructor
     _within(20, server.stop)
@@ -104,8 +104,8 @@ def _raises(fn):
     return None
 
 
-def test_a_rest_port_in_use_leaves_no_grpc_port_behind(serving_exports):
-    base, _, _ = serving_exports
+def test_a_rest_port_in_use_leaves_no_grpc_port_behind(tmp_path):
+    base = str(tmp_path)
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()
@@ -129,13 +129,18 @@ def test_a_config_built_in_code_is_checked_as_the_flags_are(field, value):
 
 
 def test_the_flags_refuse_what_the_config_refuses(capsys, tmp_path):
-    for flag in ("--rest_api_num_threads=0", "--rest_api_timeout_in_ms=0", "--grpc_max_threads=0", "--port=-1"):
+    for flag, said in (("--rest_api_num_threads=0", "must be an integer of at least 1"),
+                       ("--rest_api_timeout_in_ms=0", "must be a positive number of seconds"),
+                       ("--grpc_max_threads=0", "must be an integer of at least 1"),
+                       ("--port=-1", "must be an integer of at least 0 and at most 65535"),
+                       ("--enable_batching=yes", "must be true or false")):
         with pytest.raises(SystemExit) as exit_info:
             main([f"--model_base_path={tmp_path}", flag])
         assert exit_info.value.code == 2
         # The usage line lists every flag: the error line must name this one.
         last = capsys.readouterr().err.strip().splitlines()[-1]
-        assert last.startswith(f"python -m serving.server: error: {flag.split('=')[0]}: "), last
+        assert last.startswith("python -m serving.server: error: ") and flag.split("=")[0] in last, last
+        assert said in last, last
     # Negative intervals are TensorFlow Serving's (model_servers/main.cc): no wait between retries.
     assert ServerConfig("toy", "/m", load_retry_interval_seconds=-1.0, file_system_poll_wait_seconds=-1.0)
 
