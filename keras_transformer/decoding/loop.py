@@ -192,6 +192,20 @@ def decoder_rows_shapes(cache, context):
     return cache, tuple(relax(x, 0) for x in context)
 
 
+def _scatter_rows(full, active, rows):
+    """`full` with rows `active` replaced by `rows`. A tensor with no elements
+    (attention over a source of width 0) is returned as it is: TensorFlow's
+    scatter refuses an empty output."""
+    dims = full.shape.as_list()[1:]
+    if 0 in dims:
+        return full
+    if None not in dims:
+        return tf.tensor_scatter_nd_update(full, active[:, None], rows)
+    return tf.cond(
+        tf.size(full) > 0, lambda: tf.tensor_scatter_nd_update(full, active[:, None], rows), lambda: full
+    )
+
+
 def _attention_rows(scores, n, k, per_head):
     """One layer's scores of one position [n * K, N, 1, S] -> float32 [n, K, S],
     averaged over heads, or [n, K, N, S] with `per_head`."""
@@ -249,7 +263,7 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     def put(full, rows, active):
         if not compact:
             return rows
-        return tf.nest.map_structure(lambda f, r: tf.tensor_scatter_nd_update(f, active[:, None], r), full, rows)
+        return tf.nest.map_structure(lambda f, r: _scatter_rows(f, active, r), full, rows)
 
     def step(i, active, last, cache, context, state, sentence_done):
         encoder_output, source_mask = context

@@ -206,3 +206,12 @@ def test_decoding_asks_for_attention_scores_only_when_the_strategy_uses_them(mod
         assert asked and not any(asked)
         beam_search(model, source, 4, beam_size=2, return_attention=True, use_cache=use_cache)
         assert any(asked)
+
+
+def test_attention_over_an_empty_source_is_empty_not_an_error(model):
+    empty = np.zeros([2, 0], "int32")
+    for attention, shape in ((True, (2, 2, 5, 0)), ("heads", (2, 2, 5, 4, 0))):
+        assert beam_search(model, empty, 5, beam_size=2, return_attention=attention)["attention"].shape == shape
+    fn = tf.function(lambda s: beam_search(model, s, 5, beam_size=2, return_attention=True)["attention"],
+                     input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    assert fn(empty).shape == (2, 2, 5, 0)
