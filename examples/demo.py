@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -99,6 +100,8 @@ def main():
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the paper's learning-rate peak")
     p.add_argument("--schedule", default="linear", choices=["inverse_sqrt", "linear"],
                    help="after the warm-up: linear decay to zero at the last step, or the paper's decay")
+    p.add_argument("--server-start-timeout", type=float, default=300.0,
+                   help="seconds the model server may take to load the export")
     p.add_argument("--min-accuracy", type=float, default=0.95)
     p.add_argument("--require-shown", action=argparse.BooleanOptionalAction, default=True,
                    help="fail unless every example shown is right (--no-require-shown: only --min-accuracy counts)")
@@ -125,13 +128,22 @@ def main():
          f"--batching_parameters_file={os.path.join(ROOT, 'serving', 'batching.config')}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    try:
+    # The server logs to the pipe for as long as it runs: a thread reads it
+    # (a full pipe would block the server), and the start has a deadline.
+    lines, running = [], threading.Event()
+
+    def read_server_output():
         for line in server.stdout:
-            if re.search(r"Running gRPC ModelServer at", line):
-                print(line.strip())
-                break
-        else:
-            print("error: the model server did not start", file=sys.stderr)
+            lines.append(line)
+            if not running.is_set() and re.search(r"Running gRPC ModelServer at", line):
+                print(line.strip(), flush=True)
+                running.set()
+
+    threading.Thread(target=read_server_output, daemon=True).start()
+    try:
+        if not running.wait(args.server_start_timeout):
+            print(f"error: the model server did not start within {args.server_start_timeout:.0f} s; its last lines:",
+                  "".join(lines[-20:]), sep="\n", file=sys.stderr)
             return 1
 
         from serving.client import GrpcClient

@@ -36,6 +36,8 @@ class ServingError(Exception):
 
 
 def _chunks(items: Sequence, size: int):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"`batch_size` must be an integer of at least 1. Received: batch_size={size!r}")
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -282,6 +284,8 @@ def main(argv=None) -> int:
     p.add_argument("--status", action="store_true", help="print the model's version status and exit")
     p.add_argument("--metadata", action="store_true", help="print the model's signatures and exit")
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch_size must be at least 1, got {args.batch_size}")
 
     if args.rest:
         client = RestClient(args.server, args.model_name, args.model_version, args.timeout, args.retries)

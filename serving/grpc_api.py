@@ -98,6 +98,14 @@ def _grpc_method(method):
     return handler
 
 
+def _answered_by(model_spec, loaded, signature=None):
+    """Fills a response's `model_spec` with the version that answered, as TensorFlow Serving does."""
+    model_spec.name = loaded.name
+    model_spec.version.value = loaded.version
+    if signature is not None:
+        model_spec.signature_name = signature
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -112,9 +120,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             inputs = {k: _tensor_to_array(k, v, dims[k]) for k, v in request.inputs.items()}
             outputs = loaded.run(signature, inputs, tuple(request.output_filter), checked=True)
             response = predict_pb2.PredictResponse()
-            response.model_spec.name = loaded.name
-            response.model_spec.version.value = loaded.version
-            response.model_spec.signature_name = signature
+            _answered_by(response.model_spec, loaded, signature)
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
@@ -129,8 +135,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             )
         with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
             response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = loaded.name
-            response.model_spec.version.value = loaded.version
+            _answered_by(response.model_spec, loaded)
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             for key, value in loaded.signature_defs.items():
                 signature_map.signature_def[key].CopyFrom(value)

@@ -11,6 +11,7 @@ The messages live in a pool of their own, so they never clash with the same
 names registered by another package.
 """
 
+import difflib
 import re
 
 from google.protobuf import descriptor_pb2
@@ -70,7 +71,8 @@ def parse_text(message_name: str, text: str, what: str, secret: bool = False):
 
     Args:
         secret: the text holds secrets (a private key): the error gives the
-            line, the column and protobuf's reason, but none of the text.
+            line, the column and protobuf's reason only where the reason
+            quotes none of the text (`_safe_reason`).
 
     Raises:
         ValueError: `what` and protobuf's own message (line, column and the
@@ -82,6 +84,33 @@ def parse_text(message_name: str, text: str, what: str, secret: bool = False):
     except text_format.ParseError as error:
         if not secret:
             raise ValueError(f"{what}: {error}") from None
-        # Protobuf's message quotes the line it stopped at, and may quote the token, in '...'.
-        reason = re.sub(r"'(?:[^'\\]|\\.)*'", "'…'", str(error).split(" : ", 1)[-1]).removeprefix("'…': ")
-        raise ValueError(f"{what}: line {error.GetLine()}, column {error.GetColumn()}: {reason}") from None
+        raise ValueError(
+            f"{what}: line {error.GetLine()}, column {error.GetColumn()}: {_safe_reason(str(error), message_name)}"
+        ) from None
+
+
+def _safe_reason(message: str, message_name: str) -> str:
+    """Protobuf's reason, kept only where it has one of the forms below and
+    what it quotes is a field name or a single punctuation mark: it can quote
+    the text in any form (the line, a token, a field name, a string in either
+    quotes), and in an SSL config that text is a private key."""
+    fields = [f.name for f in MESSAGES[message_name].DESCRIPTOR.fields]
+    punctuation = r"[:{}\[\]<>,;]"
+    for pattern, safe in (
+        (r'Expected (":"|"true" or "false"|string)\.?$', lambda m: True),
+        (r'should not have multiple "(\w+)" fields\.$', lambda m: m[1] in fields),
+        (rf"Expected identifier or number, got {punctuation}\.$", lambda m: True),
+        (rf"Expected string but found: '{punctuation}'$", lambda m: True),
+    ):
+        match = re.search(pattern, message)
+        if match and safe(match):
+            return match[0]
+    if re.search(r"Expected string but found: '.*'$", message):
+        return "Expected string (a value in quotes)"
+    if re.search(r"String missing ending quote: .*$", message):
+        return "a string is missing its ending quote"
+    match = re.search(r'has no field named "(\w+)"\.$', message)
+    if match:
+        near = difflib.get_close_matches(match[1], fields, n=1, cutoff=0.8)
+        return f'no field named "{match[1]}"' if near else f"an unknown field (the fields are {', '.join(fields)})"
+    return "text that is not protobuf text format (protobuf's reason is withheld: it quotes the text)"

@@ -481,7 +481,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def drain(self, grace: float):
         """Stops accepting (new connections are refused), lets the requests already
-        read finish for up to `grace` seconds, then closes every connection."""
+        read finish for up to `grace` seconds (None: none, as gRPC's `stop(None)`),
+        then closes every connection."""
+        grace = 0.0 if grace is None else grace
         self.shutdown()
         self.socket.close()
         end = time.monotonic() + grace

@@ -308,10 +308,17 @@ class ModelManager:
             return None
         self._failed.pop(target, None)
         with self._lock:
-            old, self._current = self._current, loaded
-            self._status[target] = (AVAILABLE, "")
-            if old is not None:
-                self._status[old.version] = (UNLOADING, "")
+            stopped = self._stop.is_set()
+            if stopped:  # stop() ran during the load: nothing is served after it
+                self._status[target] = (END, "")
+            else:
+                old, self._current = self._current, loaded
+                self._status[target] = (AVAILABLE, "")
+                if old is not None:
+                    self._status[old.version] = (UNLOADING, "")
+        if stopped:
+            loaded.close()
+            return None
         log.info("serving %s version %d (%d warm-up requests)", self.name, target, warmed)
         if old is not None:
             threading.Thread(target=self._unload, args=(old,), daemon=True).start()
@@ -350,12 +357,16 @@ class ModelManager:
                 break
             self._stop.wait(max(0.0, self._failed.get(loadable[-1], (0, 0.0))[1] - time.monotonic()))
             self.poll()
+        if self._stop.is_set():
+            raise RuntimeError(f"model {self.name!r}: stopped while it loaded")
         if self._current is None and versions_on_disk(self.base_path):
             reasons = "; ".join(f"version {v}: {e}" for v, (_, e) in sorted(self._status.items()) if e)
             raise RuntimeError(f"model {self.name!r}: no version became available ({reasons})")
         if self.poll_seconds > 0:
-            self._poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
-            self._poller.start()
+            with self._lock:  # not after stop(), which joins the poller
+                if not self._stop.is_set():
+                    self._poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
+                    self._poller.start()
 
     def _poll_loop(self):
         while not self._stop.wait(self.poll_seconds):
@@ -365,7 +376,13 @@ class ModelManager:
                 log.exception("polling %s failed", self.base_path)
 
     def stop(self):
-        self._stop.set()
+        """Stops polling (a load under way finishes, and is closed), then
+        unloads the served version once its requests are done."""
+        with self._lock:
+            self._stop.set()
+            poller = self._poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join()
         with self._lock:
             current, self._current = self._current, None
         if current is not None:

@@ -76,7 +76,7 @@ class ServerConfig:
     grpc_max_threads: int = 64
     grpc_channel_arguments: Tuple[Tuple[str, object], ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
-    ssl: Optional[dict] = None
+    ssl: Optional[dict] = dataclasses.field(default=None, repr=False)  # holds the private key
     rest_api_timeout_seconds: float = 30.0
     rest_api_num_threads: int = 4 * (os.cpu_count() or 1)
     max_num_load_retries: int = 5
@@ -117,9 +117,10 @@ class ModelServer:
             c.load_retry_interval_seconds,
         )
         self.rest = None
+        self.rest_api_port = None  # the REST port bound, when REST is on
         self._lock = threading.Lock()
         self._state = "new"  # then "starting", "serving"; "stopped" from any
-        self._grpc_started = self._rest_serving = False
+        self._grpc_started = False  # the REST thread starts with gRPC
         self._start_done = threading.Event()
         # gRPC turns SO_REUSEPORT on by default, so a second server on a busy
         # port would share it silently; this one fails to bind instead.
@@ -167,7 +168,6 @@ class ModelServer:
                 self._grpc_started = True
                 if self.rest is not None:
                     threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
-                    self._rest_serving = True
                 self._state = "serving"
         except BaseException:
             self._close()
@@ -177,6 +177,11 @@ class ModelServer:
         print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
         if self.rest is not None:
             print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
+
+    @property
+    def serving(self) -> bool:
+        """Whether `start` has opened the ports (and `stop` has not been called)."""
+        return self._state == "serving"
 
     def stop(self, grace: float = 30.0):
         """Refuses new requests, lets the accepted ones finish (up to `grace` s),
@@ -216,21 +221,11 @@ class ModelServer:
         finally:
             try:
                 if self.rest is not None:
-                    if self._rest_serving:
+                    if self._grpc_started:  # serve_forever runs: shutdown() waits for it
                         self.rest.shutdown()
                     self.rest.server_close()
             finally:
                 self.manager.stop()
-
-
-def _at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _bool_flag(text: str) -> bool:
@@ -282,7 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="how often to look for new versions (0: only at start)")
     p.add_argument("--grpc_max_threads", type=int, default=64)
-    p.add_argument("--max_num_load_retries", type=_at_least(0), default=5,
+    p.add_argument("--max_num_load_retries", type=int, default=5,
                    help="retries of a failed version load (0: one attempt)")
     p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
                    help="between load retries (default one minute)")
@@ -296,6 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
                    help="REST connections handled at once; more wait in the listen backlog")
     args = p.parse_args(argv)
+    if not math.isfinite(args.drain_seconds) or args.drain_seconds < 0:
+        p.error(f"--drain_seconds must be a finite number of seconds of at least 0, got {args.drain_seconds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
 
     batching = None
@@ -331,11 +328,23 @@ def main(argv=None) -> int:
     ))
     server = ModelServer(config)
     stop = threading.Event()
+
+    def on_signal(*_):
+        if not stop.is_set() and not server.serving:
+            # Still loading: start() runs in this thread, so the stop that ends
+            # its load (and its retry waits) runs beside it.
+            log.info("stopping while the model loads")
+            threading.Thread(target=server.stop, args=(0.0,), name="stop", daemon=True).start()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         server.start()
     except RuntimeError as error:  # as TensorFlow Serving, which exits when its models never load
+        if stop.is_set():
+            log.info("stopped before serving")
+            return 0
         log.error("%s", error)
         return 1
     stop.wait()

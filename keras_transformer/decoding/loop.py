@@ -192,20 +192,6 @@ def decoder_rows_shapes(cache, context):
     return cache, tuple(relax(x, 0) for x in context)
 
 
-def _scatter_rows(full, active, rows):
-    """`full` with rows `active` replaced by `rows`. A tensor with no elements
-    (attention over a source of width 0) is returned as it is: TensorFlow's
-    scatter refuses an empty output."""
-    dims = full.shape.as_list()[1:]
-    if 0 in dims:
-        return full
-    if None not in dims:
-        return tf.tensor_scatter_nd_update(full, active[:, None], rows)
-    return tf.cond(
-        tf.size(full) > 0, lambda: tf.tensor_scatter_nd_update(full, active[:, None], rows), lambda: full
-    )
-
-
 def _attention_rows(scores, n, k, per_head):
     """One layer's scores of one position [n * K, N, 1, S] -> float32 [n, K, S],
     averaged over heads, or [n, K, N, S] with `per_head`."""
@@ -263,7 +249,16 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     def put(full, rows, active):
         if not compact:
             return rows
-        return tf.nest.map_structure(lambda f, r: _scatter_rows(f, active, r), full, rows)
+        # While every sentence is decoded, `rows` is the whole state (`active`
+        # keeps the batch's order). After that, row b of the new state is row b
+        # of `full`, or row j of `rows` where active[j] == b: one index into
+        # [full; rows] a step, one gather a tensor (a scatter would refuse the
+        # empty attention maps of a source of width 0).
+        def merged():
+            index = tf.tensor_scatter_nd_update(tf.range(batch), active[:, None], batch + tf.range(tf.size(active)))
+            return tf.nest.map_structure(lambda f, r: tf.gather(tf.concat([f, r], 0), index), full, rows)
+
+        return tf.cond(tf.size(active) < batch, merged, lambda: rows)
 
     def step(i, active, last, cache, context, state, sentence_done):
         encoder_output, source_mask = context

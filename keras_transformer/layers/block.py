@@ -119,5 +119,23 @@ class TransformerBlock(BlockArguments):
         x = x + dropout(y, training=training)
         return (x if self.norm_first else norm(x)), extra
 
+    def _self_attention_sublayer(self, x, *, mask, attention_mask, use_causal_mask, cache, cache_index, training):
+        """The self-attention sublayer of both layers: (outputs, [new cache] or [])."""
+        return self._sublayer(
+            x, self.self_attention_norm, self.self_attention_dropout,
+            lambda h: self.self_attention(
+                h, h, query_mask=mask, value_mask=mask, attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask, cache=cache, cache_index=cache_index, training=training,
+            ),
+            training,
+        )
+
+    def _feed_forward_sublayer(self, x, training):
+        x, _ = self._sublayer(
+            x, self.feed_forward_norm, self.feed_forward_dropout,
+            lambda h: self.feed_forward(h, training=training), training,
+        )
+        return x
+
     def _dropout(self):
         return Dropout(self.dropout, dtype=self.dtype_policy)

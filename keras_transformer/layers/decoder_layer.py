@@ -88,13 +88,9 @@ class DecoderLayer(TransformerBlock):
             self_cache, cross_cache = cache["self_attention"], cache["cross_attention"]
 
         # Causal self-attention block.
-        x, new_self_cache = self._sublayer(
-            inputs, self.self_attention_norm, self.self_attention_dropout,
-            lambda h: self.self_attention(
-                h, h, query_mask=inputs_mask, value_mask=inputs_mask, attention_mask=attention_mask,
-                use_causal_mask=True, cache=self_cache, cache_index=cache_index, training=training,
-            ),
-            training,
+        x, new_self_cache = self._self_attention_sublayer(
+            inputs, mask=inputs_mask, attention_mask=attention_mask, use_causal_mask=True, cache=self_cache,
+            cache_index=cache_index, training=training,
         )
 
         # Cross-attention block.
@@ -108,10 +104,7 @@ class DecoderLayer(TransformerBlock):
         )
 
         # Feed-forward block.
-        x, _ = self._sublayer(
-            x, self.feed_forward_norm, self.feed_forward_dropout,
-            lambda h: self.feed_forward(h, training=training), training,
-        )
+        x = self._feed_forward_sublayer(x, training)
 
         outputs = (x,)
         if return_attention_scores:

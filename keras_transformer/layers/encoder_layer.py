@@ -71,20 +71,13 @@ class EncoderLayer(TransformerBlock):
         training=None,
     ):
         # Self-attention block.
-        x, new_cache = self._sublayer(
-            inputs, self.self_attention_norm, self.self_attention_dropout,
-            lambda h: self.self_attention(
-                h, h, query_mask=mask, value_mask=mask, attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask, cache=cache, cache_index=cache_index, training=training,
-            ),
-            training,
+        x, new_cache = self._self_attention_sublayer(
+            inputs, mask=mask, attention_mask=attention_mask, use_causal_mask=use_causal_mask, cache=cache,
+            cache_index=cache_index, training=training,
         )
 
         # Feed-forward block.
-        x, _ = self._sublayer(
-            x, self.feed_forward_norm, self.feed_forward_dropout,
-            lambda h: self.feed_forward(h, training=training), training,
-        )
+        x = self._feed_forward_sublayer(x, training)
         return x if cache is None else (x, new_cache[0])
 
     def compute_output_shape(self, inputs_shape):

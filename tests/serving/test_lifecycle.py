@@ -3,19 +3,31 @@ a start that fails, limits checked as the flags check them, and REST row
 answers that cannot be formed."""
 
 import contextlib
+import http.server
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from serving.client import GrpcClient
+from serving.client import main as client_main
 from serving.errors import ServingError
 from serving.errors import StatusCode
+from serving.rest_api import BoundedHTTPServer
 from serving.rest_api import rest_predict
+from serving.servables import END
+from serving.servables import ModelManager
 from serving.server import ModelServer
 from serving.server import ServerConfig
 from serving.server import main
+from tests.serving.conftest import ROOT
 
 
 def _port_is_free(port):
@@ -90,6 +102,7 @@ def test_a_stop_while_the_model_loads_ends_the_start_and_frees_the_ports(tmp_pat
     _within(20, server.stop)
     starter.join(20)
     assert not starter.is_alive() and isinstance(started[0], RuntimeError)
+    assert "stopped while" in str(started[0]), started[0]  # not "no version became available"
     assert time.monotonic() - begun < 10  # the load ended at the stop, not after its retries
     assert all(_port_is_free(p) for p in ports)
     with pytest.raises(RuntimeError, match="starts once"):
@@ -133,6 +146,9 @@ def test_the_flags_refuse_what_the_config_refuses(capsys, tmp_path):
                        ("--rest_api_timeout_in_ms=0", "must be a positive number of seconds"),
                        ("--grpc_max_threads=0", "must be an integer of at least 1"),
                        ("--port=-1", "must be an integer of at least 0 and at most 65535"),
+                       ("--max_num_load_retries=-1", "must be an integer of at least 0"),
+                       ("--drain_seconds=-1", "must be a finite number of seconds of at least 0"),
+                       ("--drain_seconds=nan", "must be a finite number of seconds of at least 0"),
                        ("--enable_batching=yes", "must be true or false")):
         with pytest.raises(SystemExit) as exit_info:
             main([f"--model_base_path={tmp_path}", flag])
@@ -194,7 +210,92 @@ def test_row_answers_pair_each_instance_with_its_rows():
     }
     one = {"a": np.array([[1, 2], [3, 4]], np.int32)}
     assert rest_predict(_Manager(one), "toy", None, {"instances": [1, 2]}) == {"predictions": [[1, 2], [3, 4]]}
-    # A batch of none is an empty list, as in TensorFlow Serving (no check refuses it there).
+    # Outputs with a batch of none give an empty list, as MakeRowFormatJsonFromTensors
+    # forms it (an empty request never gets here: check_inputs refuses it).
     empty = {"a": np.zeros([0, 2], np.int32), "b": np.zeros([0], np.int32)}
     assert rest_predict(_Manager(empty), "toy", None, {"instances": [1, 2]}) == {"predictions": []}
 
+
+
+def test_a_version_loaded_after_stop_is_closed_not_served(serving_exports):
+    # The poller may be loading a new version when stop() is called: what it
+    # loads after the stop is closed, never served (it would hold its memory
+    # and batch threads after the server has stopped).
+    base, _, _ = serving_exports
+    manager = ModelManager("toy", base, poll_seconds=0)
+    manager.stop()
+    assert manager.poll() is None
+    assert manager._current is None
+    assert manager.status("toy") == [(1, END, "")]
+    with pytest.raises(RuntimeError, match="stopped while it loaded"):
+        manager.start()
+
+
+def test_a_stop_waits_for_the_poller(serving_exports, tmp_path):
+    base, staging, _ = serving_exports
+    served = tmp_path / "models"
+    shutil.copytree(os.path.join(base, "1"), served / "1")
+    manager = ModelManager("toy", str(served), poll_seconds=0.05)
+    manager.start()
+    shutil.copytree(os.path.join(staging, "2"), served / "2")  # the poller starts loading it
+    time.sleep(0.2)
+    manager.stop()
+    assert not manager._poller.is_alive()
+    assert manager._current is None and manager.poll() is None
+
+
+def test_a_drain_without_grace_closes_at_once():
+    # gRPC's stop(None) aborts at once; ModelServer.stop(None) hands the same None to the REST drain.
+    rest = BoundedHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler, 1)
+    threading.Thread(target=rest.serve_forever, daemon=True).start()
+    _within(10, lambda: rest.drain(None))
+
+
+def test_the_config_repr_never_shows_the_key_and_no_rest_has_no_port(tmp_path):
+    ssl = {"server_key": "-----BEGIN PRIVATE KEY-----secret", "server_cert": "C", "custom_ca": "",
+           "client_verify": False}
+    assert "secret" not in repr(ServerConfig("toy", "/m", ssl=ssl))
+    server = ModelServer(ServerConfig("toy", str(tmp_path), port=0, rest_api_port=0))
+    try:
+        assert server.rest is None and server.rest_api_port is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+def test_the_client_refuses_a_batch_size_that_would_drop_sentences(batch_size, capsys):
+    client = GrpcClient("localhost:1", "toy", retries=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        client.translate(["a", "b"], batch_size=batch_size)
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool):
+        with pytest.raises(SystemExit) as exit_info:
+            client_main([f"--batch_size={batch_size}", "a"])
+        assert exit_info.value.code == 2 and "--batch_size must be at least 1" in capsys.readouterr().err
+
+
+def test_sigterm_while_the_model_loads_exits_at_once(tmp_path):
+    # The handlers used to only set an event that main waited on after
+    # start(): a signal during the load (and its minute-long retry waits) was
+    # ignored until every retry had failed.
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0",
+         "--max_num_load_retries=5", "--load_retry_interval_micros=60000000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout:  # the first attempt failed: it now waits a minute
+            lines.append(line)
+            if "failed to load (attempt 1" in line:
+                break
+        begun = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, "".join(lines) + rest
+        assert time.monotonic() - begun < 20
+        assert "Running gRPC ModelServer" not in rest
+    finally:
+        process.kill()
+        process.wait()

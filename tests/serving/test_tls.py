@@ -45,10 +45,20 @@ def test_malformed_ssl_config_lines_fail_naming_the_fault(text, reason):
 
 def test_an_ssl_config_error_never_quotes_the_key():
     key = "-----BEGIN PRIVATE KEY-----\\nMIIEsecretsecret"
-    for text in (f'server_key: "{key}\nserver_cert: "C"', f"server_key: {key}", f'server_key: "{key}" bad'):
+    # Protobuf's reason quotes the text in many forms; each form is here: the
+    # line, a token, an unquoted word read as a field name, a string in
+    # single or double quotes, a string's repr, a bad escape.
+    texts = [
+        f'server_key: "{key}\nserver_cert: "C"', f"server_key: {key}", f'server_key: "{key}" bad',
+        'server_key: "K"\nMIIEsecretsecret: 1', "server_key: 'MIIEsecretsecret", "server_key: 'ab' MIIEsecretsecret",
+        'server_key: "ab"\n"MIIEsecretsecret": 1', 'client_verify: MIIEsecretsecret', 'server_key: [MIIEsecretsecret]',
+        'server_key: 1MIIEsecretsecret', 'server_key { MIIEsecretsecret }', 'server_key: "\\xMIIEsecretsecret"',
+        'server_key: "K" server_cert: MIIEsecretsecret',
+    ]
+    for text in texts:
         with pytest.raises(ValueError) as error:
             parse_ssl_config(text)
-        assert "secret" not in str(error.value) and "line 1" in str(error.value), error.value
+        assert "secret" not in str(error.value) and re.search(r"line \d, column \d+: \w", str(error.value)), error.value
 
 
 def test_client_verify_without_a_custom_ca_is_refused_clearly():
