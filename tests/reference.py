@@ -18,11 +18,15 @@ def layer_norm(x, gamma, beta, eps):
 def multi_head_attention(query, value, weights, num_heads, mask=None):
     """Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V over `num_heads` heads.
 
-    weights: [Wq, bq, Wk, bk, Wv, bv, Wo, bo] with 2-D kernels.
+    weights: [Wq, bq, Wk, bk, Wv, bv, Wo, bo], kernels in Keras's layout
+        ([D, N, H] and [N, H, D_out], biases [N, H]) or as 2-D matrices.
     mask: [B, T, S] bool, True where attention is allowed.
     Returns (output [B, T, D], scores [B, N, T, S]).
     """
     wq, bq, wk, bk, wv, bv, wo, bo = [np.asarray(w, np.float64) for w in weights]
+    wq, wk, wv = (w.reshape(w.shape[0], -1) for w in (wq, wk, wv))
+    bq, bk, bv = (b.reshape(-1) for b in (bq, bk, bv))
+    wo = wo.reshape(-1, wo.shape[-1])
     batch, t, _ = query.shape
     s = value.shape[1]
     h = wq.shape[1] // num_heads

@@ -5,7 +5,8 @@ D model (feature) size, N heads, H size per head.
 """
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 from keras_transformer.layers import masks
 from keras_transformer.layers.initializers import clone_initializer
@@ -13,13 +14,38 @@ from keras_transformer.layers import validation
 from keras_transformer.layers.dropout import Dropout
 
 
+def _as_matrix(initializer, matrix_shape):
+    """`initializer` drawn as a `matrix_shape` matrix, then reshaped to the
+    weight's shape (its fans are the matrix's)."""
+
+    def initialize(shape, dtype=None):
+        return ops.reshape(initializer(matrix_shape, dtype=dtype), shape)
+
+    return initialize
+
+
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention, "Attention Is All You Need" section 3.2.
 
-    A drop-in replacement for `keras.layers.MultiHeadAttention` for the common
-    arguments (same call signature, same weight layout up to a reshape), plus
-    a key/value cache for incremental decoding.
+    A drop-in replacement for `keras.layers.MultiHeadAttention` for the
+    arguments both have: the same call signature and Keras's weight layout
+    (query, key and value kernels [D, N, H] with [N, H] biases, output
+    kernel [N, H, D_out]), so `set_weights` moves weights between the two
+    either way; plus a key/value cache for incremental decoding. Written in
+    `keras.ops`: it runs on every Keras backend.
+
+    Differences from Keras's layer: inputs are [B, T, D] only (Keras also
+    takes more axes between batch and features); a padded query row (Keras
+    mask of `query`) still attends to the real keys, where Keras's layer
+    masks the whole row; and kernels are initialized from the fans of the
+    [D, N * H] matrix they form, as in the paper's implementations (Keras
+    counts fans of the 3-D kernel, which makes the initial weights about
+    six times smaller for the base model).
+
+    Files saved before the kernels took Keras's layout (2-D kernels
+    [D, N * H] and [N * H, D_out]) still load: `load_own_variables`
+    reshapes them.
 
     When `query`, `value` and `key` are one tensor (self-attention) the three
     projections run as one matmul; when `key` is `value` the key and value
@@ -69,9 +95,9 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Example:
     >>> mha = MultiHeadAttention(num_heads=2, key_dim=4)
-    >>> x = tf.random.normal([3, 5, 8])
-    >>> mha(x, x, use_causal_mask=True).shape
-    TensorShape([3, 5, 8])
+    >>> x = keras.random.normal([3, 5, 8])
+    >>> tuple(mha(x, x, use_causal_mask=True).shape)
+    (3, 5, 8)
     """
 
     def __init__(
@@ -113,71 +139,79 @@ class MultiHeadAttention(keras.layers.Layer):
         output_dim = self._output_dim or query_features
         n, hk, hv = self.num_heads, self.key_dim, self.value_dim
 
-        def projection(name, rows, cols):
+        def projection(name, kernel_shape, bias_shape):
             # Each weight its own initializer: one instance would give the
-            # four projections the same values.
+            # four projections the same values. Drawn as the [rows, cols]
+            # matrix the kernel is, then given Keras's shape.
+            rows = kernel_shape[0] if name != "output" else n * hv
+            cols = int(np.prod(kernel_shape)) // rows
             kernel = self.add_weight(
-                name=f"{name}_kernel", shape=(rows, cols),
-                initializer=clone_initializer(self.kernel_initializer),
+                name=f"{name}_kernel", shape=kernel_shape,
+                initializer=_as_matrix(clone_initializer(self.kernel_initializer), (rows, cols)),
             )
             bias = None
             if self.use_bias:
                 bias = self.add_weight(
-                    name=f"{name}_bias", shape=(cols,), initializer=clone_initializer(self.bias_initializer)
+                    name=f"{name}_bias", shape=bias_shape, initializer=clone_initializer(self.bias_initializer)
                 )
             return kernel, bias
 
-        self.query_kernel, self.query_bias = projection("query", query_features, n * hk)
-        self.key_kernel, self.key_bias = projection("key", key_features, n * hk)
-        self.value_kernel, self.value_bias = projection("value", value_features, n * hv)
-        self.output_kernel, self.output_bias = projection("output", n * hv, output_dim)
+        self.query_kernel, self.query_bias = projection("query", (query_features, n, hk), (n, hk))
+        self.key_kernel, self.key_bias = projection("key", (key_features, n, hk), (n, hk))
+        self.value_kernel, self.value_bias = projection("value", (value_features, n, hv), (n, hv))
+        self.output_kernel, self.output_bias = projection("output", (n, hv, output_dim), (output_dim,))
         self._dropout_layer.build(None)
         self.built = True
 
     # -- projections ---------------------------------------------------------
 
-    def _dense(self, x, kernels, biases):
-        """x [B, T, D] times the concatenated kernels -> list of [B, T, E_i]."""
+    def _heads(self, x, kernels, biases):
+        """x [B, T, D] times kernels [D, N, H_i] -> list of per-head [B, N, T, H_i],
+        one einsum for all of them."""
         dtype = self.compute_dtype
-        kernels = [tf.cast(k, dtype) for k in kernels]
+        kernels = [ops.cast(k, dtype) for k in kernels]
         widths = [k.shape[-1] for k in kernels]
-        kernel = kernels[0] if len(kernels) == 1 else tf.concat(kernels, axis=-1)
-        y = tf.tensordot(tf.cast(x, dtype), kernel, axes=[[-1], [0]])  # [B, T, sum E]
+        kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)  # [D, N, sum H]
+        y = ops.einsum("btd,dnh->bnth", ops.cast(x, dtype), kernel)
         if self.use_bias:
-            bias = biases[0] if len(biases) == 1 else tf.concat(biases, axis=-1)
-            y = y + tf.cast(bias, dtype)
-        return [y] if len(kernels) == 1 else tf.split(y, widths, axis=-1)
-
-    def _split_heads(self, x, head_size):
-        """[B, T, N * H] -> [B, N, T, H]."""
-        shape = tf.shape(x)
-        x = tf.reshape(x, [shape[0], shape[1], self.num_heads, head_size])  # [B, T, N, H]
-        return tf.transpose(x, [0, 2, 1, 3])
+            bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)  # [N, sum H]
+            y = y + ops.cast(ops.expand_dims(bias, 1), dtype)
+        if len(kernels) == 1:
+            return [y]
+        ends = [sum(widths[: i + 1]) for i in range(len(widths) - 1)]
+        return ops.split(y, ends, axis=-1)
 
     def _project(self, query, value, key):
         """Project inputs to per-head q [B, N, T, H], k and v [B, N, S, H]."""
         if key is value and query is value:
-            q, k, v = self._dense(
+            return tuple(self._heads(
                 query,
                 [self.query_kernel, self.key_kernel, self.value_kernel],
                 [self.query_bias, self.key_bias, self.value_bias],
-            )
-            return (
-                self._split_heads(q, self.key_dim),
-                self._split_heads(k, self.key_dim),
-                self._split_heads(v, self.value_dim),
-            )
-        (q,) = self._dense(query, [self.query_kernel], [self.query_bias])
-        return (self._split_heads(q, self.key_dim),) + self._project_key_value(value, key)
+            ))
+        (q,) = self._heads(query, [self.query_kernel], [self.query_bias])
+        return (q,) + self._project_key_value(value, key)
 
     def _project_key_value(self, value, key):
-        """Per-head k [B, N, S, H] and v [B, N, S, H]; one matmul when key is value."""
+        """Per-head k [B, N, S, H] and v [B, N, S, H]; one einsum when key is value."""
         if key is value:
-            k, v = self._dense(value, [self.key_kernel, self.value_kernel], [self.key_bias, self.value_bias])
+            k, v = self._heads(value, [self.key_kernel, self.value_kernel], [self.key_bias, self.value_bias])
         else:
-            (k,) = self._dense(key, [self.key_kernel], [self.key_bias])
-            (v,) = self._dense(value, [self.value_kernel], [self.value_bias])
-        return self._split_heads(k, self.key_dim), self._split_heads(v, self.value_dim)
+            (k,) = self._heads(key, [self.key_kernel], [self.key_bias])
+            (v,) = self._heads(value, [self.value_kernel], [self.value_bias])
+        return k, v
+
+    def load_own_variables(self, store):
+        """Loads Keras's layout, and files saved with the earlier 2-D kernels
+        ([D, N * H], [N * H, D_out]) and 1-D biases ([N * H]), reshaped."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        values = {key: store[key] for key in store.keys()}
+        for i, variable in enumerate(variables):
+            value = values.get(str(i))
+            if (value is not None and tuple(value.shape) != tuple(variable.shape)
+                    and int(np.prod(value.shape)) == int(np.prod(variable.shape))):
+                values[str(i)] = np.reshape(np.asarray(value), variable.shape)
+        super().load_own_variables(values)
 
     # -- cache ---------------------------------------------------------------
 
@@ -191,9 +225,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def init_cache(self, batch_size, max_length):
         """Empty self-attention cache [B, 2, N, L, H] in the compute dtype."""
         self._check_cacheable()
-        return tf.zeros(
-            [batch_size, 2, self.num_heads, max_length, self.key_dim], dtype=self.compute_dtype
-        )
+        return ops.zeros((batch_size, 2, self.num_heads, max_length, self.key_dim), dtype=self.compute_dtype)
 
     def compute_cache(self, value, key=None):
         """Cross-attention cache [B, 2, N, S, H]: keys and values of `value`,
@@ -201,22 +233,24 @@ class MultiHeadAttention(keras.layers.Layer):
         self._check_cacheable()
         if not self.built:
             self.build(value.shape, value.shape, None if key is None else key.shape)
-        return tf.stack(self._project_key_value(value, value if key is None else key), axis=1)
+        return ops.stack(self._project_key_value(value, value if key is None else key), axis=1)
 
     @staticmethod
     def _update_cache(cache, update, index):
         """Write update [B, 2, N, T, H] into cache [B, 2, N, L, H] at index.
 
         A scatter rather than a strided-slice update: XLA compiles it with a
-        loop-variable `index` inside `tf.while_loop`.
+        loop-variable `index` inside `tf.while_loop`, and JAX under jit.
         """
-        index = tf.cast(index, tf.int32)
-        shape = tf.shape(update)
-        b, kv, n, t = tf.meshgrid(
-            tf.range(shape[0]), tf.range(2), tf.range(shape[2]), tf.range(shape[3]), indexing="ij"
+        index = ops.cast(index, "int32")
+        shape = ops.shape(update)
+        b, kv, n, t = ops.meshgrid(
+            ops.arange(shape[0], dtype="int32"), ops.arange(2, dtype="int32"),
+            ops.arange(shape[2], dtype="int32"), ops.arange(shape[3], dtype="int32"), indexing="ij",
         )
-        positions = tf.stack([b, kv, n, t + index], axis=-1)  # [B, 2, N, T, 4]
-        return tf.tensor_scatter_nd_update(cache, positions, tf.cast(update, cache.dtype))
+        positions = ops.stack([b, kv, n, t + index], axis=-1)  # [B, 2, N, T, 4]: rows of H values
+        return ops.scatter_update(cache, ops.reshape(positions, (-1, 4)),
+                                  ops.reshape(ops.cast(update, cache.dtype), (-1, shape[4])))
 
     # -- attention -----------------------------------------------------------
 
@@ -239,7 +273,7 @@ class MultiHeadAttention(keras.layers.Layer):
             key, key_mask = value, value_mask
         key_padding = value_mask
         if key_mask is not None:
-            key_padding = key_mask if key_padding is None else tf.logical_and(key_padding, key_mask)
+            key_padding = key_mask if key_padding is None else ops.logical_and(key_padding, key_mask)
 
         causal = None
         if cache is not None and cache_index is not None:
@@ -247,19 +281,18 @@ class MultiHeadAttention(keras.layers.Layer):
             # and attend causally over the cache (unwritten slots lie after
             # every query, so the causal mask hides them too).
             q, k, v = self._project(query, value, key)
-            cache = self._update_cache(cache, tf.stack([k, v], axis=1), cache_index)
+            cache = self._update_cache(cache, ops.stack([k, v], axis=1), cache_index)
             k, v = cache[:, 0], cache[:, 1]
-            causal = masks.causal_mask(tf.shape(q)[2], tf.shape(k)[2], offset=cache_index)
+            causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2], offset=cache_index)
             key_padding = None
         elif cache is not None:
             # Cross-attention with precomputed keys/values.
-            (q,) = self._dense(query, [self.query_kernel], [self.query_bias])
-            q = self._split_heads(q, self.key_dim)
+            (q,) = self._heads(query, [self.query_kernel], [self.query_bias])
             k, v = cache[:, 0], cache[:, 1]
         else:
             q, k, v = self._project(query, value, key)
             if use_causal_mask:
-                causal = masks.causal_mask(tf.shape(q)[2], tf.shape(k)[2])
+                causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2])
 
         mask = masks.merge_masks(key_padding, attention_mask, causal)
         output, scores = self._attend(q, k, v, mask, training)
@@ -273,19 +306,21 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _attend(self, q, k, v, mask, training):
         """Scaled dot-product attention over per-head tensors."""
-        q = q * tf.cast(self.key_dim**-0.5, q.dtype)
-        logits = tf.matmul(q, k, transpose_b=True)  # [B, N, T, S]
+        q = q * ops.cast(self.key_dim**-0.5, q.dtype)
+        logits = ops.matmul(q, ops.swapaxes(k, -1, -2))  # [B, N, T, S]
         # Softmax in float32: float16 logits overflow with the mask bias.
-        logits = tf.cast(logits, tf.float32)
+        logits = ops.cast(logits, "float32")
         if mask is not None:
-            logits += masks.attention_bias(mask)[:, None, :, :]
-        scores = tf.cast(tf.nn.softmax(logits, axis=-1), v.dtype)
+            logits += ops.expand_dims(masks.attention_bias(mask), 1)
+        if logits.shape[-1] == 1:  # one key (a first decoding step): softmax is exactly 1, and Keras warns
+            scores = ops.ones_like(logits, dtype=v.dtype)
+        else:
+            scores = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         probs = self._dropout_layer(scores, training=training)
-        x = tf.matmul(probs, v)  # [B, N, T, H]
-        x = tf.transpose(x, [0, 2, 1, 3])  # [B, T, N, H]
-        shape = tf.shape(x)
-        x = tf.reshape(x, [shape[0], shape[1], self.num_heads * self.value_dim])
-        (output,) = self._dense(x, [self.output_kernel], [self.output_bias])
+        x = ops.matmul(probs, v)  # [B, N, T, H]
+        output = ops.einsum("bnth,nhd->btd", x, ops.cast(self.output_kernel, x.dtype))
+        if self.use_bias:
+            output = output + ops.cast(self.output_bias, x.dtype)
         return output, scores
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):

@@ -1,7 +1,7 @@
 """Token embedding scaled by sqrt(d_model), reusable as the output projection."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import validation
 from keras_transformer.layers.initializers import clone_initializer
@@ -33,8 +33,8 @@ class TokenEmbedding(keras.layers.Layer):
 
     Example:
     >>> embedding = TokenEmbedding(vocab_size=10, d_model=4)
-    >>> embedding(tf.constant([[3, 5, 0]])).shape
-    TensorShape([1, 3, 4])
+    >>> tuple(embedding(ops.convert_to_tensor([[3, 5, 0]])).shape)
+    (1, 3, 4)
     """
 
     def __init__(
@@ -59,18 +59,18 @@ class TokenEmbedding(keras.layers.Layer):
 
     def call(self, inputs, reverse=False):
         if reverse:
-            kernel = tf.cast(self.embeddings, self.compute_dtype)
-            return tf.tensordot(inputs, kernel, axes=[[-1], [1]])  # [B, T, V]
-        outputs = tf.gather(self.embeddings, tf.cast(inputs, tf.int32))  # [B, T, D]
-        outputs = tf.cast(outputs, self.compute_dtype)
+            kernel = ops.cast(self.embeddings, self.compute_dtype)
+            return ops.tensordot(inputs, kernel, axes=[[-1], [1]])  # [B, T, V]
+        outputs = ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)  # [B, T, D]
+        outputs = ops.cast(outputs, self.compute_dtype)
         if self.scale:
-            outputs = outputs * tf.cast(self.d_model**0.5, self.compute_dtype)
+            outputs = outputs * ops.cast(self.d_model**0.5, self.compute_dtype)
         return outputs
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or "float" in keras.backend.standardize_dtype(inputs.dtype):
             return None
-        return keras.ops.not_equal(inputs, 0)
+        return ops.not_equal(inputs, 0)
 
     def get_config(self):
         config = super().get_config()

@@ -2,7 +2,7 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import validation
 
@@ -44,7 +44,7 @@ class PositionalEncoding(keras.layers.Layer):
 
     Example:
     >>> layer = PositionalEncoding(max_length=16)
-    >>> layer(tf.zeros([1, 3, 4]))[0, 1].numpy().round(3)
+    >>> ops.convert_to_numpy(layer(ops.zeros([1, 3, 4])))[0, 1].round(3)
     array([0.841, 0.54 , 0.01 , 1.   ], dtype=float32)
     """
 
@@ -55,13 +55,11 @@ class PositionalEncoding(keras.layers.Layer):
 
     def build(self, inputs_shape):
         validation.check_rank("inputs", inputs_shape, 3)
-        # Created eagerly even when the first call is traced in a graph.
-        with tf.init_scope():
-            self._table = tf.constant(positional_encoding(self.max_length, inputs_shape[-1]))
+        self._table = positional_encoding(self.max_length, inputs_shape[-1])  # a constant of every graph
         self.built = True
 
     def call(self, inputs, start_index=0):
-        length = tf.shape(inputs)[1]
+        length = ops.shape(inputs)[1]
         static_length = inputs.shape[1]
         if isinstance(start_index, int) and static_length is not None:
             if start_index < 0 or start_index + static_length > self.max_length:
@@ -70,23 +68,22 @@ class PositionalEncoding(keras.layers.Layer):
                     f"`max_length` of PositionalEncoding. Expected start_index + length <= "
                     f"{self.max_length}. Received: start_index={start_index}, length={static_length}"
                 )
-        start_index = tf.cast(start_index, tf.int32)
-        if start_index.shape.rank not in (None, 0, 1):
+        start_index = ops.cast(start_index, "int32")
+        if len(start_index.shape) not in (0, 1):
             raise ValueError(
                 f"`start_index` must be a scalar or a [batch] vector. Received shape {start_index.shape}"
             )
-        check = tf.debugging.assert_less_equal(
-            tf.reduce_max(start_index) + length,
-            self.max_length,
-            message=f"Sequence is longer than `max_length` ({self.max_length}) of PositionalEncoding",
+        table = validation.assert_at_most(
+            ops.max(start_index) + length, self.max_length,
+            f"Sequence is longer than `max_length` ({self.max_length}) of PositionalEncoding",
+            then=ops.convert_to_tensor(self._table),
         )
-        with tf.control_dependencies([check]):
-            if start_index.shape.rank == 1:
-                # One offset per row: gather each row's positions.
-                positions = start_index[:, None] + tf.range(length)[None, :]
-                return inputs + tf.cast(tf.gather(self._table, positions), inputs.dtype)
-            table = tf.slice(self._table, [start_index, 0], [length, -1])
-        return inputs + tf.cast(table, inputs.dtype)[None]
+        if len(start_index.shape) == 1:
+            # One offset per row: gather each row's positions.
+            positions = ops.expand_dims(start_index, 1) + ops.expand_dims(ops.arange(length, dtype="int32"), 0)
+            return inputs + ops.cast(ops.take(table, positions, axis=0), inputs.dtype)
+        table = ops.slice(table, (start_index, 0), (length, self._table.shape[1]))
+        return inputs + ops.expand_dims(ops.cast(table, inputs.dtype), 0)
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape

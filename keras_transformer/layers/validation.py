@@ -3,6 +3,8 @@ each error names the argument, what was expected and what was received."""
 
 import numbers
 
+import keras
+
 
 def check_positive_int(name: str, value) -> int:
     return check_int_at_least(name, value, 1)
@@ -39,3 +41,27 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(
             f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
         )
+
+
+def assert_at_most(value, limit: int, message: str, then):
+    """`then`, once the scalar tensor `value` is checked to be at most `limit`.
+
+    Eager values are checked at once on every backend (ValueError). Inside a
+    `tf.function` the check is a graph assertion that runs before anything
+    computed from `then` (TensorFlow's `InvalidArgumentError`). A traced JAX
+    value cannot be checked (jit has no runtime errors): there the caller's
+    static checks are all there is.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # TensorFlow's own assertion: it runs inside graphs too
+
+        check = tf.debugging.assert_less_equal(value, tf.cast(limit, value.dtype), message=message)
+        with tf.control_dependencies([check]):
+            return tf.identity(then)
+    try:
+        concrete = int(keras.ops.convert_to_numpy(value))
+    except Exception:  # a traced value (JAX jit): not known before it runs
+        return then
+    if concrete > limit:
+        raise ValueError(f"{message}. Received {concrete} > {limit}")
+    return then

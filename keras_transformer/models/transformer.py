@@ -1,7 +1,7 @@
 """The encoder-decoder Transformer model."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import masks
 from keras_transformer.layers import validation
@@ -50,9 +50,9 @@ class Transformer(keras.Model):
 
     Example:
     >>> model = Transformer.from_preset("tiny", source_vocab_size=100, target_vocab_size=100)
-    >>> ids = tf.constant([[5, 6, 7, 0]])
-    >>> model({"source": ids, "target": ids}).shape
-    TensorShape([1, 4, 100])
+    >>> ids = ops.convert_to_tensor([[5, 6, 7, 0]])
+    >>> tuple(model({"source": ids, "target": ids}).shape)
+    (1, 4, 100)
     """
 
     def __init__(
@@ -187,7 +187,7 @@ class Transformer(keras.Model):
             logits = self._target_embedding(x, reverse=True)
         else:
             logits = self.output_projection(x)
-        outputs = (tf.cast(logits, tf.float32),)
+        outputs = (ops.cast(logits, "float32"),)
         if return_attention_scores:
             outputs += (scores,)
         if cache is not None:

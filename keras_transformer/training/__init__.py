@@ -1,21 +1,41 @@
-"""Losses, metrics, schedules, callbacks and the training entry point."""
+"""Training: losses, metrics and schedules (every Keras backend), and the
+`train` loop, callbacks and tf.distribute helpers (TensorFlow).
 
-from keras_transformer.training.callbacks import BestCheckpoint
-from keras_transformer.training.callbacks import EarlyStopping
-from keras_transformer.training.callbacks import EpochCheckpoints
-from keras_transformer.training.callbacks import StepBackup
-from keras_transformer.training.callbacks import TimeBudget
-from keras_transformer.training.distribute import STRATEGY_CHOICES
-from keras_transformer.training.distribute import make_strategy
-from keras_transformer.training.distribute import set_mixed_precision
-from keras_transformer.training.distribute import train_custom_loop
-from keras_transformer.training.fit import average_checkpoints
-from keras_transformer.training.fit import average_last_checkpoints
-from keras_transformer.training.fit import compile_for_translation
-from keras_transformer.training.fit import train
-from keras_transformer.training.losses import MaskedAccuracy
-from keras_transformer.training.losses import MaskedCrossEntropy
-from keras_transformer.training.schedules import WarmupInverseSqrt
-from keras_transformer.training.schedules import WarmupLinearDecay
-from keras_transformer.training.schedules import paper_optimizer
-from keras_transformer.training.schedules import translation_optimizer
+Names load on first use, so the losses and schedules import without
+TensorFlow on the JAX and PyTorch backends.
+"""
+
+import importlib
+
+_NAMES = {
+    "BestCheckpoint": "callbacks",
+    "EarlyStopping": "callbacks",
+    "EpochCheckpoints": "callbacks",
+    "StepBackup": "callbacks",
+    "TimeBudget": "callbacks",
+    "STRATEGY_CHOICES": "distribute",
+    "make_strategy": "distribute",
+    "set_mixed_precision": "distribute",
+    "train_custom_loop": "distribute",
+    "average_checkpoints": "fit",
+    "average_last_checkpoints": "fit",
+    "compile_for_translation": "fit",
+    "train": "fit",
+    "MaskedAccuracy": "losses",
+    "MaskedCrossEntropy": "losses",
+    "WarmupInverseSqrt": "schedules",
+    "WarmupLinearDecay": "schedules",
+    "paper_optimizer": "schedules",
+    "translation_optimizer": "schedules",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES))

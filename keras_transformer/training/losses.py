@@ -1,7 +1,26 @@
 """Label-smoothed cross-entropy and token accuracy that ignore padding."""
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+
+def _global_sum(tokens):
+    """`tokens` summed over the replicas of a tf.distribute strategy (the
+    TensorFlow backend's `MirroredStrategy` and multi-worker loops), or as it
+    is. Each replica holds part of the global batch: dividing its sum by the
+    global batch's token count makes the replicas' summed gradients (as
+    Keras and `strategy.run` loops sum them) the gradient of the global
+    batch's token mean. Keras divides only an unreduced loss by the replica
+    count, not a scalar. `keras.distribution` (JAX) runs one program over
+    the global batch, so there the batch's own sum is already global."""
+    if keras.backend.backend() != "tensorflow":
+        return tokens
+    import tensorflow as tf  # tf.distribute exists only there
+
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        return replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+    return tokens
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -40,23 +59,15 @@ class MaskedCrossEntropy(keras.losses.Loss):
         self.padding_id = int(padding_id)
 
     def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, tf.int32)
-        logits = tf.cast(y_pred, tf.float32)
-        log_probs = tf.nn.log_softmax(logits, axis=-1)
-        nll = -tf.gather(log_probs, y_true, axis=-1, batch_dims=2)  # [B, T]
-        uniform = -tf.reduce_mean(log_probs, axis=-1)  # [B, T]
+        y_true = ops.cast(y_true, "int32")
+        logits = ops.cast(y_pred, "float32")
+        log_probs = ops.log_softmax(logits, axis=-1)
+        nll = -ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1)[..., 0]  # [B, T]
+        uniform = -ops.mean(log_probs, axis=-1)  # [B, T]
         losses = (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
-        weights = tf.cast(tf.not_equal(y_true, self.padding_id), tf.float32)
-        tokens = tf.reduce_sum(weights)
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
-            # Each replica holds part of the global batch: divide its sum
-            # by the global batch's token count. Keras and `strategy.run`
-            # loops sum the replicas' gradients, which then is the gradient
-            # of the global batch's token mean. (Keras divides only an
-            # unreduced loss by the replica count, not a scalar.)
-            tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
-        return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), tokens)
+        weights = ops.cast(ops.not_equal(y_true, self.padding_id), "float32")
+        tokens = _global_sum(ops.sum(weights))
+        return ops.divide_no_nan(ops.sum(losses * weights), tokens)
 
     def get_config(self):
         config = super().get_config()
@@ -77,11 +88,11 @@ class MaskedAccuracy(keras.metrics.Mean):
         self.padding_id = int(padding_id)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = tf.cast(y_true, tf.int32)
-        correct = tf.cast(tf.equal(tf.argmax(y_pred, axis=-1, output_type=tf.int32), y_true), tf.float32)
-        weights = tf.cast(tf.not_equal(y_true, self.padding_id), tf.float32)
+        y_true = ops.cast(y_true, "int32")
+        correct = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")
+        weights = ops.cast(ops.not_equal(y_true, self.padding_id), "float32")
         if sample_weight is not None:
-            weights *= tf.cast(sample_weight, tf.float32)
+            weights *= ops.cast(sample_weight, "float32")
         return super().update_state(correct, sample_weight=weights)
 
     def get_config(self):

@@ -1,7 +1,7 @@
 """The paper's learning-rate schedule, "Attention Is All You Need" section 5.3."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -28,12 +28,8 @@ class WarmupInverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
         self.scale = float(scale)
 
     def __call__(self, step):
-        step = tf.maximum(tf.cast(step, tf.float32), 1.0)
-        return (
-            self.scale
-            * self.d_model**-0.5
-            * tf.minimum(tf.math.rsqrt(step), step * self.warmup_steps**-1.5)
-        )
+        step = ops.maximum(ops.cast(step, "float32"), 1.0)
+        return self.scale * self.d_model**-0.5 * ops.minimum(ops.rsqrt(step), step * self.warmup_steps**-1.5)
 
     def get_config(self):
         return {"d_model": self.d_model, "warmup_steps": self.warmup_steps, "scale": self.scale}
@@ -82,13 +78,15 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
         # Made without an end, `train` fits the end to its epochs and budget.
         self.fit_to_run = total_steps is None
-        self._total = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="total_steps")
+        # A variable, so a running TensorFlow `fit` sees a new end. (JAX
+        # traces the train step once: there the end is the one set before `fit`.)
+        self._total = keras.Variable(0.0, trainable=False, dtype="float32", name="total_steps")
         self.set_total_steps(total_steps)
 
     @property
     def total_steps(self):
         """The step at which the rate reaches zero (int), or None if unset."""
-        total = int(round(float(self._total.numpy())))
+        total = int(round(float(ops.convert_to_numpy(self._total))))
         return total or None
 
     def set_total_steps(self, total_steps):
@@ -102,12 +100,13 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self._total.assign(0.0 if total_steps is None else float(total_steps))
 
     def __call__(self, step):
-        step = tf.maximum(tf.cast(step, tf.float32), 1.0)
+        step = ops.maximum(ops.cast(step, "float32"), 1.0)
         # Unset (0) behaves as no decay at all, so the rate stays at the peak.
-        total = tf.where(self._total > 0, self._total, tf.float32.max)
+        total = self._total.value
+        total = ops.where(total > 0, total, 3.4e38)
         warmup = step / self.warmup_steps
         decay = (total - step) / (total - self.warmup_steps)
-        return self.peak_learning_rate * tf.maximum(tf.minimum(warmup, decay), 0.0)
+        return self.peak_learning_rate * ops.maximum(ops.minimum(warmup, decay), 0.0)
 
     def get_config(self):
         return {

@@ -37,20 +37,54 @@ def test_matches_numpy_reference_with_masks(self_attention):
     np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
 
 
-def test_swappable_with_keras_multi_head_attention():
-    query = tf.random.normal([B, T, D])
-    value = tf.random.normal([B, S, D])
-    ours = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6)
-    theirs = keras.layers.MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6)
+@pytest.mark.parametrize("from_keras", [True, False])
+def test_weights_move_between_ours_and_keras_multi_head_attention(from_keras):
+    # The same weight list, in order and shape, as keras.layers.MultiHeadAttention
+    # (keras/src/layers/attention/multi_head_attention.py: EinsumDense kernels
+    # "abc,cde->abde" [D, N, H] with [N, H] biases, output "abcd,cde->abe" [N, H, D]).
+    query = np.random.normal(size=(B, T, D)).astype("float32")
+    value = np.random.normal(size=(B, S, 12)).astype("float32")
+    ours = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6, output_shape=10)
+    theirs = keras.layers.MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6, output_shape=10)
     ours(query, value)
     theirs(query, value)
-    theirs.set_weights([w.reshape(t.shape) for w, t in zip(ours.get_weights(), theirs.get_weights())])
-    for kwargs in ({}, {"use_causal_mask": True}):
-        q = value if kwargs else query
-        a, a_scores = ours(q, value, return_attention_scores=True, **kwargs)
-        b, b_scores = theirs(q, value, return_attention_scores=True, **kwargs)
+    assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
+    if from_keras:
+        ours.set_weights(theirs.get_weights())
+    else:
+        theirs.set_weights(ours.get_weights())
+    allowed = np.random.uniform(size=(B, T, S)) > 0.3
+    allowed[:, :, 0] = True
+    for q, v, kwargs in ((query, value, {}), (query, value, {"attention_mask": allowed}),
+                         (query, query, {"use_causal_mask": True})):
+        if v is query:
+            ours_self, theirs_self = MultiHeadAttention(num_heads=N, key_dim=4), keras.layers.MultiHeadAttention(
+                num_heads=N, key_dim=4)
+            ours_self(q, v)
+            theirs_self(q, v)
+            ours_self.set_weights(theirs_self.get_weights())
+            a, a_scores = ours_self(q, v, return_attention_scores=True, **kwargs)
+            b, b_scores = theirs_self(q, v, return_attention_scores=True, **kwargs)
+        else:
+            a, a_scores = ours(q, v, return_attention_scores=True, **kwargs)
+            b, b_scores = theirs(q, v, return_attention_scores=True, **kwargs)
         np.testing.assert_allclose(a, b, atol=1e-5)
         np.testing.assert_allclose(a_scores, b_scores, atol=1e-6)
+
+
+def test_weights_in_the_earlier_two_dimensional_layout_still_load():
+    # Before the kernels took Keras's layout they were [D, N * H] and
+    # [N * H, D_out], with [N * H] biases: a file of that time loads, reshaped.
+    query = np.random.normal(size=(B, T, D)).astype("float32")
+    layer = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6)
+    expected = layer(query, query)
+    flat = [w.reshape(w.shape[0], -1) if w.ndim == 3 and i < 6 else w.reshape(-1, w.shape[-1]) if w.ndim == 3
+            else w.reshape(-1) for i, w in enumerate(layer.get_weights())]
+    assert [w.ndim for w in flat] == [2, 1, 2, 1, 2, 1, 2, 1]
+    fresh = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6)
+    fresh(query, query)
+    fresh.load_own_variables({str(i): w for i, w in enumerate(flat)})
+    np.testing.assert_allclose(fresh(query, query), expected, atol=1e-6)
 
 
 def test_scores_sum_to_one_and_are_zero_on_masked_keys():
@@ -170,3 +204,17 @@ def test_bad_rank_and_uncacheable_sizes():
     layer = MultiHeadAttention(num_heads=2, key_dim=4, value_dim=8)
     with pytest.raises(ValueError, match="key_dim == value_dim"):
         layer.init_cache(2, 10)
+
+
+def test_kernels_are_initialized_from_the_fans_of_their_matrix():
+    # Glorot on a [D, N, H] kernel counts fan_in D * N and fan_out D * H
+    # (keras/src/initializers/random_initializers.py, compute_fans), six
+    # times smaller a limit here than the [D, N * H] matrix's: the paper's
+    # initialization, and the one this library's recipes were tuned with.
+    layer = MultiHeadAttention(num_heads=8, key_dim=64)
+    layer(np.zeros((1, 2, 512), "float32"), np.zeros((1, 2, 512), "float32"))
+    limit = np.sqrt(6 / (512 + 512))
+    for kernel in (layer.query_kernel, layer.output_kernel):
+        values = keras.ops.convert_to_numpy(kernel)
+        assert values.shape in ((512, 8, 64), (8, 64, 512))
+        assert 0.99 * limit < np.abs(values).max() <= limit

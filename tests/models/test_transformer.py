@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -154,3 +155,15 @@ def test_bad_inputs_and_arguments():
         Transformer(10, 10, num_layers=0)
     with pytest.raises(ValueError, match="preset.*'huge'"):
         Transformer.from_preset("huge", 10, 10)
+
+
+def test_a_model_saved_with_two_dimensional_attention_kernels_loads_with_equal_logits():
+    # tests/fixtures/transformer_2d_kernels.keras was written by the library
+    # before MultiHeadAttention took Keras's weight layout (kernels [D, N * H]
+    # then, [D, N, H] now), with the logits it gave on these inputs.
+    fixtures = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+    data = np.load(os.path.join(fixtures, "transformer_2d_kernels.npz"))
+    model = keras.saving.load_model(os.path.join(fixtures, "transformer_2d_kernels.keras"))
+    assert model.encoder.stack[0].self_attention.query_kernel.shape == (16, 2, 8)
+    logits = keras.ops.convert_to_numpy(model({"source": data["source"], "target": data["target"]}))
+    np.testing.assert_allclose(logits, data["logits"], atol=1e-5, rtol=1e-5)
