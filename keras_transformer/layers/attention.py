@@ -14,6 +14,50 @@ from keras_transformer.layers import validation
 from keras_transformer.layers.dropout import Dropout
 
 
+def earlier_shape(variable):
+    """The shape `variable` of a `MultiHeadAttention` had before the layer took
+    Keras's layout: query/key/value kernels [D, N, H] were [D, N * H], their
+    biases [N, H] were [N * H], the output kernel [N, H, D] was [N * H, D]; None
+    for a variable whose shape did not change."""
+    name = variable.path.rsplit("/", 1)[-1]
+    shape = tuple(variable.shape)
+    if name in ("query_kernel", "key_kernel", "value_kernel") and len(shape) == 3:
+        return (shape[0], shape[1] * shape[2])
+    if name in ("query_bias", "key_bias", "value_bias") and len(shape) == 2:
+        return (shape[0] * shape[1],)
+    if name == "output_kernel" and len(shape) == 3:
+        return (shape[0] * shape[1], shape[2])
+    return None
+
+
+def accept_earlier_optimizer_state(optimizer, model):
+    """Lets `optimizer` load state saved with the earlier attention layout:
+    a slot whose stored shape is a model variable's earlier shape (see
+    `earlier_shape`) and whose own shape is that variable's is reshaped.
+    Without it, a compiled `.keras` file or a training backup saved before
+    the layout change fails to load ("N objects could not be loaded")."""
+    for target in (optimizer, getattr(optimizer, "inner_optimizer", None)):
+        if target is None or getattr(target, "_kt_accepts_earlier", False):
+            continue
+        load = target.load_own_variables
+
+        def load_own_variables(store, target=target, load=load):
+            earlier = {}  # a variable's shape -> the shapes it had before
+            for variable in model.variables:
+                old = earlier_shape(variable)
+                if old is not None:
+                    earlier.setdefault(tuple(variable.shape), set()).add(old)
+            values = {key: store[key] for key in store.keys()}
+            for i, variable in enumerate(target.variables):
+                value = values.get(str(i))
+                if value is not None and tuple(value.shape) in earlier.get(tuple(variable.shape), ()):
+                    values[str(i)] = np.reshape(np.asarray(value), variable.shape)
+            load(values)
+
+        target.load_own_variables = load_own_variables
+        target._kt_accepts_earlier = True
+
+
 def _as_matrix(initializer, matrix_shape):
     """`initializer` drawn as a `matrix_shape` matrix, then reshaped to the
     weight's shape (its fans are the matrix's)."""
@@ -203,13 +247,13 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def load_own_variables(self, store):
         """Loads Keras's layout, and files saved with the earlier 2-D kernels
-        ([D, N * H], [N * H, D_out]) and 1-D biases ([N * H]), reshaped."""
+        ([D, N * H], [N * H, D_out]) and [N * H] biases, reshaped. Any other
+        shape is left to Keras, which refuses it."""
         variables = self._trainable_variables + self._non_trainable_variables
         values = {key: store[key] for key in store.keys()}
         for i, variable in enumerate(variables):
             value = values.get(str(i))
-            if (value is not None and tuple(value.shape) != tuple(variable.shape)
-                    and int(np.prod(value.shape)) == int(np.prod(variable.shape))):
+            if value is not None and tuple(value.shape) == earlier_shape(variable):
                 values[str(i)] = np.reshape(np.asarray(value), variable.shape)
         super().load_own_variables(values)
 

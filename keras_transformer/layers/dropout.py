@@ -15,9 +15,9 @@ class Dropout(keras.layers.Layer):
     Each element is kept when a 15-bit random integer is at least
     `round(rate * 32768)`, so the rate is exact to 1/32,768; kept elements
     are scaled by 1 / (1 - rate). One 30-bit random number serves two
-    elements, which on CPU makes the layer's forward and backward pass 1.8x
-    faster than `keras.layers.Dropout`, and a training step of the tiny
-    Transformer 6 % faster (`python bench/dropout.py`). Masks come from a
+    elements: half the random numbers of a uniform-float mask, which is
+    where the time of dropout goes on a CPU (`python bench/dropout.py`,
+    docs/benchmarks.md). Masks come from a
     `keras.random.SeedGenerator`, so a seeded layer repeats its masks and a
     saved seed state resumes them.
 

@@ -69,7 +69,9 @@ class PositionalEncoding(keras.layers.Layer):
                     f"{self.max_length}. Received: start_index={start_index}, length={static_length}"
                 )
         start_index = ops.cast(start_index, "int32")
-        if len(start_index.shape) not in (0, 1):
+        # None: a TensorFlow tensor of unknown rank, taken as a scalar.
+        rank = start_index.shape.rank if hasattr(start_index.shape, "rank") else len(start_index.shape)
+        if rank not in (None, 0, 1):
             raise ValueError(
                 f"`start_index` must be a scalar or a [batch] vector. Received shape {start_index.shape}"
             )
@@ -78,7 +80,7 @@ class PositionalEncoding(keras.layers.Layer):
             f"Sequence is longer than `max_length` ({self.max_length}) of PositionalEncoding",
             then=ops.convert_to_tensor(self._table),
         )
-        if len(start_index.shape) == 1:
+        if rank == 1:
             # One offset per row: gather each row's positions.
             positions = ops.expand_dims(start_index, 1) + ops.expand_dims(ops.arange(length, dtype="int32"), 0)
             return inputs + ops.cast(ops.take(table, positions, axis=0), inputs.dtype)

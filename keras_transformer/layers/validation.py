@@ -46,9 +46,9 @@ def check_choice(name: str, value, choices) -> None:
 def assert_at_most(value, limit: int, message: str, then):
     """`then`, once the scalar tensor `value` is checked to be at most `limit`.
 
-    Eager values are checked at once on every backend (ValueError). Inside a
-    `tf.function` the check is a graph assertion that runs before anything
-    computed from `then` (TensorFlow's `InvalidArgumentError`). A traced JAX
+    On TensorFlow it is `tf.debugging.assert_less_equal` (InvalidArgumentError),
+    eager or inside a `tf.function`, where it runs before anything computed
+    from `then`. Elsewhere an eager value is checked at once (ValueError). A traced JAX
     value cannot be checked (jit has no runtime errors): there the caller's
     static checks are all there is.
     """

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import masks
+from keras_transformer.layers.attention import accept_earlier_optimizer_state
 from keras_transformer.layers import validation
 from keras_transformer.layers.block import check_heads_divide
 from keras_transformer.layers.dropout import Dropout
@@ -202,6 +203,20 @@ class Transformer(keras.Model):
             )
         encoder_output, source_mask = self.encode(inputs["source"], training=training)
         return self.decode(inputs["target"], encoder_output, source_mask, training=training)
+
+    # A compiled `.keras` file and a `.weights.h5` backup saved before
+    # MultiHeadAttention took Keras's weight layout hold optimizer slots of
+    # the earlier shapes: the optimizer is told to reshape them. (Not in
+    # `compile`: Keras skips compiling at load a model whose `compile` is its own.)
+    def compile_from_config(self, config):
+        super().compile_from_config(config)
+        if getattr(self, "optimizer", None) is not None:
+            accept_earlier_optimizer_state(self.optimizer, self)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        if getattr(self, "optimizer", None) is not None:
+            accept_earlier_optimizer_state(self.optimizer, self)
+        return super().load_weights(filepath, *args, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -31,11 +31,16 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
+_SUBMODULES = ("callbacks", "distribute", "finetune", "fit", "losses", "schedules")
+
+
 def __getattr__(name):
+    if name in _SUBMODULES:  # `training.callbacks` without importing it first, as before
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_NAMES))
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))

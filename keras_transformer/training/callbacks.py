@@ -327,6 +327,12 @@ class TimeBudget(keras.callbacks.Callback):
     def __init__(self, minutes: float, schedule=None, max_steps=None, clock=time.monotonic):
         super().__init__()
         self.seconds = 60.0 * minutes
+        if schedule is not None and keras.backend.backend() == "jax":
+            # JAX traces the train step once: a schedule end moved later is never seen.
+            raise ValueError(
+                "TimeBudget cannot move a schedule's end on the JAX backend (its compiled train step "
+                "reads the end once). Give the schedule its total_steps, or pass schedule=None."
+            )
         self.schedule = schedule
         self.max_steps = max_steps
         self.clock = clock

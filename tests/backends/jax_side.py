@@ -1,5 +1,7 @@
 """The JAX half of tests/backends/test_jax_backend.py, run in its own process
-(a process has one Keras backend): `python jax_side.py WORK_DIR`.
+(a process has one Keras backend): `python jax_side.py WORK_DIR`, or
+`python jax_side.py WORK_DIR distributed` on two devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=2).
 
 TensorFlow is made unimportable first, so everything here shows that the
 layers, models, losses, metrics and schedules need no TensorFlow. WORK_DIR
@@ -70,6 +72,51 @@ def train_on_jax(model, data, work):
     np.savez(os.path.join(work, "jax.npz"), logits=logits, before=before, after=after)
 
 
+def check_distributed_training_equals_one_device():
+    # The same model, data and SGD steps on one device, under DataParallel
+    # and under ModelParallel with the library's layout map: the same losses
+    # (not N times them) and the same weights after training.
+    import jax
+
+    from keras_transformer.models.distribution import layout_map
+
+    devices = jax.devices()
+    assert len(devices) == 2, devices
+    rng = np.random.default_rng(4)
+    source = rng.integers(3, 40, size=(8, 9)).astype("int32")
+    target = rng.integers(3, 40, size=(8, 9)).astype("int32")
+    source[:3, 6:] = 0
+    target[2:5, 5:] = 0  # rows with different token counts on the two devices
+    x, labels = {"source": source, "target": target[:, :-1]}, target[:, 1:]
+
+    def run(distribution):
+        keras.distribution.set_distribution(distribution)
+        keras.utils.set_random_seed(5)
+        model = kt.Transformer(40, 40, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=0.0, max_length=16)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=MaskedCrossEntropy())
+        history = model.fit(x, labels, batch_size=8, epochs=3, shuffle=False, verbose=0)
+        weights = [ops.convert_to_numpy(w) for w in model.weights]
+        keras.distribution.set_distribution(None)
+        return model, history.history["loss"], weights
+
+    _, losses, weights = run(None)
+    _, dp_losses, dp_weights = run(keras.distribution.DataParallel(devices=devices))
+    mesh = keras.distribution.DeviceMesh((1, 2), ("batch", "model"), devices)
+    mp_model, mp_losses, mp_weights = run(
+        keras.distribution.ModelParallel(layout_map=layout_map(mesh), batch_dim_name="batch")
+    )
+    for other_losses, other_weights in ((dp_losses, dp_weights), (mp_losses, mp_weights)):
+        np.testing.assert_allclose(other_losses, losses, rtol=1e-5)
+        for a, b in zip(other_weights, weights):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert losses[-1] < losses[0]
+    attention = mp_model.encoder.stack[0].self_attention
+    inner = mp_model.encoder.stack[0].feed_forward.inner.kernel
+    for variable, axis in ((attention.query_kernel, 1), (attention.output_kernel, 0), (inner, 1)):
+        spec = variable.value.sharding.spec
+        assert spec[axis] == "model", (variable.path, spec)  # really sharded, not replicated
+
+
 def main(work):
     assert keras.backend.backend() == "jax"
     assert kt.Transformer is not None  # the package imports without TensorFlow
@@ -81,4 +128,8 @@ def main(work):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["distributed"]:
+        check_distributed_training_equals_one_device()
+        print("jax side passed")
+    else:
+        main(sys.argv[1])

@@ -160,10 +160,63 @@ def test_bad_inputs_and_arguments():
 def test_a_model_saved_with_two_dimensional_attention_kernels_loads_with_equal_logits():
     # tests/fixtures/transformer_2d_kernels.keras was written by the library
     # before MultiHeadAttention took Keras's weight layout (kernels [D, N * H]
-    # then, [D, N, H] now), with the logits it gave on these inputs.
+    # then, [D, N, H] now), compiled and after one Adam step, with its logits
+    # and optimizer slots. It loads compiled (as `--evaluate-only` loads a run)
+    # with equal logits, the slots reshaped, and trains on.
+    import h5py
+    import zipfile
+
     fixtures = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+    path = os.path.join(fixtures, "transformer_2d_kernels.keras")
+    with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as f, h5py.File(f) as h5:
+        shapes = []
+        h5.visititems(lambda name, item: shapes.append(item.shape) if isinstance(item, h5py.Dataset) else None)
+    assert (16, 16) in shapes and (16, 2, 8) not in shapes  # the file really holds the earlier layout
     data = np.load(os.path.join(fixtures, "transformer_2d_kernels.npz"))
-    model = keras.saving.load_model(os.path.join(fixtures, "transformer_2d_kernels.keras"))
-    assert model.encoder.stack[0].self_attention.query_kernel.shape == (16, 2, 8)
+    model = keras.saving.load_model(path)
+    assert tuple(model.encoder.stack[0].self_attention.query_kernel.shape) == (16, 2, 8)
     logits = keras.ops.convert_to_numpy(model({"source": data["source"], "target": data["target"]}))
     np.testing.assert_allclose(logits, data["logits"], atol=1e-5, rtol=1e-5)
+    slots = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    assert len(slots) == len([k for k in data.files if k.startswith("slot_")])
+    for i, slot in enumerate(slots):
+        np.testing.assert_array_equal(slot, data[f"slot_{i}"].reshape(slot.shape))
+    assert any(np.abs(s).max() > 0 for s in slots[2:])  # Adam's moments, not zeros
+    model.train_on_batch({"source": data["source"], "target": data["target"][:, :-1]}, data["target"][:, 1:])
+
+
+def test_a_training_backup_with_two_dimensional_attention_kernels_resumes(tmp_path):
+    # The same file's weights as a `.weights.h5` backup (StepBackup, epoch
+    # checkpoints): a compiled model with a built optimizer loads it, slots too.
+    import zipfile
+
+    from keras_transformer.training import compile_for_translation
+
+    fixtures = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+    with zipfile.ZipFile(os.path.join(fixtures, "transformer_2d_kernels.keras")) as archive:
+        (tmp_path / "backup.weights.h5").write_bytes(archive.read("model.weights.h5"))
+    data = np.load(os.path.join(fixtures, "transformer_2d_kernels.npz"))
+    model = Transformer(30, 30, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=0.1, max_length=16)
+    model.build()
+    compile_for_translation(model, warmup_steps=10)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(tmp_path / "backup.weights.h5"))
+    logits = keras.ops.convert_to_numpy(model({"source": data["source"], "target": data["target"]}))
+    np.testing.assert_allclose(logits, data["logits"], atol=1e-5, rtol=1e-5)
+    for i, slot in enumerate(model.optimizer.variables):
+        slot = keras.ops.convert_to_numpy(slot)
+        np.testing.assert_array_equal(slot, data[f"slot_{i}"].reshape(slot.shape))
+
+
+def test_only_the_earlier_attention_shapes_are_reshaped():
+    # A kernel stored as [D, 4, 8] is not the [D, 8, 4] one with its heads
+    # scrambled: only the exact 2-D shapes of before are reshaped.
+    from keras_transformer.layers import MultiHeadAttention
+
+    layer = MultiHeadAttention(num_heads=8, key_dim=4)
+    x = np.zeros((1, 2, 16), "float32")
+    layer(x, x)
+    weights = layer.get_weights()
+    weights[0] = weights[0].reshape(16, 4, 8)
+    with pytest.raises(ValueError):
+        layer.load_own_variables({str(i): w for i, w in enumerate(weights)})
