@@ -1,6 +1,7 @@
 """Reusable Keras layers of the Transformer."""
 
 from keras_transformer.layers.attention import MultiHeadAttention
+from keras_transformer.layers.attention import accept_earlier_optimizer_state
 from keras_transformer.layers.decoder_layer import DecoderLayer
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding

@@ -31,27 +31,35 @@ def earlier_shape(variable):
 
 
 def accept_earlier_optimizer_state(optimizer, model):
-    """Lets `optimizer` load state saved with the earlier attention layout:
-    a slot whose stored shape is a model variable's earlier shape (see
-    `earlier_shape`) and whose own shape is that variable's is reshaped.
-    Without it, a compiled `.keras` file or a training backup saved before
-    the layout change fails to load ("N objects could not be loaded")."""
+    """Lets `optimizer` load state saved with the earlier attention layout.
+
+    Each slot of a `MultiHeadAttention` weight (Keras names a slot after its
+    weight's path) whose stored shape is that weight's earlier shape (see
+    `earlier_shape`) is reshaped; nothing else is. `Transformer` calls this
+    itself when it loads; call it before loading a compiled file or a
+    training backup into a model of your own made of these layers. Without
+    it, such a load fails ("N objects could not be loaded").
+    """
     for target in (optimizer, getattr(optimizer, "inner_optimizer", None)):
         if target is None or getattr(target, "_kt_accepts_earlier", False):
             continue
         load = target.load_own_variables
 
         def load_own_variables(store, target=target, load=load):
-            earlier = {}  # a variable's shape -> the shapes it had before
+            earlier = {}  # a weight's path, as slot names hold it -> (its shape, its earlier shape)
             for variable in model.variables:
                 old = earlier_shape(variable)
                 if old is not None:
-                    earlier.setdefault(tuple(variable.shape), set()).add(old)
+                    earlier[variable.path.replace("/", "_")] = (tuple(variable.shape), old)
             values = {key: store[key] for key in store.keys()}
-            for i, variable in enumerate(target.variables):
+            for i, slot in enumerate(target.variables):
                 value = values.get(str(i))
-                if value is not None and tuple(value.shape) in earlier.get(tuple(variable.shape), ()):
-                    values[str(i)] = np.reshape(np.asarray(value), variable.shape)
+                owners = [path for path in earlier if slot.name.startswith(path + "_")]
+                if value is None or not owners:
+                    continue
+                shape, old = earlier[max(owners, key=len)]
+                if tuple(slot.shape) == shape and tuple(value.shape) == old:
+                    values[str(i)] = np.reshape(np.asarray(value), shape)
             load(values)
 
         target.load_own_variables = load_own_variables

@@ -10,12 +10,15 @@ one-device figures.
 `layout_map` shards the large kernels over a "model" axis of a device mesh,
 for `keras.distribution.ModelParallel`:
 
-- token embeddings [V, D] and the tied output projection: D;
+- token embeddings [V, D] (and so the tied output projection): D; an
+  untied output projection [D, V]: V;
 - attention query/key/value kernels [D, N, H] and biases [N, H]: the heads N;
   the output kernel [N, H, D]: N;
 - feed-forward inner kernel [D, F] and bias [F]: F; outer kernel [F, D]: F.
 
-Everything else (layer norms, output biases) is replicated.
+Everything else (layer norms, output biases) is replicated. The sizes
+sharded (heads, d_model, d_ff, the vocabulary) must divide by the size of
+the mesh's "model" axis.
 """
 
 import keras
@@ -45,4 +48,5 @@ def layout_map(device_mesh, model_dim: str = "model") -> "keras.distribution.Lay
     layouts[r".*feed_forward.*/inner/kernel"] = (None, model_dim)
     layouts[r".*feed_forward.*/inner/bias"] = (model_dim,)
     layouts[r".*feed_forward.*/outer/kernel"] = (model_dim, None)
+    layouts[r".*output_projection/kernel"] = (None, model_dim)
     return layouts

@@ -123,6 +123,14 @@ def main(work):
     model, data = check_tensorflow_model_loads_with_equal_logits(work)
     check_cached_steps_under_jit_equal_a_full_pass(model, data)
     train_on_jax(model, data, work)
+    from keras_transformer.training.callbacks import TimeBudget
+
+    try:  # the end it would move is never seen by JAX's compiled step
+        TimeBudget(1.0, schedule=model.optimizer._learning_rate)
+    except ValueError as error:
+        assert "JAX" in str(error), error
+    else:
+        raise AssertionError("TimeBudget took a schedule on JAX")
     assert "tensorflow" not in {m.split(".")[0] for m, v in sys.modules.items() if v is not None}
     print("jax side passed")
 

@@ -57,9 +57,9 @@ def test_weights_move_between_ours_and_keras_multi_head_attention(from_keras):
     allowed[:, :, 0] = True
     for q, v, kwargs in ((query, value, {}), (query, value, {"attention_mask": allowed}),
                          (query, query, {"use_causal_mask": True})):
-        if v is query:
-            ours_self, theirs_self = MultiHeadAttention(num_heads=N, key_dim=4), keras.layers.MultiHeadAttention(
-                num_heads=N, key_dim=4)
+        if v is query:  # the fused three-way projection, key and value sizes unequal, no biases
+            sizes = dict(num_heads=N, key_dim=4, value_dim=6, use_bias=False)
+            ours_self, theirs_self = MultiHeadAttention(**sizes), keras.layers.MultiHeadAttention(**sizes)
             ours_self(q, v)
             theirs_self(q, v)
             ours_self.set_weights(theirs_self.get_weights())
