@@ -1,12 +1,38 @@
-"""Parallel text, subword tokenization and tf.data pipelines."""
+"""Parallel text, subword tokenization and tf.data pipelines (TensorFlow),
+and token arrays batched for any backend (`arrays`: NumPy and Keras only).
 
-from keras_transformer.data.pipeline import bucket_boundaries
-from keras_transformer.data.pipeline import padding_stats
-from keras_transformer.data.pipeline import shuffled_passes
-from keras_transformer.data.pipeline import teacher_forcing
-from keras_transformer.data.pipeline import token_batches
-from keras_transformer.data.pipeline import tokenized_pairs
-from keras_transformer.data.text_files import read_lines
-from keras_transformer.data.text_files import read_parallel
-from keras_transformer.data.tokenizer import RESERVED_TOKENS
-from keras_transformer.data.tokenizer import WordPieceTokenizer
+Names load on first use, so `keras_transformer.data.arrays` imports without
+TensorFlow.
+"""
+
+import importlib
+
+_NAMES = {
+    "bucket_boundaries": "arrays",
+    "save_token_arrays": "arrays",
+    "load_token_arrays": "arrays",
+    "TokenBatches": "arrays",
+    "padding_stats": "pipeline",
+    "shuffled_passes": "pipeline",
+    "teacher_forcing": "pipeline",
+    "token_batches": "pipeline",
+    "tokenized_pairs": "pipeline",
+    "read_lines": "text_files",
+    "read_parallel": "text_files",
+    "RESERVED_TOKENS": "tokenizer",
+    "WordPieceTokenizer": "tokenizer",
+}
+_SUBMODULES = ("arrays", "pipeline", "text", "text_files", "tokenizer")
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))

@@ -6,6 +6,7 @@ from typing import Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.data.arrays import bucket_boundaries  # noqa: F401 - also public here
 from keras_transformer.layers import validation
 from keras_transformer.text import add_start_end
 
@@ -139,16 +140,6 @@ def shuffled_passes(dataset: tf.data.Dataset, seed: int = 0, buffer_size: int = 
 
     stream = tf.data.Dataset.range(2**62).flat_map(one_pass)
     return stream.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
-
-
-def bucket_boundaries(max_length: int, min_step: int = 2, growth: float = 1.1):
-    """Bucket upper bounds (exclusive) from 2 up to past `max_length`; the
-    spacing grows geometrically so relative padding stays small."""
-    boundaries, b = [], 2
-    while b <= max_length:
-        b = max(b + min_step, int(b * growth))
-        boundaries.append(b)
-    return boundaries
 
 
 def token_batches(

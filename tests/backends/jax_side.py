@@ -123,6 +123,15 @@ def main(work):
     model, data = check_tensorflow_model_loads_with_equal_logits(work)
     check_cached_steps_under_jit_equal_a_full_pass(model, data)
     train_on_jax(model, data, work)
+    # Batches from token arrays, the data path that needs no TensorFlow.
+    from keras_transformer.data.arrays import TokenBatches
+    from keras_transformer.data.arrays import save_token_arrays
+
+    path = os.path.join(work, "arrays.npz")
+    save_token_arrays(path, ((s[s != 0], t[t != 0]) for s, t in zip(data["source"], data["target"])))
+    history = model.fit(TokenBatches(path, tokens_per_batch=32, max_length=16), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"])), history.history
+
     from keras_transformer.training.callbacks import TimeBudget
 
     try:  # the end it would move is never seen by JAX's compiled step

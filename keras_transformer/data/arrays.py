@@ -1,0 +1,161 @@
+"""Tokenized pairs as NumPy arrays, batched for `fit` on any Keras backend.
+
+A JAX or PyTorch run needs no TensorFlow: tokenize once with the
+tensorflow-text tokenizer (`tokenized_pairs`, on a machine that has it),
+`save_token_arrays`, and train from the file with `TokenBatches`, a
+`keras.utils.PyDataset` of the same token-budget, length-bucketed batches
+as `token_batches`.
+
+    save_token_arrays("train.npz", (
+        (s.numpy(), t.numpy()) for s, t in tokenized_pairs(...)))
+    model.fit(TokenBatches("train.npz", tokens_per_batch=4096, max_length=128), epochs=10)
+"""
+
+from typing import Iterable, List, Sequence, Tuple
+
+import keras
+import numpy as np
+
+from keras_transformer.layers import validation
+
+
+def bucket_boundaries(max_length: int, min_step: int = 2, growth: float = 1.1):
+    """Bucket upper bounds (exclusive) from 2 up to past `max_length`; the
+    spacing grows geometrically so relative padding stays small."""
+    boundaries, b = [], 2
+    while b <= max_length:
+        b = max(b + min_step, int(b * growth))
+        boundaries.append(b)
+    return boundaries
+
+
+def save_token_arrays(path: str, pairs: Iterable[Tuple[Sequence[int], Sequence[int]]]) -> int:
+    """Writes (source ids, target ids) pairs, each already wrapped in
+    [START] ... [END], to the `.npz` file `path`; returns the pair count.
+
+    The file holds four int arrays: `source_ids` and `target_ids` (every
+    pair's ids, end to end) and `source_offsets` and `target_offsets` (where
+    each pair starts; one more than the pairs)."""
+    sides = ([], [])
+    for source, target in pairs:
+        for side, ids in zip(sides, (source, target)):
+            side.append(np.asarray(ids, np.int32).reshape(-1))
+    arrays = {}
+    for name, side in zip(("source", "target"), sides):
+        lengths = np.array([len(ids) for ids in side], np.int64)
+        arrays[f"{name}_ids"] = np.concatenate(side) if side else np.zeros([0], np.int32)
+        arrays[f"{name}_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    np.savez(path, **arrays)
+    return len(sides[0])
+
+
+def load_token_arrays(path: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """The (sources, targets) id lists of a `save_token_arrays` file.
+
+    Raises:
+        ValueError: the file lacks an array, or its offsets do not fit its ids.
+    """
+    with np.load(path) as data:
+        missing = {"source_ids", "source_offsets", "target_ids", "target_offsets"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path}: not a token-array file (missing {sorted(missing)})")
+        sides = []
+        for name in ("source", "target"):
+            ids, offsets = data[f"{name}_ids"], data[f"{name}_offsets"]
+            if (offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(ids)
+                    or np.any(np.diff(offsets) < 0)):
+                raise ValueError(f"{path}: {name}_offsets do not fit {name}_ids ({len(ids)} ids)")
+            sides.append(np.split(ids.astype(np.int32), offsets[1:-1]))
+    if len(sides[0]) != len(sides[1]):
+        raise ValueError(f"{path}: {len(sides[0])} sources but {len(sides[1])} targets")
+    return sides[0], sides[1]
+
+
+class TokenBatches(keras.utils.PyDataset):
+    """Batches of about `tokens_per_batch` padded tokens, grouped by length,
+    from a `save_token_arrays` file: `({"source": [B, S], "target": [B, T - 1]},
+    labels [B, T - 1])` int32 NumPy arrays, padded with 0.
+
+    A pair goes to the bucket of its longer side (the buckets of
+    `token_batches`), and a bucket's batches hold `tokens_per_batch //
+    (its bound - 1)` pairs, so batch size x padded length stays within the
+    budget. Pairs longer than `max_length` are left out (`dropped` counts them).
+
+    Each epoch's order depends only on `seed` and the epoch: the pairs are
+    shuffled, cut into batches bucket by bucket, and the batches shuffled.
+    Batch `i` of epoch `e` is the same in every process, so a run resumes
+    exactly from `TokenBatches(..., epoch=e)` and its `i`th batch. The batch
+    count is the same every epoch. `on_epoch_end` (called by `fit`) moves to
+    the next epoch.
+
+    Args:
+        path: a `save_token_arrays` file.
+        tokens_per_batch: int, padded tokens per side per batch (at least `max_length`).
+        max_length: int, the longest pair kept.
+        shuffle: bool; False keeps the file's order within each bucket.
+        seed: int, the shuffle seed.
+        epoch: int, the epoch to start at.
+        pad_to_bucket_boundary: bool, pad to the bucket's bound - 1, so
+            there are few distinct shapes (for jit compilation).
+        **kwargs: `keras.utils.PyDataset`'s (`workers`, `use_multiprocessing`).
+    """
+
+    def __init__(self, path, tokens_per_batch=4096, max_length=128, shuffle=True, seed=0, epoch=0,
+                 pad_to_bucket_boundary=False, **kwargs):
+        super().__init__(**kwargs)
+        self.tokens_per_batch = validation.check_positive_int("tokens_per_batch", tokens_per_batch)
+        self.max_length = validation.check_int_at_least("max_length", max_length, 2)
+        if self.tokens_per_batch < self.max_length:
+            raise ValueError(
+                f"`tokens_per_batch` ({tokens_per_batch}) must be at least `max_length` ({max_length})"
+            )
+        self.shuffle = bool(shuffle)
+        self.seed = validation.check_int_at_least("seed", seed, 0)
+        self.epoch = validation.check_int_at_least("epoch", epoch, 0)
+        self.pad_to_bucket_boundary = bool(pad_to_bucket_boundary)
+        sources, targets = load_token_arrays(path)
+        lengths = np.array([max(len(s), len(t)) for s, t in zip(sources, targets)], np.int64)
+        keep = np.flatnonzero(lengths <= self.max_length)
+        self.dropped = len(sources) - len(keep)
+        self._sources = [sources[i] for i in keep]
+        self._targets = [targets[i] for i in keep]
+        boundaries = np.array(bucket_boundaries(self.max_length))
+        self._bucket = np.searchsorted(boundaries, lengths[keep], side="right")  # bucket i: [b_{i-1}, b_i)
+        bounds = [int(b) - 1 for b in boundaries] + [self.max_length]  # the longest length in each bucket
+        self._bounds = bounds
+        self._sizes = [max(1, self.tokens_per_batch // bound) for bound in bounds]
+        self._plan = self._plan_for(self.epoch)
+
+    def _plan_for(self, epoch):
+        """Epoch `epoch`'s batches, as arrays of pair indices, and their buckets."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self._sources)) if self.shuffle else np.arange(len(self._sources))
+        batches = []
+        for bucket, size in enumerate(self._sizes):
+            members = order[self._bucket[order] == bucket]
+            batches += [(bucket, members[i:i + size]) for i in range(0, len(members), size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __len__(self):
+        return len(self._plan)
+
+    def __getitem__(self, index):
+        bucket, members = self._plan[index]
+        sources = [self._sources[i] for i in members]
+        targets = [self._targets[i] for i in members]
+        if self.pad_to_bucket_boundary:
+            source_width = target_width = self._bounds[bucket]
+        else:
+            source_width, target_width = max(len(s) for s in sources), max(len(t) for t in targets)
+        source = np.zeros((len(members), source_width), np.int32)
+        target = np.zeros((len(members), target_width), np.int32)
+        for row, (s, t) in enumerate(zip(sources, targets)):
+            source[row, :len(s)] = s
+            target[row, :len(t)] = t
+        return {"source": source, "target": target[:, :-1]}, target[:, 1:]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._plan = self._plan_for(self.epoch)
