@@ -117,9 +117,24 @@ def check_distributed_training_equals_one_device():
         assert spec[axis] == "model", (variable.path, spec)  # really sharded, not replicated
 
 
+def check_dropout_statistics():
+    # The library's Dropout on JAX: the rate of zeros, the scale of the kept
+    # elements, and two calls drawing different masks.
+    layer = kt.Dropout(0.3, seed=1)
+    ones = np.ones((400, 501), "float32")  # an odd size: the last 30-bit word serves one element
+    first = ops.convert_to_numpy(layer(ones, training=True))
+    second = ops.convert_to_numpy(layer(ones, training=True))
+    kept = first != 0
+    assert abs(1 - kept.mean() - 0.3) < 0.005, kept.mean()
+    np.testing.assert_allclose(first[kept], 1 / (1 - round(0.3 * 32768) / 32768), rtol=1e-6)
+    assert (kept != (second != 0)).mean() > 0.3  # a new mask each call
+    assert np.array_equal(ops.convert_to_numpy(layer(ones, training=False)), ones)
+
+
 def main(work):
     assert keras.backend.backend() == "jax"
     assert kt.Transformer is not None  # the package imports without TensorFlow
+    check_dropout_statistics()
     model, data = check_tensorflow_model_loads_with_equal_logits(work)
     check_cached_steps_under_jit_equal_a_full_pass(model, data)
     train_on_jax(model, data, work)
