@@ -5,7 +5,7 @@ Names load on first use, so `keras_transformer.data.arrays` imports without
 TensorFlow.
 """
 
-import importlib
+from keras_transformer._lazy import lazy_attributes
 
 _NAMES = {
     "bucket_boundaries": "arrays",
@@ -26,13 +26,4 @@ _SUBMODULES = ("arrays", "pipeline", "text", "text_files", "tokenizer")
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))
+__getattr__, __dir__ = lazy_attributes(__name__, _NAMES, _SUBMODULES)

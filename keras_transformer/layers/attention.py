@@ -30,6 +30,17 @@ def earlier_shape(variable):
     return None
 
 
+def _reshape_earlier(store, variables, earlier_of):
+    """`store` as a dict, each value whose shape is `earlier_of(its variable)`
+    reshaped to the variable's shape."""
+    values = {key: store[key] for key in store.keys()}
+    for i, variable in enumerate(variables):
+        value = values.get(str(i))
+        if value is not None and tuple(value.shape) == earlier_of(variable):
+            values[str(i)] = np.reshape(np.asarray(value), variable.shape)
+    return values
+
+
 def accept_earlier_optimizer_state(optimizer, model):
     """Lets `optimizer` load state saved with the earlier attention layout.
 
@@ -51,16 +62,15 @@ def accept_earlier_optimizer_state(optimizer, model):
                 old = earlier_shape(variable)
                 if old is not None:
                     earlier[variable.path.replace("/", "_")] = (tuple(variable.shape), old)
-            values = {key: store[key] for key in store.keys()}
-            for i, slot in enumerate(target.variables):
-                value = values.get(str(i))
+
+            def slot_earlier_shape(slot):
                 owners = [path for path in earlier if slot.name.startswith(path + "_")]
-                if value is None or not owners:
-                    continue
+                if not owners:
+                    return None
                 shape, old = earlier[max(owners, key=len)]
-                if tuple(slot.shape) == shape and tuple(value.shape) == old:
-                    values[str(i)] = np.reshape(np.asarray(value), shape)
-            load(values)
+                return old if tuple(slot.shape) == shape else None
+
+            load(_reshape_earlier(store, target.variables, slot_earlier_shape))
 
         target.load_own_variables = load_own_variables
         target._kt_accepts_earlier = True
@@ -262,12 +272,7 @@ class MultiHeadAttention(keras.layers.Layer):
         ([D, N * H], [N * H, D_out]) and [N * H] biases, reshaped. Any other
         shape is left to Keras, which refuses it."""
         variables = self._trainable_variables + self._non_trainable_variables
-        values = {key: store[key] for key in store.keys()}
-        for i, variable in enumerate(variables):
-            value = values.get(str(i))
-            if value is not None and tuple(value.shape) == earlier_shape(variable):
-                values[str(i)] = np.reshape(np.asarray(value), variable.shape)
-        super().load_own_variables(values)
+        super().load_own_variables(_reshape_earlier(store, variables, earlier_shape))
 
     # -- cache ---------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Names load on first use, so the losses and schedules import without
 TensorFlow on the JAX and PyTorch backends.
 """
 
-import importlib
+from keras_transformer._lazy import lazy_attributes
 
 _NAMES = {
     "BestCheckpoint": "callbacks",
@@ -34,13 +34,4 @@ __all__ = sorted(_NAMES)
 _SUBMODULES = ("callbacks", "distribute", "finetune", "fit", "losses", "schedules")
 
 
-def __getattr__(name):
-    if name in _SUBMODULES:  # `training.callbacks` without importing it first, as before
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))
+__getattr__, __dir__ = lazy_attributes(__name__, _NAMES, _SUBMODULES)
