@@ -65,7 +65,7 @@ def load_token_arrays(path: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
             if (offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(ids)
                     or np.any(np.diff(offsets) < 0)):
                 raise ValueError(f"{path}: {name}_offsets do not fit {name}_ids ({len(ids)} ids)")
-            sides.append(np.split(ids.astype(np.int32), offsets[1:-1]))
+            sides.append(np.split(ids.astype(np.int32), offsets[1:-1]) if len(offsets) > 1 else [])
     if len(sides[0]) != len(sides[1]):
         raise ValueError(f"{path}: {len(sides[0])} sources but {len(sides[1])} targets")
     return sides[0], sides[1]
@@ -86,7 +86,10 @@ class TokenBatches(keras.utils.PyDataset):
     Batch `i` of epoch `e` is the same in every process, so a run resumes
     exactly from `TokenBatches(..., epoch=e)` and its `i`th batch. The batch
     count is the same every epoch. `on_epoch_end` (called by `fit`) moves to
-    the next epoch.
+    the next epoch. Call `fit(..., shuffle=False)`: Keras's own shuffle of a
+    `PyDataset`'s batch order is unseeded, and would undo the resumable
+    order. Let each epoch be a whole pass (no `steps_per_epoch`): the plan
+    changes at `on_epoch_end`.
 
     Args:
         path: a `save_token_arrays` file.
@@ -95,8 +98,8 @@ class TokenBatches(keras.utils.PyDataset):
         shuffle: bool; False keeps the file's order within each bucket.
         seed: int, the shuffle seed.
         epoch: int, the epoch to start at.
-        pad_to_bucket_boundary: bool, pad to the bucket's bound - 1, so
-            there are few distinct shapes (for jit compilation).
+        pad_to_bucket_boundary: bool, pad to the bucket's bound - 1 (at
+            most `max_length`), so there are few distinct shapes (for jit).
         **kwargs: `keras.utils.PyDataset`'s (`workers`, `use_multiprocessing`).
     """
 
@@ -114,14 +117,23 @@ class TokenBatches(keras.utils.PyDataset):
         self.epoch = validation.check_int_at_least("epoch", epoch, 0)
         self.pad_to_bucket_boundary = bool(pad_to_bucket_boundary)
         sources, targets = load_token_arrays(path)
+        short = [i for i, (s, t) in enumerate(zip(sources, targets)) if len(s) < 1 or len(t) < 2]
+        if short:
+            raise ValueError(
+                f"{path}: {len(short)} pairs have an empty source or a target shorter than [START] [END] "
+                f"(the first: pair {short[0]})"
+            )
         lengths = np.array([max(len(s), len(t)) for s, t in zip(sources, targets)], np.int64)
         keep = np.flatnonzero(lengths <= self.max_length)
         self.dropped = len(sources) - len(keep)
         self._sources = [sources[i] for i in keep]
         self._targets = [targets[i] for i in keep]
+        if not keep.size:
+            raise ValueError(f"{path}: no pair of at most max_length={self.max_length} tokens")
         boundaries = np.array(bucket_boundaries(self.max_length))
         self._bucket = np.searchsorted(boundaries, lengths[keep], side="right")  # bucket i: [b_{i-1}, b_i)
-        bounds = [int(b) - 1 for b in boundaries] + [self.max_length]  # the longest length in each bucket
+        # The longest length in each bucket (every kept length lies below the last boundary).
+        bounds = [min(int(b) - 1, self.max_length) for b in boundaries]
         self._bounds = bounds
         self._sizes = [max(1, self.tokens_per_batch // bound) for bound in bounds]
         self._plan = self._plan_for(self.epoch)

@@ -94,3 +94,29 @@ def test_bad_arguments_are_refused(arrays):
         TokenBatches(path, tokens_per_batch=16, max_length=32)
     with pytest.raises(ValueError, match="seed"):
         TokenBatches(path, seed=-1)
+
+
+def test_empty_and_degenerate_files_are_refused_clearly(tmp_path):
+    # A file of no pairs loads as none (numpy's split of no offsets gave one empty pair).
+    path = str(tmp_path / "empty.npz")
+    assert save_token_arrays(path, []) == 0
+    assert load_token_arrays(path) == ([], [])
+    with pytest.raises(ValueError, match="no pair of at most max_length"):
+        TokenBatches(path)
+    # A target without [START] ... [END] would give a batch of width 0 and a loss of 0.
+    save_token_arrays(path, [(np.array([1, 5, 2]), np.array([1, 6, 2])), (np.array([1, 2]), np.array([1]))])
+    with pytest.raises(ValueError, match="1 pairs have an empty source or a target shorter.*pair 1"):
+        TokenBatches(path)
+
+
+def test_padding_to_the_bucket_bound_never_passes_max_length(tmp_path):
+    # With max_length 128 the last bucket is [124, 136): its bound - 1 is past
+    # the longest pair kept, and past a model's max_length 128.
+    path = str(tmp_path / "long.npz")
+    pairs = [(np.r_[1, np.full(n - 2, 7), 2], np.r_[1, np.full(n - 2, 8), 2]) for n in range(120, 129)]
+    save_token_arrays(path, pairs)
+    batches = TokenBatches(path, tokens_per_batch=256, max_length=128, pad_to_bucket_boundary=True)
+    for i in range(len(batches)):
+        x, _ = batches[i]
+        assert x["source"].shape[1] <= 128 and x["target"].shape[1] + 1 <= 128
+        assert len(x["source"]) * x["source"].shape[1] <= 256
