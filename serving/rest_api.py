@@ -484,6 +484,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         read finish for up to `grace` seconds (None: none, as gRPC's `stop(None)`),
         then closes every connection."""
         grace = 0.0 if grace is None else grace
+        # Refuse first: shutting the listening socket makes the kernel refuse new
+        # connections at once and wakes serve_forever's poll; closing it only after
+        # shutdown() (up to a 0.5 s poll later) let connections in, to reset them.
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.shutdown()
         self.socket.close()
         end = time.monotonic() + grace

@@ -549,7 +549,7 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     # 6 x 32 rows here and 3 x 32 over REST: within the batching queue's 10 x 32.
     pending = [stub.Predict.future(request, timeout=60) for _ in range(6)]
     # REST drains too: requests already sent are answered, an idle keep-alive connection does
-    # not hold the exit, and new connections are refused at once instead of waiting in the backlog.
+    # not hold the exit.
     import socket
 
     body = json.dumps({"instances": SENTENCES * 4}).encode()
@@ -564,16 +564,8 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     time.sleep(1.0)  # on the wire and accepted, even on a busy machine
     server.process.send_signal(15)
     signalled = time.monotonic()
-    refused_while_draining = False
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and server.process.poll() is None:
-        try:
-            socket.create_connection(("localhost", server.rest_port), timeout=1).close()
-        except OSError:
-            refused_while_draining = server.process.poll() is None
-            break
-        time.sleep(0.1)
-    assert refused_while_draining  # before, a new connection waited in the backlog until exit
+    # That new connections are refused while the drain waits is shown without a race in
+    # test_lifecycle.py (here the drain may end before a probe connects: a flaky CI run).
     answers = [future.result() for future in pending]  # raises if any accepted request was dropped
     assert all(len(a.outputs["translation"].string_val) == len(SENTENCES) * 4 for a in answers)
     for sock in rest_sockets:
