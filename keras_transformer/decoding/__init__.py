@@ -1,6 +1,16 @@
-"""Incremental decoding: greedy and beam search, translation from text to text."""
+"""Incremental decoding: greedy and beam search, translation from text to text.
 
-from keras_transformer.decoding.greedy import greedy_decode
-from keras_transformer.decoding.translator import Translator
+Greedy and beam search run on every Keras backend (TensorFlow's loop on
+TensorFlow, the fixed-shape loop that traces under `jax.jit` elsewhere);
+`Translator`, which tokenizes text with tensorflow-text, needs TensorFlow and
+loads on first use, so the searches import without it.
+"""
+
+from keras_transformer._lazy import lazy_attributes
 from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.beam_search import length_penalty
+from keras_transformer.decoding.greedy import greedy_decode
+
+__all__ = ["Translator", "beam_search", "greedy_decode", "length_penalty"]
+
+__getattr__, __dir__ = lazy_attributes(__name__, {"Translator": "translator"}, ("loop", "strategy", "translator"))

@@ -1,10 +1,10 @@
 """Batched beam search with the GNMT length penalty, on the shared decoding loop."""
 
-import tensorflow as tf
+from keras import ops
 
-from keras_transformer.decoding.loop import DecodingStrategy
-from keras_transformer.decoding.loop import decode
-from keras_transformer.decoding.loop import never_generated
+from keras_transformer.decoding.strategy import DecodingStrategy
+from keras_transformer.decoding.strategy import decode
+from keras_transformer.decoding.strategy import never_generated
 from keras_transformer.layers import validation
 from keras_transformer.text.tokens import END_ID
 from keras_transformer.text.tokens import START_ID
@@ -14,12 +14,16 @@ NEG_INF = -1e9
 
 def length_penalty(length, alpha):
     """GNMT's ((5 + length) / 6) ** alpha (Wu et al., 2016, section 7)."""
-    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+    return ops.power((5.0 + ops.cast(length, "float32")) / 6.0, alpha)
 
 
 def _gather_beams(x, beam_index):
-    """x [B, K, ...], beam_index [B, M] -> [B, M, ...]."""
-    return tf.gather(x, beam_index, axis=1, batch_dims=1)
+    """x [B, K, ...], beam_index [B, M] -> [B, M, ...]: one gather of the
+    rows of x flattened to [B * K, ...]."""
+    batch, k, *rest = ops.shape(x)
+    rows = ops.reshape(beam_index + ops.arange(batch)[:, None] * k, [-1])
+    picked = ops.take(ops.reshape(x, [-1, *rest]), rows, axis=0)
+    return ops.reshape(picked, [batch, ops.shape(beam_index)[1], *rest])
 
 
 class BeamSearch(DecodingStrategy):
@@ -38,7 +42,7 @@ class BeamSearch(DecodingStrategy):
             raise ValueError(f"`attention` must be None, 'mean' or 'heads'. Received: attention={attention!r}")
         if attention == "heads":
             num_heads = validation.check_positive_int("num_heads", num_heads)
-        self.alpha = tf.constant(alpha, tf.float32)
+        self.alpha = ops.convert_to_tensor(alpha, "float32")
         self.start_id, self.end_id = start_id, end_id
         self.attention = attention
         self.num_heads = num_heads
@@ -46,52 +50,55 @@ class BeamSearch(DecodingStrategy):
     def initial_state(self, batch, max_length, source_length):
         k = self.width
         # Only beam 0 is live at the start.
-        live_log_probs = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG_INF)], 0)[None], [batch, 1])
-        live = {"ids": tf.zeros([batch, k, max_length], tf.int32), "log_probs": live_log_probs}
+        first = ops.arange(k) == 0
+        live_log_probs = ops.where(first[None, :], 0.0, ops.full([batch, k], NEG_INF, "float32"))
+        live = {"ids": ops.zeros([batch, k, max_length], "int32"), "log_probs": live_log_probs}
         done = {
-            "ids": tf.zeros([batch, k, max_length], tf.int32), "scores": tf.fill([batch, k], NEG_INF),
-            "log_probs": tf.fill([batch, k], NEG_INF),
+            "ids": ops.zeros([batch, k, max_length], "int32"), "scores": ops.full([batch, k], NEG_INF, "float32"),
+            "log_probs": ops.full([batch, k], NEG_INF, "float32"),
         }
         if self.attention is not None:
             heads = [self.num_heads] if self.attention == "heads" else []
-            live["attention"] = tf.zeros([batch, k, max_length, *heads, source_length])
-            done["attention"] = tf.zeros([batch, k, max_length, *heads, source_length])
+            live["attention"] = ops.zeros([batch, k, max_length, *heads, source_length], "float32")
+            done["attention"] = ops.zeros([batch, k, max_length, *heads, source_length], "float32")
         return live, done
 
     def prefix(self, rows, i):
         live_ids = rows[0]["ids"]  # [n, K, L]
-        return tf.reshape(live_ids[:, :, :i], [tf.shape(live_ids)[0] * self.width, -1])
+        return ops.reshape(live_ids[:, :, :i], [ops.shape(live_ids)[0] * self.width, -1])
 
     def step(self, i, logits, attention, rows, limits, at_limit):
         live, done = rows
-        n, k = tf.shape(logits)[0], self.width
-        vocab, max_length = tf.shape(logits)[-1], tf.shape(live["ids"])[-1]
-        log_probs = never_generated(tf.nn.log_softmax(logits), self.start_id)
+        n, k = ops.shape(logits)[0], self.width
+        vocab, max_length = ops.shape(logits)[-1], ops.shape(live["ids"])[-1]
+        log_probs = never_generated(ops.log_softmax(logits, axis=-1), self.start_id)
         if at_limit is not None:
             # At its last allowed step a sentence can only end.
-            only_end = tf.one_hot(self.end_id, vocab, on_value=0.0, off_value=NEG_INF)
-            log_probs = tf.where(at_limit[:, None, None], log_probs + only_end, log_probs)
+            only_end = ops.where(ops.arange(vocab) == self.end_id, 0.0, NEG_INF)
+            log_probs = ops.where(at_limit[:, None, None], log_probs + only_end, log_probs)
 
         # Expand: the best 2K of all K x V continuations.
-        candidates = tf.reshape(live["log_probs"][:, :, None] + log_probs, [n, k * vocab])
-        cand_log_probs, flat = tf.math.top_k(candidates, 2 * k)  # [n, 2K]
+        candidates = ops.reshape(live["log_probs"][:, :, None] + log_probs, [n, k * vocab])
+        cand_log_probs, flat = ops.top_k(candidates, 2 * k)  # [n, 2K]
+        flat = ops.cast(flat, "int32")
         beam, token = flat // vocab, flat % vocab
-        place = tf.one_hot(i, max_length, dtype=tf.int32)  # [L], 1 at step i
+        place = ops.cast(ops.arange(max_length) == i, "int32")  # [L], 1 at step i
         cand = {"ids": _gather_beams(live["ids"], beam) + token[:, :, None] * place}  # [n, 2K, L]
         if self.attention is not None:
             # This step's rows [n, K, (N,) S], written into row i of [n, 2K, L, (N,) S].
             step_rows = _gather_beams(attention, beam)[:, :, None]
             cand_attention = _gather_beams(live["attention"], beam)
             extra_dims = len(cand_attention.shape) - 3
-            row_place = tf.reshape(tf.cast(place, tf.float32), [1, 1, -1] + [1] * extra_dims)
+            row_place = ops.reshape(ops.cast(place, "float32"), [1, 1, -1] + [1] * extra_dims)
             cand["attention"] = cand_attention + step_rows * row_place
-        ended = tf.equal(token, self.end_id)
+        ended = ops.equal(token, self.end_id)
         valid = cand_log_probs > NEG_INF / 2
-        in_top_k = tf.range(2 * k) < k  # top_k sorts, so rank < K is the best K
+        in_top_k = ops.arange(2 * k) < k  # top_k sorts, so rank < K is the best K
 
         # Live: the best K candidates that did not end.
-        live_key = tf.where(ended | ~valid, NEG_INF, cand_log_probs)
-        live_log_probs, pick = tf.math.top_k(live_key, k)
+        live_key = ops.where(ended | ~valid, NEG_INF, cand_log_probs)
+        live_log_probs, pick = ops.top_k(live_key, k)
+        pick = ops.cast(pick, "int32")
         new_live = {key: _gather_beams(value, pick) for key, value in cand.items()}
         new_live["log_probs"] = live_log_probs
         parents = _gather_beams(beam, pick)  # [n, K], each live beam's parent
@@ -101,11 +108,12 @@ class BeamSearch(DecodingStrategy):
         finish = ended & valid & in_top_k[None]
         ended_cand = {
             **cand,
-            "scores": tf.where(finish, cand_log_probs / length_penalty(i + 1, self.alpha), NEG_INF),
-            "log_probs": tf.where(finish, cand_log_probs, NEG_INF),
+            "scores": ops.where(finish, cand_log_probs / length_penalty(i + 1, self.alpha), NEG_INF),
+            "log_probs": ops.where(finish, cand_log_probs, NEG_INF),
         }
-        _, best = tf.math.top_k(tf.concat([done["scores"], ended_cand["scores"]], axis=1), k)
-        new_done = {key: _gather_beams(tf.concat([done[key], ended_cand[key]], axis=1), best) for key in done}
+        _, best = ops.top_k(ops.concatenate([done["scores"], ended_cand["scores"]], axis=1), k)
+        best = ops.cast(best, "int32")
+        new_done = {key: _gather_beams(ops.concatenate([done[key], ended_cand[key]], axis=1), best) for key in done}
 
         # A live hypothesis's score can rise to at most its log-probability
         # over the largest penalty its sentence can still reach (at its own
@@ -120,8 +128,8 @@ class BeamSearch(DecodingStrategy):
         none_done = done["scores"][:, 0] <= NEG_INF / 2  # [B]
 
         def pick(live_value, done_value):
-            where = tf.reshape(none_done, [-1] + [1] * (len(live_value.shape) - 1))
-            return tf.where(where, live_value, done_value)
+            where = ops.reshape(none_done, [-1] + [1] * (len(live_value.shape) - 1))
+            return ops.where(where, live_value, done_value)
 
         outputs = {
             "ids": pick(live["ids"], done["ids"]),
@@ -180,7 +188,9 @@ def beam_search(
             as many positions as have been generated. None allocates all
             `max_length` positions up front: the fixed shapes XLA needs,
             which are also used whenever this is traced inside
-            `tf.function(jit_compile=True)`.
+            `tf.function(jit_compile=True)`, and always on the JAX and
+            PyTorch backends (where `max_length` must be a Python int, and
+            the loop traces under `jax.jit`).
 
     Returns:
         A dict, best hypothesis first along axis 1:

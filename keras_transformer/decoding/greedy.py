@@ -1,10 +1,10 @@
 """Greedy decoding: the arg-max token at every step, on the shared decoding loop."""
 
-import tensorflow as tf
+from keras import ops
 
-from keras_transformer.decoding.loop import DecodingStrategy
-from keras_transformer.decoding.loop import decode
-from keras_transformer.decoding.loop import never_generated
+from keras_transformer.decoding.strategy import DecodingStrategy
+from keras_transformer.decoding.strategy import decode
+from keras_transformer.decoding.strategy import never_generated
 from keras_transformer.text.tokens import END_ID
 from keras_transformer.text.tokens import START_ID
 
@@ -19,20 +19,20 @@ class Greedy(DecodingStrategy):
         self.start_id, self.end_id = start_id, end_id
 
     def initial_state(self, batch, max_length, source_length):
-        return tf.zeros([batch, max_length], tf.int32), tf.zeros([batch], tf.bool)
+        return ops.zeros([batch, max_length], "int32"), ops.zeros([batch], "bool")
 
     def prefix(self, rows, i):
         return rows[0][:, :i]
 
     def step(self, i, logits, attention, rows, limits, at_limit):
         ids, done = rows
-        token = tf.argmax(never_generated(logits[:, 0], self.start_id), axis=-1, output_type=tf.int32)  # [n]
+        token = ops.cast(ops.argmax(never_generated(logits[:, 0], self.start_id), axis=-1), "int32")  # [n]
         if at_limit is not None:
-            token = tf.where(at_limit, self.end_id, token)
-        token = tf.where(done, 0, token)  # a sentence that ended (kept in a fixed-shape batch) only pads
-        done = done | tf.equal(token, self.end_id)
-        n = tf.shape(token)[0]
-        ids = tf.tensor_scatter_nd_update(ids, tf.stack([tf.range(n), tf.fill([n], i)], 1), token)
+            token = ops.where(at_limit, self.end_id, token)
+        token = ops.where(done, 0, token)  # a sentence that ended (kept in a fixed-shape batch) only pads
+        done = done | ops.equal(token, self.end_id)
+        column = ops.arange(ops.shape(ids)[1]) == i  # [L], True at step i
+        ids = ops.where(column[None, :], token[:, None], ids)
         return token[:, None], None, (ids, done), done
 
     def finish(self, state, length):
@@ -66,7 +66,9 @@ def greedy_decode(
             positions as have been generated. None allocates all
             `max_length` positions up front: the fixed shapes XLA needs,
             which are also used whenever this is traced inside
-            `tf.function(jit_compile=True)`.
+            `tf.function(jit_compile=True)`, and always on the JAX and
+            PyTorch backends (where `max_length` must be a Python int, and
+            the loop traces under `jax.jit`).
 
     Returns:
         int32 [B, max_length]: the generated ids after [START], ending with

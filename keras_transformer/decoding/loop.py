@@ -1,13 +1,13 @@
-"""The decoding loop shared by greedy and beam search, and the strategy interface.
+"""TensorFlow's decoding loop, shared by greedy and beam search.
 
 `decode(model, source, max_length, strategy)` runs a `Transformer`'s encoder
 once and its decoder one token a step inside one `tf.while_loop`. The loop
 owns what every search needs: the key/value cache (grown in chunks, or
 preallocated for XLA), each sentence's length limit, the cross-attention rows
 of each step, and compaction (a sentence that is done leaves the decoder's
-batch). A `DecodingStrategy` only says how to pick the next tokens from the
-step's logits and what to keep of them (greedy: the arg-max; beam search: the
-best hypotheses).
+batch). A `DecodingStrategy` (`keras_transformer.decoding.strategy`) only says
+how to pick the next tokens from the step's logits and what to keep of them.
+The other backends run the same strategies in `strategy.decode_fixed`.
 
 Shapes: B sentences, K hypotheses decoded per sentence (the strategy's
 `width`), n <= B sentences still decoded in a step, L `max_length`, S the
@@ -18,63 +18,11 @@ import numbers
 
 import tensorflow as tf
 
+from keras_transformer.decoding.strategy import DecodingStrategy  # noqa: F401 - its home before strategy.py
+from keras_transformer.decoding.strategy import attention_rows
+from keras_transformer.decoding.strategy import never_generated  # noqa: F401 - likewise
+from keras_transformer.decoding.strategy import sentence_limits
 from keras_transformer.layers import validation
-
-
-class DecodingStrategy:
-    """How a search picks the next tokens; `decode` runs the loop around it.
-
-    The strategy's state is a nest of tensors with the B sentences on axis 0.
-    At each step the loop passes the rows of the sentences still decoded and
-    writes the rows that `step` returns back into the full state.
-    """
-
-    width = 1  # K: hypotheses decoded per sentence
-    start_id = 1  # [START], every hypothesis's first input
-    attention = None  # "mean" or "heads": `step` receives the step's cross-attention rows
-
-    def initial_state(self, batch, max_length, source_length):
-        """The state of B sentences: a nest of tensors [B, ...]."""
-        raise NotImplementedError
-
-    def prefix(self, rows, i):
-        """Without a cache: the n * K generated prefixes before step `i`, int32 [n * K, i]."""
-        raise NotImplementedError
-
-    def step(self, i, logits, attention, rows, limits, at_limit):
-        """Picks the tokens of step `i`.
-
-        Args:
-            i: scalar int32, the step (the position of the tokens picked).
-            logits: float [n, K, V], the decoder's scores for the next token.
-            attention: with `attention` "mean", float32 [n, K, S], the last
-                decoder layer's cross-attention of this step averaged over
-                heads; with "heads", [n, K, N, S]; else None.
-            rows: the state's rows of the n sentences.
-            limits: int32 [n], each sentence's most generated tokens.
-            at_limit: with `max_extra_length`, bool [n]: whether this is a
-                sentence's last allowed step (its token must be [END]); else
-                None (nothing is forced, not even at `max_length`).
-
-        Returns:
-            (tokens int32 [n, K]: the next inputs of the K hypotheses;
-             parents int32 [n, K]: the hypothesis (0..K-1) each one continues,
-             or None when hypotheses never move;
-             new rows; done bool [n]: sentences that can stop).
-        """
-        raise NotImplementedError
-
-    def finish(self, state, length):
-        """The search's result from the full state after `length` steps."""
-        raise NotImplementedError
-
-
-def never_generated(logits, start_id, pad_id=0):
-    """Logits [..., V] with [PAD] and [START] made impossible: neither may
-    follow a token (a generated 0 would also read as padding)."""
-    vocab = tf.shape(logits)[-1]
-    banned = tf.one_hot(pad_id, vocab) + tf.one_hot(start_id, vocab)
-    return logits - 1e9 * banned
 
 
 def check_max_length(model, max_length):
@@ -118,17 +66,6 @@ def check_max_length(model, max_length):
         with tf.control_dependencies([assertion]):
             tensor = tf.identity(tensor)
     return tf.cast(tensor, tf.int32)
-
-
-def sentence_limits(source, max_length, max_extra_length):
-    """[B] int32: each sentence's most generated tokens, its own source
-    length (non-padding tokens) + `max_extra_length`, at most `max_length`.
-    Without `max_extra_length`, every sentence may use `max_length`."""
-    batch = tf.shape(source)[0]
-    if max_extra_length is None:
-        return tf.fill([batch], tf.cast(max_length, tf.int32))
-    lengths = tf.reduce_sum(tf.cast(tf.not_equal(source, 0), tf.int32), axis=1)
-    return tf.minimum(lengths + max_extra_length, tf.cast(max_length, tf.int32))
 
 
 def _tracing_for_xla():
@@ -190,15 +127,6 @@ def decoder_rows_shapes(cache, context):
         for c in cache
     ]
     return cache, tuple(relax(x, 0) for x in context)
-
-
-def _attention_rows(scores, n, k, per_head):
-    """One layer's scores of one position [n * K, N, 1, S] -> float32 [n, K, S],
-    averaged over heads, or [n, K, N, S] with `per_head`."""
-    rows = tf.cast(scores[:, :, 0, :], tf.float32)
-    if not per_head:
-        rows = tf.reduce_mean(rows, axis=1)
-    return tf.reshape(rows, tf.concat([[n, k], tf.shape(rows)[1:]], 0))
 
 
 def decode(model, source, max_length, strategy, use_cache=True, max_extra_length=None, cache_chunk=16):
@@ -281,7 +209,7 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
         attention = None
         if with_scores:
             last_layer = scores[0][-1][:, :, -1:]  # [n * K, N, 1, S]
-            attention = _attention_rows(last_layer, n, k, strategy.attention == "heads")
+            attention = attention_rows(last_layer, n, k, strategy.attention == "heads")
         own_limits = tf.gather(limits, active) if compact else limits
         at_limit = None if max_extra_length is None else i + 1 >= own_limits
         tokens, parents, rows, sentence_done = strategy.step(i, logits, attention, rows, own_limits, at_limit)

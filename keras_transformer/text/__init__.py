@@ -1,14 +1,23 @@
 """Text in core TensorFlow ops: reserved tokens and Moses-style normalization.
 
-Nothing here imports tensorflow-text, so decoding and export can use it.
+Nothing here imports tensorflow-text, so decoding and export can use it. Names
+load on first use: the reserved ids (`text.tokens`) need no TensorFlow, so the
+searches of `keras_transformer.decoding` import them on every backend.
 """
 
-from keras_transformer.text.moses import is_lowercase_vocabulary
-from keras_transformer.text.moses import moses_detokenize
-from keras_transformer.text.moses import moses_tokenize
-from keras_transformer.text.tokens import END_ID
-from keras_transformer.text.tokens import PAD_ID
-from keras_transformer.text.tokens import RESERVED_TOKENS
-from keras_transformer.text.tokens import START_ID
-from keras_transformer.text.tokens import UNK_ID
-from keras_transformer.text.tokens import add_start_end
+from keras_transformer._lazy import lazy_attributes
+
+_NAMES = {
+    "is_lowercase_vocabulary": "moses",
+    "moses_detokenize": "moses",
+    "moses_tokenize": "moses",
+    "END_ID": "tokens",
+    "PAD_ID": "tokens",
+    "RESERVED_TOKENS": "tokens",
+    "START_ID": "tokens",
+    "UNK_ID": "tokens",
+    "add_start_end": "tokens",
+}
+__all__ = sorted(_NAMES)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _NAMES, ("moses", "tokens"))

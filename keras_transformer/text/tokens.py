@@ -1,14 +1,16 @@
 """The reserved tokens and their ids, shared by training, decoding and export.
 
-Core TensorFlow only: decoding and the exported SavedModel use these without
-importing tensorflow-text (`keras_transformer.data.WordPieceTokenizer` is the
-one part that needs it).
+The ids and vocabulary files need no TensorFlow (decoding uses them on every
+backend); the two tensor helpers are core TensorFlow, which the exported
+SavedModel uses without tensorflow-text.
 """
 
 import collections
 import os
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+if TYPE_CHECKING:  # core TensorFlow, imported where the tensor helpers run
+    import tensorflow as tf
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED_TOKENS = (PAD, UNK, START, END)
@@ -48,16 +50,20 @@ def write_vocab(vocab, path: str) -> None:
     os.replace(tmp, path)
 
 
-def add_start_end(ids: tf.RaggedTensor, start_id: int = START_ID, end_id: int = END_ID) -> tf.RaggedTensor:
+def add_start_end(ids: "tf.RaggedTensor", start_id: int = START_ID, end_id: int = END_ID) -> "tf.RaggedTensor":
     """Ragged ids [B, (T)] -> [B, (T + 2)], each row wrapped in [START] ... [END]."""
+    import tensorflow as tf
+
     batch = ids.nrows()
     start = tf.fill([batch, 1], tf.constant(start_id, ids.dtype))
     end = tf.fill([batch, 1], tf.constant(end_id, ids.dtype))
     return tf.concat([start, ids, end], axis=1)
 
 
-def escape_reserved_ids(ids: tf.Tensor) -> tf.Tensor:
+def escape_reserved_ids(ids: "tf.Tensor") -> "tf.Tensor":
     """Text never yields [PAD], [START] or [END]: their ids become [UNK]'s, so a
     word written "[END]" cannot end a source early."""
+    import tensorflow as tf
+
     reserved = (ids == PAD_ID) | (ids == START_ID) | (ids == END_ID)
     return tf.where(reserved, tf.constant(UNK_ID, ids.dtype), ids)
