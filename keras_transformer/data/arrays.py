@@ -100,11 +100,19 @@ class TokenBatches(keras.utils.PyDataset):
         epoch: int, the epoch to start at.
         pad_to_bucket_boundary: bool, pad to the bucket's bound - 1 (at
             most `max_length`), so there are few distinct shapes (for jit).
+        fill_batches: bool, fill a bucket's last, short batch with rows of
+            padding alone (which `MaskedCrossEntropy` and `MaskedAccuracy`
+            leave out) up to the bucket's batch size; with
+            `pad_to_bucket_boundary`, each bucket then has one shape, and
+            `jax.jit` compiles the step once per bucket.
+        boundaries: the buckets' upper bounds (exclusive), increasing and
+            past `max_length`; default `bucket_boundaries(max_length)`.
+            Fewer, wider buckets mean fewer shapes and more padding.
         **kwargs: `keras.utils.PyDataset`'s (`workers`, `use_multiprocessing`).
     """
 
     def __init__(self, path, tokens_per_batch=4096, max_length=128, shuffle=True, seed=0, epoch=0,
-                 pad_to_bucket_boundary=False, **kwargs):
+                 pad_to_bucket_boundary=False, fill_batches=False, boundaries=None, **kwargs):
         super().__init__(**kwargs)
         self.tokens_per_batch = validation.check_positive_int("tokens_per_batch", tokens_per_batch)
         self.max_length = validation.check_int_at_least("max_length", max_length, 2)
@@ -116,6 +124,16 @@ class TokenBatches(keras.utils.PyDataset):
         self.seed = validation.check_int_at_least("seed", seed, 0)
         self.epoch = validation.check_int_at_least("epoch", epoch, 0)
         self.pad_to_bucket_boundary = bool(pad_to_bucket_boundary)
+        self.fill_batches = bool(fill_batches)
+        if boundaries is None:
+            boundaries = bucket_boundaries(self.max_length)
+        boundaries = [int(b) for b in boundaries]
+        if (not boundaries or boundaries[0] < 2 or any(b <= a for a, b in zip(boundaries, boundaries[1:]))
+                or boundaries[-1] <= self.max_length):
+            raise ValueError(
+                "`boundaries` must be increasing bucket bounds from at least 2 to past max_length="
+                f"{self.max_length}. Received: boundaries={boundaries}"
+            )
         sources, targets = load_token_arrays(path)
         short = [i for i, (s, t) in enumerate(zip(sources, targets)) if len(s) < 1 or len(t) < 2]
         if short:
@@ -130,7 +148,7 @@ class TokenBatches(keras.utils.PyDataset):
         self._targets = [targets[i] for i in keep]
         if not keep.size:
             raise ValueError(f"{path}: no pair of at most max_length={self.max_length} tokens")
-        boundaries = np.array(bucket_boundaries(self.max_length))
+        boundaries = np.array(boundaries)
         self._bucket = np.searchsorted(boundaries, lengths[keep], side="right")  # bucket i: [b_{i-1}, b_i)
         # The longest length in each bucket (every kept length lies below the last boundary).
         bounds = [min(int(b) - 1, self.max_length) for b in boundaries]
@@ -161,8 +179,9 @@ class TokenBatches(keras.utils.PyDataset):
             source_width = target_width = self._bounds[bucket]
         else:
             source_width, target_width = max(len(s) for s in sources), max(len(t) for t in targets)
-        source = np.zeros((len(members), source_width), np.int32)
-        target = np.zeros((len(members), target_width), np.int32)
+        rows = self._sizes[bucket] if self.fill_batches else len(members)
+        source = np.zeros((rows, source_width), np.int32)
+        target = np.zeros((rows, target_width), np.int32)
         for row, (s, t) in enumerate(zip(sources, targets)):
             source[row, :len(s)] = s
             target[row, :len(t)] = t

@@ -120,3 +120,64 @@ def test_padding_to_the_bucket_bound_never_passes_max_length(tmp_path):
         x, _ = batches[i]
         assert x["source"].shape[1] <= 128 and x["target"].shape[1] + 1 <= 128
         assert len(x["source"]) * x["source"].shape[1] <= 256
+
+
+def test_filled_batches_give_each_bucket_one_shape_and_lose_no_pair(arrays):
+    # For jax.jit, which compiles a step per shape: coarse buckets, padded to
+    # their bound, and each bucket's short last batch filled with padding rows.
+    path, pairs = arrays
+    bounds = [10, 20, 33]
+    batches = TokenBatches(path, tokens_per_batch=256, max_length=32, pad_to_bucket_boundary=True,
+                           fill_batches=True, boundaries=bounds)
+    shapes, seen, filled = {}, [], 0
+    for i in range(len(batches)):
+        x, labels = batches[i]
+        width = x["source"].shape[1]
+        shapes.setdefault(width, set()).add((x["source"].shape, x["target"].shape, labels.shape))
+        real = x["source"].any(axis=1)
+        assert np.array_equal(real, labels.any(axis=1))  # a padding row is padding on both sides
+        assert not x["target"][~real].any()
+        filled += int((~real).sum())
+        seen += [tuple(map(int, s[s != 0])) for s in x["source"][real]]
+    assert sorted(shapes) == [9, 19, 32] and all(len(v) == 1 for v in shapes.values())
+    assert filled > 0
+    assert sorted(seen) == sorted(tuple(map(int, s)) for s, t in pairs if max(len(s), len(t)) <= 32)
+
+
+def test_padding_rows_change_neither_the_loss_nor_its_gradient():
+    # The rows a filled batch adds are masked out: the same loss and gradients
+    # as the batch without them (no NaN from a row whose every key is padding).
+    import keras
+    import tensorflow as tf
+
+    import keras_transformer as kt
+    from keras_transformer.training.losses import MaskedCrossEntropy
+
+    keras.utils.set_random_seed(0)
+    model = kt.Transformer(50, 50, num_layers=1, d_model=16, num_heads=2, d_ff=32, dropout=0.0, max_length=16)
+    loss = MaskedCrossEntropy(label_smoothing=0.1)
+    rng = np.random.default_rng(0)
+    source, target = rng.integers(4, 50, (3, 7)).astype("int32"), rng.integers(4, 50, (3, 6)).astype("int32")
+    labels = rng.integers(4, 50, (3, 6)).astype("int32")
+
+    def loss_and_gradients(rows):
+        pad = lambda a: np.concatenate([a, np.zeros((rows, a.shape[1]), a.dtype)])  # noqa: E731
+        with tf.GradientTape() as tape:
+            value = loss(pad(labels), model({"source": pad(source), "target": pad(target)}))
+        return value, tape.gradient(value, model.trainable_variables)
+
+    value, gradients = loss_and_gradients(0)
+    assert len(gradients) == len(model.trainable_variables) and all(g is not None for g in gradients)
+    filled_value, filled_gradients = loss_and_gradients(2)
+    np.testing.assert_allclose(filled_value, value, rtol=1e-6)
+    for a, b in zip(gradients, filled_gradients):
+        # (an embedding's gradient is IndexedSlices: summed into a dense tensor first)
+        np.testing.assert_allclose(tf.convert_to_tensor(b).numpy(), tf.convert_to_tensor(a).numpy(),
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_bad_boundaries_are_refused(arrays):
+    path, _ = arrays
+    for bounds in ([10, 20], [10, 10, 40], [1, 40], []):
+        with pytest.raises(ValueError, match="boundaries"):
+            TokenBatches(path, max_length=32, boundaries=bounds)
