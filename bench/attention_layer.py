@@ -1,5 +1,6 @@
 """Forward + backward time of `keras_transformer.MultiHeadAttention` against
-`keras.layers.MultiHeadAttention`, same sizes, same run.
+`keras.layers.MultiHeadAttention`, same sizes, same run; and of ours on its
+fused path (`fused_attention=True`: `keras.ops.dot_product_attention`).
 
     python bench/attention_layer.py --batch-size 64 --length 24 --d-model 128 --heads 4
 """
@@ -44,11 +45,14 @@ def main():
     head = args.d_model // args.heads
     ours = kt.MultiHeadAttention(args.heads, head)
     theirs = keras.layers.MultiHeadAttention(args.heads, head)
+    fused = kt.MultiHeadAttention(args.heads, head, fused_attention=True)
     for causal in (False, True):
         a = time_step(ours, x, causal, args.repeats)
         b = time_step(theirs, x, causal, args.repeats)
+        c = time_step(fused, x, causal, args.repeats)
         label = "causal self-attention" if causal else "self-attention"
-        print(f"{label:22s} ours {a:6.2f} ms  keras {b:6.2f} ms  keras / ours: {b / a:.2f}x")
+        print(f"{label:22s} ours {a:6.2f} ms  keras {b:6.2f} ms  ours fused {c:6.2f} ms  "
+              f"keras / ours: {b / a:.2f}x  fused / ours: {c / a:.2f}x")
 
 
 if __name__ == "__main__":

@@ -157,10 +157,29 @@ def check_dropout_statistics():
     assert np.array_equal(ops.convert_to_numpy(layer(ones, training=False)), ones)
 
 
+def check_fused_attention_equals_explicit():
+    # jax.nn.dot_product_attention (the path that becomes cuDNN's flash
+    # attention on a GPU) against the explicit matmuls, with padded keys and
+    # a causal mask.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7, 16)).astype("float32")
+    fused = kt.MultiHeadAttention(num_heads=4, key_dim=4, fused_attention=True)
+    explicit = kt.MultiHeadAttention(num_heads=4, key_dim=4, fused_attention=False)
+    fused(x, x)
+    explicit(x, x)
+    explicit.set_weights(fused.get_weights())
+    keep = np.ones((3, 7), bool)
+    keep[1, 4:] = False
+    for kwargs in ({}, dict(value_mask=keep, use_causal_mask=True)):
+        np.testing.assert_allclose(ops.convert_to_numpy(fused(x, x, **kwargs)),
+                                   ops.convert_to_numpy(explicit(x, x, **kwargs)), atol=1e-5)
+
+
 def main(work):
     assert keras.backend.backend() == "jax"
     assert kt.Transformer is not None  # the package imports without TensorFlow
     check_dropout_statistics()
+    check_fused_attention_equals_explicit()
     model, data = check_tensorflow_model_loads_with_equal_logits(work)
     check_cached_steps_under_jit_equal_a_full_pass(model, data)
     results = train_on_jax(model, data, work)

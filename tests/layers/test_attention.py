@@ -191,6 +191,7 @@ def test_cached_cross_attention_equals_full_pass():
         ({"num_heads": 2, "key_dim": -1}, "key_dim"),
         ({"num_heads": 2, "key_dim": 4, "dropout": 1.0}, "dropout"),
         ({"num_heads": 2, "key_dim": 4, "dropout": -0.1}, "dropout"),
+        ({"num_heads": 2, "key_dim": 4, "fused_attention": "yes"}, "fused_attention"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -218,3 +219,64 @@ def test_kernels_are_initialized_from_the_fans_of_their_matrix():
         values = keras.ops.convert_to_numpy(kernel)
         assert values.shape in ((512, 8, 64), (8, 64, 512))
         assert 0.99 * limit < np.abs(values).max() <= limit
+
+
+def _fused_and_explicit(policy, **kwargs):
+    keras.config.set_dtype_policy(policy)
+    try:
+        fused = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=3, fused_attention=True, **kwargs)
+        explicit = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=3, fused_attention=False, **kwargs)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return fused, explicit
+
+
+@pytest.mark.parametrize("policy, atol", [("float32", 1e-5), ("mixed_bfloat16", 2e-2), ("mixed_float16", 2e-3)])
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_the_fused_path_equals_the_explicit_one(policy, atol, self_attention):
+    # keras.ops.dot_product_attention (the flash-attention path on GPUs) and
+    # the explicit matmuls give one output and one gradient under every mask:
+    # key padding (Keras masks), causal, and an attention mask [B, T, S].
+    rng = np.random.default_rng(0)
+    fused, explicit = _fused_and_explicit(policy)
+    query = rng.normal(size=(B, T, D)).astype("float32")
+    value = query if self_attention else rng.normal(size=(B, S, D)).astype("float32")
+    value_mask = np.ones(value.shape[:2], bool)
+    value_mask[0, -2:] = False
+    attention_mask = rng.uniform(size=(B, T, value.shape[1])) > 0.3
+    attention_mask[:, :, 0] = True  # every query keeps a key (see the docstring on rows of padding alone)
+    fused(query, value)
+    explicit(query, value)
+    explicit.set_weights(fused.get_weights())
+    for kwargs in (dict(value_mask=value_mask), dict(attention_mask=attention_mask),
+                   dict(value_mask=value_mask, use_causal_mask=self_attention), {}):
+        outputs, gradients = [], []
+        for layer in (fused, explicit):
+            x = tf.constant(query)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.cast(layer(x, x if self_attention else value, **kwargs), "float32")
+                loss = tf.reduce_sum(y * y)
+            outputs.append(y.numpy())
+            gradients.append([g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_variables])])
+        assert outputs[0].dtype == np.float32
+        np.testing.assert_allclose(outputs[0], outputs[1], atol=atol, rtol=atol, err_msg=str(kwargs))
+        for a, b in zip(*gradients):
+            scale = max(1.0, float(np.abs(b).max()))
+            np.testing.assert_allclose(a, b, atol=atol * scale * 10, rtol=atol * 10, err_msg=str(kwargs))
+
+
+def test_the_fused_path_stands_aside_for_scores_dropout_and_the_cache():
+    # Scores, active attention dropout and decoding steps need the explicit path.
+    layer = MultiHeadAttention(num_heads=N, key_dim=4, dropout=0.5, fused_attention=True)
+    x = np.random.default_rng(1).normal(size=(B, T, D)).astype("float32")
+    assert not layer._fused(True, False)
+    assert not layer._fused(False, True)
+    assert layer._fused(False, False) and layer._fused(False, None)
+    output, scores = layer(x, x, return_attention_scores=True)
+    np.testing.assert_allclose(np.sum(scores, axis=-1), 1.0, atol=1e-5)
+    trained = layer(x, x, training=True)
+    assert not np.allclose(trained, layer(x, x))  # dropout applied: the explicit path ran
+    auto = MultiHeadAttention(num_heads=N, key_dim=4)
+    assert auto.fused_attention is None and not auto._fused(False, False)  # TensorFlow on a CPU: explicit
+    assert MultiHeadAttention.from_config(layer.get_config()).fused_attention is True
