@@ -88,14 +88,44 @@ def _as_matrix(initializer, matrix_shape):
     return initialize
 
 
+def _per_head(attention_mask):
+    """An attention mask of Keras's shapes, [T, S], [B, T, S] (or [B, 1, S]) or
+    [B, N, T, S], as a bool mask of rank 4 (size 1 where it is the same for
+    every head, or every sentence)."""
+    if attention_mask is None:
+        return None
+    rank = len(attention_mask.shape)
+    if rank not in (2, 3, 4):
+        raise ValueError(
+            "`attention_mask` must have shape [T, S], [B, T, S] or [B, N, T, S]. "
+            f"Received: attention_mask.shape={tuple(attention_mask.shape)}"
+        )
+    mask = ops.cast(attention_mask, "bool")
+    for _ in range(4 - rank):
+        mask = ops.expand_dims(mask, 0 if rank == 2 else 1)
+    return mask
+
+
+def _merge(key_padding, attention_mask, causal):
+    """The key-padding [B, S], attention [.., .., T, S] and causal [T, S] masks
+    as one bool mask of rank 4, broadcastable to [B, N, T, S], or None."""
+    mask = masks.merge_masks(key_padding, None, causal)
+    if mask is not None:
+        mask = ops.expand_dims(mask, 1)
+    if attention_mask is not None:
+        mask = attention_mask if mask is None else ops.logical_and(mask, attention_mask)
+    return mask
+
+
 @functools.cache
 def _computes_on_accelerator() -> bool:
-    """Whether the JAX or PyTorch backend computes on a GPU or TPU."""
+    """Whether the JAX backend computes on a GPU, or PyTorch's on CUDA."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return jax.default_backend() in ("gpu", "tpu")
+        # Not TPUs: Keras's splash-attention path there reads one mask for the whole batch.
+        return jax.default_backend() == "gpu"
     if backend == "torch":
         import torch
 
@@ -135,15 +165,18 @@ class MultiHeadAttention(keras.layers.Layer):
     fused one is `keras.ops.dot_product_attention`, which on a GPU may run
     as one flash-attention kernel (cuDNN, through JAX). The fused one runs
     where it can give the same output: no scores asked for, attention
-    dropout inactive, and no cache (decoding steps stay explicit). With
+    dropout inactive, no cache (decoding steps stay explicit), and value
+    heads of the key heads' size. With
     `fused_attention=None` it is used on the JAX and PyTorch backends when
-    they compute on a GPU or TPU; on CPUs, and on TensorFlow (whose
+    they compute on a GPU (not on TPUs: Keras's splash-attention path reads
+    sentence 0's mask for the whole batch); on CPUs, and on TensorFlow (whose
     `dot_product_attention` is einsums), it was slower than the explicit
     path: 1.2x the time of the whole layer on TensorFlow's CPU kernels
     (docs/benchmarks.md). The two paths differ only on
     a query row that every key is masked from (a row of padding alone):
     the explicit path averages the values over all keys by their logits,
-    the fused one uniformly; such a row's output is padding either way.
+    the fused one uniformly. Such a row's output means nothing, but it
+    enters the gradients if a loss counts it (a masked loss does not).
 
     Masks: the Keras masks of `value` and `key` mask padded keys; the Keras
     mask of `query` is passed on to the output but does not mask attention
@@ -160,16 +193,17 @@ class MultiHeadAttention(keras.layers.Layer):
             query's last dimension.
         kernel_initializer: initializer for the projection kernels.
         bias_initializer: initializer for the projection biases.
-        fused_attention: None (default): the fused path on a GPU or TPU
-            with the JAX or PyTorch backend, where it can be used; True:
+        fused_attention: None (default): the fused path on a GPU with the
+            JAX or PyTorch backend, where it can be used; True:
             wherever it can be used (any backend and device); False: never.
 
     Call arguments:
         query: [B, T, Dq] tensor.
         value: [B, S, Dv] tensor.
         key: optional [B, S, Dk] tensor; defaults to `value`.
-        attention_mask: optional [B, T, S] (or [B, 1, S]) bool or 0/1
-            tensor, `True` where query t may attend to key s. In a cached
+        attention_mask: optional bool or 0/1 tensor, `True` where query t
+            may attend to key s: [B, T, S] (or [B, 1, S]), [T, S] for every
+            sentence, or [B, N, T, S] per head, as Keras's layer takes. In a cached
             self-attention step S is the cache length L, and the mask is
             how to hide cache slots that hold padding: the Keras masks of
             `value` and `key` cover only this step's tokens and are not
@@ -378,6 +412,7 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         if key is None:
             key, key_mask = value, value_mask
+        attention_mask = _per_head(attention_mask)
         key_padding = value_mask
         if key_mask is not None:
             key_padding = key_mask if key_padding is None else ops.logical_and(key_padding, key_mask)
@@ -400,9 +435,11 @@ class MultiHeadAttention(keras.layers.Layer):
             q, k, v = self._project(query, value, key, heads_first=False)
             if use_causal_mask:
                 causal = masks.causal_mask(ops.shape(q)[1], ops.shape(k)[1])
-            mask = masks.merge_masks(key_padding, attention_mask, causal)
+            mask = _merge(key_padding, attention_mask, causal)
             if mask is not None:
-                mask = ops.expand_dims(mask, 1)  # [B, 1, T, S], for every head
+                # The whole [B, 1, T, S]: cuDNN's flash attention takes no mask broadcast along T.
+                batch, t, s = ops.shape(q)[0], ops.shape(q)[1], ops.shape(k)[1]
+                mask = ops.broadcast_to(mask, (batch, ops.shape(mask)[1], t, s))
             x = ops.dot_product_attention(q, k, v, mask=mask, scale=self.key_dim**-0.5)  # [B, T, N, H]
             return self._output(x)
         else:
@@ -410,7 +447,7 @@ class MultiHeadAttention(keras.layers.Layer):
             if use_causal_mask:
                 causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2])
 
-        mask = masks.merge_masks(key_padding, attention_mask, causal)
+        mask = _merge(key_padding, attention_mask, causal)
         output, scores = self._attend(q, k, v, mask, training)
 
         outputs = (output,)
@@ -427,7 +464,7 @@ class MultiHeadAttention(keras.layers.Layer):
         # Softmax in float32: float16 logits overflow with the mask bias.
         logits = ops.cast(logits, "float32")
         if mask is not None:
-            logits += ops.expand_dims(masks.attention_bias(mask), 1)
+            logits += masks.attention_bias(mask)
         if logits.shape[-1] == 1:  # one key (a first decoding step): softmax is exactly 1, and Keras warns
             scores = ops.ones_like(logits, dtype=v.dtype)
         else:
@@ -438,8 +475,8 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _fused(self, return_attention_scores, training):
         """Whether this call takes the fused path (see the class docstring)."""
-        if return_attention_scores or self.fused_attention is False:
-            return False
+        if return_attention_scores or self.fused_attention is False or self.value_dim != self.key_dim:
+            return False  # (JAX's dot_product_attention takes one head size for queries and values)
         if self.dropout > 0 and training:
             return False
         return self.fused_attention or _computes_on_accelerator()
@@ -469,7 +506,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 "output_shape": self._output_dim,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "fused_attention": self.fused_attention,
             }
         )
+        if self.fused_attention is not None:  # (a config without it loads in the versions before it)
+            config["fused_attention"] = self.fused_attention
         return config

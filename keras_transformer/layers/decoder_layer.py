@@ -94,14 +94,16 @@ class DecoderLayer(TransformerBlock):
         )
 
         # Cross-attention block.
-        x, (scores, *_) = self._sublayer(
+        # (Scores only when asked for: without them the attention may take its fused path.)
+        x, extra = self._sublayer(
             x, self.cross_attention_norm, self.cross_attention_dropout,
             lambda h: self.cross_attention(
-                h, encoder_output, value_mask=encoder_output_mask, return_attention_scores=True,
+                h, encoder_output, value_mask=encoder_output_mask, return_attention_scores=return_attention_scores,
                 cache=cross_cache, training=training,
             ),
             training,
         )
+        scores = extra[0] if return_attention_scores else None
 
         # Feed-forward block.
         x = self._feed_forward_sublayer(x, training)

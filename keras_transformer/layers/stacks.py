@@ -140,13 +140,15 @@ class Decoder(_Stack):
         x = inputs
         all_scores, new_cache = [], []
         for i, layer in enumerate(self.stack):
-            x, scores, *layer_cache = layer(
+            out = layer(
                 x, encoder_output, inputs_mask=inputs_mask, encoder_output_mask=encoder_output_mask,
-                attention_mask=attention_mask, return_attention_scores=True,
+                attention_mask=attention_mask, return_attention_scores=return_attention_scores,
                 cache=None if cache is None else cache[i], cache_index=cache_index, training=training,
             )
-            all_scores.append(scores)
-            new_cache += layer_cache
+            x, *rest = out if isinstance(out, (tuple, list)) else (out,)
+            if return_attention_scores:
+                all_scores.append(rest.pop(0))
+            new_cache += rest
         if self.final_norm is not None:
             x = self.final_norm(x)
         outputs = (x,)

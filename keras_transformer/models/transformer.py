@@ -179,11 +179,14 @@ class Transformer(keras.Model):
         x = self._target_embedding(target)
         x = self.positional_encoding(x, start_index=0 if cache_index is None else cache_index)
         x = self.target_dropout(x, training=training)
-        x, scores, *new_cache = self.decoder(
+        out = self.decoder(
             x, encoder_output, inputs_mask=masks.padding_mask(target),
-            encoder_output_mask=source_mask, return_attention_scores=True,
+            encoder_output_mask=source_mask, return_attention_scores=return_attention_scores,
             cache=cache, cache_index=cache_index, training=training,
         )
+        x, *rest = out if isinstance(out, (tuple, list)) else (out,)
+        scores = rest.pop(0) if return_attention_scores else None
+        new_cache = rest
         if self.output_projection is None:
             logits = self._target_embedding(x, reverse=True)
         else:

@@ -224,8 +224,8 @@ def test_kernels_are_initialized_from_the_fans_of_their_matrix():
 def _fused_and_explicit(policy, **kwargs):
     keras.config.set_dtype_policy(policy)
     try:
-        fused = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=3, fused_attention=True, **kwargs)
-        explicit = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=3, fused_attention=False, **kwargs)
+        fused = MultiHeadAttention(num_heads=N, key_dim=4, fused_attention=True, **kwargs)
+        explicit = MultiHeadAttention(num_heads=N, key_dim=4, fused_attention=False, **kwargs)
     finally:
         keras.config.set_dtype_policy("float32")
     return fused, explicit
@@ -248,7 +248,11 @@ def test_the_fused_path_equals_the_explicit_one(policy, atol, self_attention):
     fused(query, value)
     explicit(query, value)
     explicit.set_weights(fused.get_weights())
+    assert fused._fused(False, None) and not explicit._fused(False, None)
+    per_head = rng.uniform(size=(B, N, T, value.shape[1])) > 0.3
+    per_head[..., 0] = True
     for kwargs in (dict(value_mask=value_mask), dict(attention_mask=attention_mask),
+                   dict(attention_mask=attention_mask[0]), dict(attention_mask=per_head, value_mask=value_mask),
                    dict(value_mask=value_mask, use_causal_mask=self_attention), {}):
         outputs, gradients = [], []
         for layer in (fused, explicit):
@@ -277,6 +281,37 @@ def test_the_fused_path_stands_aside_for_scores_dropout_and_the_cache():
     np.testing.assert_allclose(np.sum(scores, axis=-1), 1.0, atol=1e-5)
     trained = layer(x, x, training=True)
     assert not np.allclose(trained, layer(x, x))  # dropout applied: the explicit path ran
+    # JAX's dot_product_attention takes one head size for queries and values.
+    assert not MultiHeadAttention(num_heads=N, key_dim=4, value_dim=3, fused_attention=True)._fused(False, False)
     auto = MultiHeadAttention(num_heads=N, key_dim=4)
     assert auto.fused_attention is None and not auto._fused(False, False)  # TensorFlow on a CPU: explicit
     assert MultiHeadAttention.from_config(layer.get_config()).fused_attention is True
+    assert "fused_attention" not in auto.get_config()  # a default config loads in earlier versions too
+
+
+@pytest.mark.parametrize("shape", ["T,S", "B,T,S", "B,1,S", "B,N,T,S"])
+def test_attention_masks_of_every_shape_keras_takes(shape):
+    # keras.layers.MultiHeadAttention takes [T, S], [B, T, S] and [B, N, T, S]
+    # masks (multi_head_attention.py, _masked_softmax expands from the heads
+    # axis); with the same weights ours gives the same output and scores.
+    rng = np.random.default_rng(2)
+    query = rng.normal(size=(B, T, D)).astype("float32")
+    value = rng.normal(size=(B, S, D)).astype("float32")
+    sizes = {"B": B, "T": T, "S": S, "N": N, "1": 1}
+    mask = rng.uniform(size=[sizes[d] for d in shape.split(",")]) > 0.4
+    mask[..., 0] = True
+    ours = MultiHeadAttention(num_heads=N, key_dim=4)
+    theirs = keras.layers.MultiHeadAttention(num_heads=N, key_dim=4)
+    ours(query, value)
+    theirs(query, value)
+    theirs.set_weights(ours.get_weights())
+    output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
+    expected, expected_scores = theirs(query, value, attention_mask=mask, return_attention_scores=True)
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+
+
+def test_an_attention_mask_of_another_rank_is_refused_by_name():
+    x = np.zeros((B, T, D), "float32")
+    with pytest.raises(ValueError, match=r"`attention_mask` must have shape \[T, S\], \[B, T, S\] or \[B, N, T, S\]"):
+        MultiHeadAttention(num_heads=N, key_dim=4)(x, x, attention_mask=np.ones((T,), bool))
