@@ -5,8 +5,8 @@
 Writes .gpu/ (git-ignored; `carry` it to the GPU machine): vocab.txt (learned from the
 lowercased, tokenized training text unless --vocab names one), train.npz (the (source, target)
 id pairs of `data.tokenized_pairs`, through `save_token_arrays`) and, with --wheels, wheels/:
-Keras and keras-hub at the versions installed here, and the two Keras needs that the GPU
-machine's image lacks (namex, optree), for its Python 3.12.
+Keras and keras-hub at the versions installed here, and what else of their needs the GPU
+machine's image lacks (namex, optree, kagglehub, kagglesdk), for its Python 3.12.
 """
 
 import argparse
@@ -18,8 +18,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-# Where the GPU machine's image has everything else Keras and keras-hub import.
-WHEELS = ("keras", "keras-hub", "namex", "optree")
+# What the GPU machine's image lacks of Keras's and keras-hub's needs (it has absl-py, h5py,
+# ml-dtypes, numpy, packaging, regex, rich, sentencepiece and tokenizers; keras-hub imports
+# kagglehub for presets, which this run does not load).
+WHEELS = ("keras", "keras-hub", "namex", "optree", "kagglehub", "kagglesdk")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -28,7 +30,7 @@ def download_wheels(out):
 
     os.makedirs(out, exist_ok=True)
     for name in WHEELS:
-        spec = f"{name}=={version(name)}" if name in ("keras", "keras-hub") else name
+        spec = f"{name}=={version(name)}"  # the versions tested here
         command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                    "--python-version", "3.12", "--implementation", "cp", "-d", out, spec]
         for platform in PLATFORMS:

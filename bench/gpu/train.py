@@ -72,15 +72,19 @@ class _Fixed(keras.utils.PyDataset):
 
 
 def one_shape(batches):
-    """The indices of `batches`' full batches of its most common bucket."""
+    """The indices of `batches`' full batches of its most common bucket (all its
+    batches, when none is full)."""
     full = [i for i, (bucket, members) in enumerate(batches._plan) if len(members) == batches._sizes[bucket]]
-    buckets = [batches._plan[i][0] for i in full]
+    candidates = full or list(range(len(batches._plan)))
+    buckets = [batches._plan[i][0] for i in candidates]
     common = max(set(buckets), key=buckets.count)
-    return [i for i in full if batches._plan[i][0] == common]
+    return [i for i in candidates if batches._plan[i][0] == common]
 
 
 def build(kind, sizes, vocab_size, max_length):
     keras.utils.set_random_seed(0)
+    if sizes.get("attention_dropout") is not None and kind != "ours":
+        sizes = {k: v for k, v in sizes.items() if k != "attention_dropout"}  # the peers have one dropout
     if kind == "ours":
         model = Transformer(vocab_size, vocab_size, max_length=max_length, **sizes)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=MaskedCrossEntropy(label_smoothing=0.1))
@@ -93,8 +97,15 @@ def build(kind, sizes, vocab_size, max_length):
     return model
 
 
-def measure(args, batches, kind, preset):
+def _sizes(args, preset):
     sizes = dict(PRESETS[preset])
+    if args.attention_dropout is not None:
+        sizes["attention_dropout"] = args.attention_dropout
+    return sizes
+
+
+def measure(args, batches, kind, preset):
+    sizes = _sizes(args, preset)
     indices = one_shape(batches)
     (inputs, labels) = batches[indices[0]]
     batch, source_width = inputs["source"].shape
@@ -129,7 +140,7 @@ class _Deadline(keras.callbacks.Callback):
 
 
 def train_for_bleu(args, steps_per_second, compile_seconds):
-    sizes = dict(PRESETS[args.bleu_preset])
+    sizes = _sizes(args, args.bleu_preset)
     # Few shapes, since jit compiles a step for each: wide buckets, padded to their bound, with
     # each bucket's last batch filled with padding rows (masked out of the loss).
     batches = TokenBatches(args.arrays, args.tokens_per_batch, args.max_length, seed=1,
@@ -185,7 +196,14 @@ def main(argv=None):
     p.add_argument("--bleu-preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--warmup", type=int, default=800, help="the training run's warm-up steps")
     p.add_argument("--lr-scale", type=float, default=1.1)
+    p.add_argument("--attention-dropout", type=float, default=None,
+                   help="ours: attention dropout (default: the preset's dropout); 0 lets attention take "
+                        "the fused path (flash attention) while training")
+    p.add_argument("--deadline-minutes", type=float, default=9.0,
+                   help="the whole run's wall-clock limit: measurements that would leave the training run "
+                        "too little time are skipped, and the training run is shortened to fit")
     args = p.parse_args(argv)
+    deadline = time.monotonic() + args.deadline_minutes * 60
     vocab_file = args.vocab_file or os.path.join(os.path.dirname(args.arrays), "vocab.txt")
     with open(vocab_file, encoding="utf-8") as f:
         args.vocab = f.read().split("\n")[:-1]
@@ -194,17 +212,33 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()}, policy {args.dtype_policy}, devices "
           f"{_devices()}, vocabulary {len(args.vocab)}", flush=True)
     batches = TokenBatches(args.arrays, args.tokens_per_batch, args.max_length, pad_to_bucket_boundary=True)
-    rows = [measure(args, batches, kind, preset) for preset in args.presets for kind in args.models]
+    rows, result = [], dict(throughput=[])
+    for preset in args.presets:
+        for kind in args.models:
+            reserve = args.train_minutes * 60 + 60  # the training run, and saving its weights
+            if deadline - time.monotonic() < reserve + 30:
+                print(f"{preset} {kind}: skipped, to leave the training run its time", flush=True)
+                continue
+            try:
+                rows.append(measure(args, batches, kind, preset))
+            except Exception as error:  # one model failing (an import, memory) leaves the others their turn
+                print(f"{preset} {kind}: FAILED: {type(error).__name__}: {error}"[:2000], flush=True)
+            result["throughput"] = rows
+            _write(args, result)
     for preset in args.presets:
         ours = [r for r in rows if r["preset"] == preset and r["model"] == "ours"]
         for row in rows:
             if ours and row["preset"] == preset and row["model"] != "ours":
                 print(f"{preset}: ours / {row['model']}: {ours[0]['tokens_per_s'] / row['tokens_per_s']:.2f}x")
-    result = dict(throughput=rows)
     if args.train_minutes > 0:
+        args.train_minutes = min(args.train_minutes, (deadline - time.monotonic() - 60) / 60)
         ours = [r for r in rows if r["preset"] == args.bleu_preset and r["model"] == "ours"]
         speed, compile_seconds = (ours[0]["steps_per_s"], ours[0]["warmup_s"]) if ours else (1.0, 0.0)
         result["training"] = train_for_bleu(args, speed, compile_seconds)
+    _write(args, result)
+
+
+def _write(args, result):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
 

@@ -11,6 +11,7 @@ as `token_batches`.
     model.fit(TokenBatches("train.npz", tokens_per_batch=4096, max_length=128), epochs=10)
 """
 
+import numbers
 from typing import Iterable, List, Sequence, Tuple
 
 import keras
@@ -104,7 +105,9 @@ class TokenBatches(keras.utils.PyDataset):
             padding alone (which `MaskedCrossEntropy` and `MaskedAccuracy`
             leave out) up to the bucket's batch size; with
             `pad_to_bucket_boundary`, each bucket then has one shape, and
-            `jax.jit` compiles the step once per bucket.
+            `jax.jit` compiles the step once per bucket. The gradients are
+            those of the real rows, but the epoch loss `fit` reports weights
+            each batch by its rows, filler rows included.
         boundaries: the buckets' upper bounds (exclusive), increasing and
             past `max_length`; default `bucket_boundaries(max_length)`.
             Fewer, wider buckets mean fewer shapes and more padding.
@@ -127,6 +130,8 @@ class TokenBatches(keras.utils.PyDataset):
         self.fill_batches = bool(fill_batches)
         if boundaries is None:
             boundaries = bucket_boundaries(self.max_length)
+        if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in boundaries):
+            raise ValueError(f"`boundaries` must be integers. Received: boundaries={list(boundaries)}")
         boundaries = [int(b) for b in boundaries]
         if (not boundaries or boundaries[0] < 2 or any(b <= a for a, b in zip(boundaries, boundaries[1:]))
                 or boundaries[-1] <= self.max_length):

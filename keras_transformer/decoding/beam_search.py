@@ -22,7 +22,7 @@ def _gather_beams(x, beam_index):
     rows of x flattened to [B * K, ...]."""
     batch, k, *rest = ops.shape(x)
     rows = ops.reshape(beam_index + ops.arange(batch)[:, None] * k, [-1])
-    picked = ops.take(ops.reshape(x, [-1, *rest]), rows, axis=0)
+    picked = ops.take(ops.reshape(x, [batch * k, *rest]), rows, axis=0)  # (no -1: sizes may be 0)
     return ops.reshape(picked, [batch, ops.shape(beam_index)[1], *rest])
 
 
@@ -65,7 +65,7 @@ class BeamSearch(DecodingStrategy):
 
     def prefix(self, rows, i):
         live_ids = rows[0]["ids"]  # [n, K, L]
-        return ops.reshape(live_ids[:, :, :i], [ops.shape(live_ids)[0] * self.width, -1])
+        return ops.reshape(live_ids[:, :, :i], [ops.shape(live_ids)[0] * self.width, i])
 
     def step(self, i, logits, attention, rows, limits, at_limit):
         live, done = rows

@@ -21,6 +21,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_transformer.layers import validation
+
 
 class DecodingStrategy:
     """How a search picks the next tokens; a decoding loop runs around it.
@@ -103,10 +105,14 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     (`keras_transformer.decoding.loop.decode`) on the TensorFlow backend,
     `decode_fixed` on the others, where `cache_chunk` is not used (a cache
     that grows cannot be traced by `jax.jit`)."""
+    if isinstance(max_extra_length, numbers.Integral) or isinstance(max_extra_length, (bool, float)):
+        validation.check_int_at_least("max_extra_length", max_extra_length, 0, " or None")
     if keras.backend.backend() == "tensorflow":
         from keras_transformer.decoding import loop
 
         return loop.decode(model, source, max_length, strategy, use_cache, max_extra_length, cache_chunk)
+    if cache_chunk is not None:  # unused here, but refused as TensorFlow's loop refuses it
+        validation.check_int_at_least("cache_chunk", cache_chunk, 1, " or None")
     return decode_fixed(model, source, max_length, strategy, use_cache, max_extra_length)
 
 
@@ -175,7 +181,7 @@ def decode_fixed(model, source, max_length, strategy, use_cache=True, max_extra_
             position = ops.reshape(i, [1])
             logits = ops.take(logits, position, axis=1)
             scores = [[ops.take(layer, position, axis=2) for layer in scores[0]]] if with_scores else scores
-        logits = ops.reshape(logits, [batch, k, -1])  # [B, K, V]
+        logits = ops.reshape(logits, [batch, k, ops.shape(logits)[-1]])  # [B, K, V] (no -1: B may be 0)
         attention = None
         if with_scores:
             attention = attention_rows(scores[0][-1][:, :, -1:], batch, k, strategy.attention == "heads")

@@ -89,6 +89,11 @@ def decode_under_jit(model, data):
     uncached = beam_search(model, source, 32, beam_size=4, alpha=0.6, max_extra_length=50, use_cache=False)
     np.testing.assert_array_equal(np.asarray(beam["ids"])[:, 0], np.asarray(uncached["ids"])[:, 0])
     np.testing.assert_allclose(np.asarray(beam["scores"]), np.asarray(uncached["scores"]), atol=1e-4)
+    # Empty sources and empty batches give empty results, as on TensorFlow.
+    for empty in (np.zeros((2, 0), "int32"), np.zeros((0, 5), "int32")):
+        assert np.asarray(greedy_decode(model, empty, 4)).shape == (len(empty), 4)
+        out = beam_search(model, empty, 4, beam_size=2, return_attention=True)
+        assert out["ids"].shape == (len(empty), 2, 4) and out["attention"].shape == (len(empty), 2, 4, empty.shape[1])
     try:  # the preallocated cache's size must be known when traced
         greedy_decode(model, source, np.float32(8))
     except ValueError as error:

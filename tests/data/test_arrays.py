@@ -178,6 +178,6 @@ def test_padding_rows_change_neither_the_loss_nor_its_gradient():
 
 def test_bad_boundaries_are_refused(arrays):
     path, _ = arrays
-    for bounds in ([10, 20], [10, 10, 40], [1, 40], []):
+    for bounds in ([10, 20], [10, 10, 40], [1, 40], [], [10.5, 40]):
         with pytest.raises(ValueError, match="boundaries"):
             TokenBatches(path, max_length=32, boundaries=bounds)

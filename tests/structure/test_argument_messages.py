@@ -16,6 +16,8 @@ def _calls():
         ("beam_size", 0, lambda: beam_search(None, [[2, 3]], 4, beam_size=0)),
         ("beam_size", 2.5, lambda: beam_search(None, [[2, 3]], 4, beam_size=2.5)),
         ("cache_chunk", 0, lambda: greedy_decode(None, [[2, 3]], 4, cache_chunk=0)),
+        ("max_extra_length", -1, lambda: greedy_decode(None, [[2, 3]], 4, max_extra_length=-1)),
+        ("max_extra_length", 1.5, lambda: beam_search(None, [[2, 3]], 4, max_extra_length=1.5)),
         ("beam_size", 0, lambda: Translator(None, None, beam_size=0)),
         ("max_extra_length", -1, lambda: Translator(None, None, max_extra_length=-1)),
         ("text_processing", "'spacy'", lambda: Translator(None, None, text_processing="spacy")),
