@@ -6,7 +6,7 @@ Writes .gpu/ (git-ignored; `carry` it to the GPU machine): vocab.txt (learned fr
 lowercased, tokenized training text unless --vocab names one), train.npz (the (source, target)
 id pairs of `data.tokenized_pairs`, through `save_token_arrays`) and, with --wheels, wheels/:
 Keras and keras-hub at the versions installed here, and what else of their needs the GPU
-machine's image lacks (namex, optree, kagglehub, kagglesdk), for its Python 3.12.
+machine's image lacks (namex, optree), for its Python 3.12.
 """
 
 import argparse
@@ -19,9 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 # What the GPU machine's image lacks of Keras's and keras-hub's needs (it has absl-py, h5py,
-# ml-dtypes, numpy, packaging, regex, rich, sentencepiece and tokenizers; keras-hub imports
-# kagglehub for presets, which this run does not load).
-WHEELS = ("keras", "keras-hub", "namex", "optree", "kagglehub", "kagglesdk")
+# ml-dtypes, numpy, packaging, regex, rich, sentencepiece and tokenizers). Not kagglehub:
+# keras-hub runs without it (preset_utils sets it to None), but a kagglehub carried without
+# its own needs would fail keras-hub's import.
+WHEELS = ("keras", "keras-hub", "namex", "optree")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 

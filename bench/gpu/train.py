@@ -120,7 +120,8 @@ def measure(args, batches, kind, preset):
     assert np.isfinite(history.history["loss"][-1]), history.history
     tokens = batch * target_width * args.measure_steps / seconds
     flops = train_step_flops(sizes, len(args.vocab), batch, source_width, target_width) * args.measure_steps / seconds
-    row = dict(preset=preset, model=kind, batch=[int(batch), int(source_width), int(target_width)],
+    row = dict(preset=preset, model=kind, attention_dropout=sizes.get("attention_dropout"),
+               batch=[int(batch), int(source_width), int(target_width)],
                params=model.count_params(), tokens_per_s=tokens, tflops=flops / 1e12,
                mfu=flops / (args.peak_tflops * 1e12), warmup_s=compiled, steps_per_s=args.measure_steps / seconds)
     print(f"{preset:5s} {kind:9s} batch {batch}x{source_width}/{target_width}: {tokens:12,.0f} target tokens/s, "
@@ -148,12 +149,18 @@ def train_for_bleu(args, steps_per_second, compile_seconds):
                            boundaries=bucket_boundaries(args.max_length, min_step=6, growth=1.3))
     keras.utils.set_random_seed(1)
     model = Transformer(len(args.vocab), len(args.vocab), max_length=args.max_length + 2, **sizes)
-    optimizer = translation_optimizer(sizes["d_model"], args.warmup, args.lr_scale, schedule="linear")
-    # JAX traces the step once, so the linear decay's end is fixed now: the steps that fit in the
-    # time at the measured speed, after compiling one step per bucket.
-    shapes = len({bucket for bucket, _ in batches._plan})
-    total = max(args.warmup + 1, int((args.train_minutes * 60 - shapes * compile_seconds) * steps_per_second))
-    fit_schedule_to_run(optimizer, total)
+    if steps_per_second is None:
+        # No measured speed to place the linear decay's end by: the paper's schedule needs none.
+        print("no measured speed for this preset: training on the inverse square root schedule", flush=True)
+        optimizer = translation_optimizer(sizes["d_model"], args.warmup, args.lr_scale)
+        total = None
+    else:
+        optimizer = translation_optimizer(sizes["d_model"], args.warmup, args.lr_scale, schedule="linear")
+        # JAX traces the step once, so the linear decay's end is fixed now: the steps that fit in
+        # the time at the measured speed, after compiling one step per bucket.
+        shapes = len({bucket for bucket, _ in batches._plan})
+        total = max(args.warmup + 1, int((args.train_minutes * 60 - shapes * compile_seconds) * steps_per_second))
+        fit_schedule_to_run(optimizer, total)
     model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(label_smoothing=0.1), metrics=[MaskedAccuracy()])
     start = time.perf_counter()
     history = model.fit(batches, epochs=10_000, shuffle=False, verbose=0,
@@ -161,7 +168,7 @@ def train_for_bleu(args, steps_per_second, compile_seconds):
     minutes = (time.perf_counter() - start) / 60
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     losses = history.history["loss"]
-    print(f"{args.bleu_preset}: {steps} steps ({total} planned) in {minutes:.1f} min, {len(losses)} epochs "
+    print(f"{args.bleu_preset}: {steps} steps ({total or 'no end'} planned) in {minutes:.1f} min, {len(losses)} epochs "
           f"of {len(batches)} batches, last epoch's loss {losses[-1]:.3f}", flush=True)
     # The weights alone (save_weights would add the optimizer's slots, twice their size).
     weights_only = Transformer(len(args.vocab), len(args.vocab), max_length=args.max_length + 2, **sizes)
@@ -174,6 +181,7 @@ def train_for_bleu(args, steps_per_second, compile_seconds):
                          "choose a smaller --bleu-preset")
     with open(os.path.join(args.out, "model.json"), "w") as f:
         json.dump(dict(preset=args.bleu_preset, vocab_size=len(args.vocab), max_length=args.max_length + 2,
+                       attention_dropout=args.attention_dropout,
                        steps=steps, minutes=minutes, losses=losses, backend=keras.backend.backend(),
                        dtype_policy=keras.config.dtype_policy().name), f)
     return dict(steps=steps, minutes=minutes, loss=losses[-1])
@@ -215,8 +223,10 @@ def main(argv=None):
     rows, result = [], dict(throughput=[])
     for preset in args.presets:
         for kind in args.models:
-            reserve = args.train_minutes * 60 + 60  # the training run, and saving its weights
-            if deadline - time.monotonic() < reserve + 30:
+            # The training run and saving its weights, and this measurement (as long as the longest so far).
+            reserve = args.train_minutes * 60 + 60 + max([r["warmup_s"] + args.measure_steps / r["steps_per_s"]
+                                                          for r in rows] or [30])
+            if deadline - time.monotonic() < reserve:
                 print(f"{preset} {kind}: skipped, to leave the training run its time", flush=True)
                 continue
             try:
@@ -230,10 +240,14 @@ def main(argv=None):
         for row in rows:
             if ours and row["preset"] == preset and row["model"] != "ours":
                 print(f"{preset}: ours / {row['model']}: {ours[0]['tokens_per_s'] / row['tokens_per_s']:.2f}x")
+    _write(args, result)
     if args.train_minutes > 0:
         args.train_minutes = min(args.train_minutes, (deadline - time.monotonic() - 60) / 60)
+        if args.train_minutes < 1:
+            print(f"no training run: {args.train_minutes:.1f} min left before the deadline", flush=True)
+            return
         ours = [r for r in rows if r["preset"] == args.bleu_preset and r["model"] == "ours"]
-        speed, compile_seconds = (ours[0]["steps_per_s"], ours[0]["warmup_s"]) if ours else (1.0, 0.0)
+        speed, compile_seconds = (ours[0]["steps_per_s"], ours[0]["warmup_s"]) if ours else (None, 0.0)
         result["training"] = train_for_bleu(args, speed, compile_seconds)
     _write(args, result)
 

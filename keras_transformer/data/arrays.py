@@ -130,6 +130,7 @@ class TokenBatches(keras.utils.PyDataset):
         self.fill_batches = bool(fill_batches)
         if boundaries is None:
             boundaries = bucket_boundaries(self.max_length)
+        boundaries = list(boundaries)
         if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) for b in boundaries):
             raise ValueError(f"`boundaries` must be integers. Received: boundaries={list(boundaries)}")
         boundaries = [int(b) for b in boundaries]

@@ -19,6 +19,7 @@ source length, V the vocabulary, N heads.
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_transformer.layers import validation
@@ -105,8 +106,11 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     (`keras_transformer.decoding.loop.decode`) on the TensorFlow backend,
     `decode_fixed` on the others, where `cache_chunk` is not used (a cache
     that grows cannot be traced by `jax.jit`)."""
-    if isinstance(max_extra_length, numbers.Integral) or isinstance(max_extra_length, (bool, float)):
-        validation.check_int_at_least("max_extra_length", max_extra_length, 0, " or None")
+    if isinstance(max_extra_length, (numbers.Number, np.generic)) or (
+            isinstance(max_extra_length, np.ndarray) and max_extra_length.ndim == 0):
+        # A Python or NumPy number (a tensor is the graph's to check).
+        value = max_extra_length.item() if isinstance(max_extra_length, (np.generic, np.ndarray)) else max_extra_length
+        validation.check_int_at_least("max_extra_length", value, 0, " or None")
     if keras.backend.backend() == "tensorflow":
         from keras_transformer.decoding import loop
 

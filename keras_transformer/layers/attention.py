@@ -195,7 +195,9 @@ class MultiHeadAttention(keras.layers.Layer):
         bias_initializer: initializer for the projection biases.
         fused_attention: None (default): the fused path on a GPU with the
             JAX or PyTorch backend, where it can be used; True:
-            wherever it can be used (any backend and device); False: never.
+            wherever it can be used (any backend and device; on a TPU,
+            Keras's splash-attention path outside `jax.jit` reads one
+            sentence's mask for the whole batch); False: never.
 
     Call arguments:
         query: [B, T, Dq] tensor.

@@ -181,3 +181,4 @@ def test_bad_boundaries_are_refused(arrays):
     for bounds in ([10, 20], [10, 10, 40], [1, 40], [], [10.5, 40]):
         with pytest.raises(ValueError, match="boundaries"):
             TokenBatches(path, max_length=32, boundaries=bounds)
+    assert TokenBatches(path, max_length=32, boundaries=(b for b in [10, 40]))._bounds == [9, 32]  # any iterable

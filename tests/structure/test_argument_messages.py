@@ -1,5 +1,6 @@
 """Argument checks outside the layers speak as the layers do: "`name` must be ... Received: name=value"."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -18,6 +19,8 @@ def _calls():
         ("cache_chunk", 0, lambda: greedy_decode(None, [[2, 3]], 4, cache_chunk=0)),
         ("max_extra_length", -1, lambda: greedy_decode(None, [[2, 3]], 4, max_extra_length=-1)),
         ("max_extra_length", 1.5, lambda: beam_search(None, [[2, 3]], 4, max_extra_length=1.5)),
+        ("max_extra_length", -1, lambda: beam_search(None, [[2, 3]], 4, max_extra_length=np.int32(-1))),
+        ("max_extra_length", 1.5, lambda: greedy_decode(None, [[2, 3]], 4, max_extra_length=np.float32(1.5))),
         ("beam_size", 0, lambda: Translator(None, None, beam_size=0)),
         ("max_extra_length", -1, lambda: Translator(None, None, max_extra_length=-1)),
         ("text_processing", "'spacy'", lambda: Translator(None, None, text_processing="spacy")),
