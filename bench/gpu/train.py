@@ -36,6 +36,7 @@ from keras_transformer import PRESETS  # noqa: E402
 from keras_transformer import Transformer  # noqa: E402
 from keras_transformer.data.arrays import TokenBatches  # noqa: E402
 from keras_transformer.data.arrays import bucket_boundaries  # noqa: E402
+from keras_transformer.training.callbacks import TimeBudget  # noqa: E402
 from keras_transformer.training.losses import MaskedAccuracy  # noqa: E402
 from keras_transformer.training.losses import MaskedCrossEntropy  # noqa: E402
 from keras_transformer.training.schedules import fit_schedule_to_run  # noqa: E402
@@ -130,16 +131,6 @@ def measure(args, batches, kind, preset):
     return row
 
 
-class _Deadline(keras.callbacks.Callback):
-    def __init__(self, seconds):
-        super().__init__()
-        self.end = time.monotonic() + seconds
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() > self.end:
-            self.model.stop_training = True
-
-
 def train_for_bleu(args, steps_per_second, compile_seconds):
     sizes = _sizes(args, args.bleu_preset)
     # Few shapes, since jit compiles a step for each: wide buckets, padded to their bound, with
@@ -164,7 +155,7 @@ def train_for_bleu(args, steps_per_second, compile_seconds):
     model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(label_smoothing=0.1), metrics=[MaskedAccuracy()])
     start = time.perf_counter()
     history = model.fit(batches, epochs=10_000, shuffle=False, verbose=0,
-                        callbacks=[_Deadline(args.train_minutes * 60)])
+                        callbacks=[TimeBudget(args.train_minutes)])
     minutes = (time.perf_counter() - start) / 60
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     losses = history.history["loss"]

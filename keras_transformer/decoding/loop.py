@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from keras_transformer.decoding.strategy import DecodingStrategy  # noqa: F401 - its home before strategy.py
 from keras_transformer.decoding.strategy import attention_rows
+from keras_transformer.decoding.strategy import encode_for_search
 from keras_transformer.decoding.strategy import never_generated  # noqa: F401 - likewise
 from keras_transformer.decoding.strategy import sentence_limits
 from keras_transformer.layers import validation
@@ -158,10 +159,7 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     k = strategy.width
     limits = sentence_limits(source, max_length, max_extra_length)
 
-    encoder_output, source_mask = model.encode(source)
-    if k > 1:
-        encoder_output = tf.repeat(encoder_output, k, axis=0)  # [B * K, S, D]
-        source_mask = tf.repeat(source_mask, k, axis=0)
+    encoder_output, source_mask = encode_for_search(model, source, k)  # [B * K, S, D]
     cache = init_decoder_cache(model, encoder_output, max_length, cache_chunk) if use_cache else []
     start = tf.constant(strategy.start_id, tf.int32)
     last = tf.fill([batch * k], start)  # each hypothesis's newest token

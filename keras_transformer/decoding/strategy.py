@@ -101,6 +101,16 @@ def attention_rows(scores, n, k, per_head):
     return ops.reshape(rows, [n, k, *ops.shape(rows)[1:]])
 
 
+def encode_for_search(model, source, width):
+    """The encoder's output and source mask of `source`, each sentence's rows
+    repeated `width` times (one per hypothesis): [B * K, S, D] and its mask."""
+    encoder_output, source_mask = model.encode(source)
+    if width > 1:
+        encoder_output = ops.repeat(encoder_output, width, axis=0)
+        source_mask = ops.repeat(source_mask, width, axis=0)
+    return encoder_output, source_mask
+
+
 def decode(model, source, max_length, strategy, use_cache=True, max_extra_length=None, cache_chunk=16):
     """Runs `strategy` over a `Transformer`: TensorFlow's loop
     (`keras_transformer.decoding.loop.decode`) on the TensorFlow backend,
@@ -163,10 +173,7 @@ def decode_fixed(model, source, max_length, strategy, use_cache=True, max_extra_
     batch, source_length = ops.shape(source)
     k = strategy.width
     limits = sentence_limits(source, max_length, max_extra_length)
-    encoder_output, source_mask = model.encode(source)
-    if k > 1:
-        encoder_output = ops.repeat(encoder_output, k, axis=0)  # [B * K, S, D]
-        source_mask = ops.repeat(source_mask, k, axis=0)
+    encoder_output, source_mask = encode_for_search(model, source, k)
     cache = model.init_cache(encoder_output, max_length) if use_cache else []
     with_scores = strategy.attention is not None
     hypothesis_rows = ops.arange(batch)[:, None] * k

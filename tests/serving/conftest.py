@@ -1,5 +1,6 @@
 """An exported toy model (two versions) and a model server running it in a subprocess."""
 
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,23 @@ def serving_exports(tmp_path_factory):
     export_saved_model(toy_model(tokenizer, 1), tokenizer.vocab, base, version=1, **options)
     export_saved_model(toy_model(tokenizer, 2), tokenizer.vocab, staging, version=2, **options)
     return base, staging, tokenizer
+
+
+def read_to_close(sock) -> bytes:
+    """Everything `sock` receives until the other side closes it; then closes it."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    return received
+
+
+def json_reply(sock):
+    """The JSON body of the one HTTP response `sock` receives before it closes, checked to be 200."""
+    reply = read_to_close(sock)
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply[:300]
+    return json.loads(payload)
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ answers that cannot be formed."""
 
 import contextlib
 import http.server
-import json
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from serving.server import ModelServer
 from serving.server import ServerConfig
 from serving.server import main
 from tests.serving.conftest import ROOT
+from tests.serving.conftest import json_reply
 
 
 def _port_is_free(port):
@@ -289,13 +289,7 @@ def test_a_drain_refuses_new_connections_before_it_waits_and_answers_the_request
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert drain.is_alive()  # it waits for the request in flight
     manager.loaded.release.set()
-    reply = b""
-    while chunk := sock.recv(65536):
-        reply += chunk
-    sock.close()
-    head, _, payload = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), reply[:300]
-    assert json.loads(payload) == {"predictions": [1, 2, 3]}
+    assert json_reply(sock) == {"predictions": [1, 2, 3]}
     drain.join(10)
     assert not drain.is_alive()
 

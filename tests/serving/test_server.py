@@ -19,6 +19,8 @@ from serving.client import GrpcClient
 from serving.client import RestClient
 from serving.client import ServingError
 from tests.serving.conftest import SENTENCES
+from tests.serving.conftest import json_reply
+from tests.serving.conftest import read_to_close
 
 
 def test_every_signature_metadata_and_status(server, in_process):
@@ -274,12 +276,9 @@ def _until_closed(port, request: bytes, timeout=30) -> bytes:
     """Sends raw bytes to the REST port; returns everything that comes back until the server closes."""
     import socket
 
-    with socket.create_connection(("localhost", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
+    sock = socket.create_connection(("localhost", port), timeout=timeout)
+    sock.sendall(request)
+    return read_to_close(sock)
 
 
 def _chunked(body: bytes, size: int = 7) -> bytes:
@@ -569,13 +568,7 @@ def test_sigterm_finishes_accepted_requests_then_exits(server):
     answers = [future.result() for future in pending]  # raises if any accepted request was dropped
     assert all(len(a.outputs["translation"].string_val) == len(SENTENCES) * 4 for a in answers)
     for sock in rest_sockets:
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-        sock.close()
-        head, _, payload = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), reply[:300]
-        assert len(json.loads(payload)["predictions"]) == len(SENTENCES) * 4
+        assert len(json_reply(sock)["predictions"]) == len(SENTENCES) * 4
     assert server.process.wait(60) == 0
     # Well within the 30 s grace: nothing was left counted in flight, and the idle keep-alive
     # connection did not hold the exit.
