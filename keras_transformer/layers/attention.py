@@ -88,7 +88,7 @@ def _as_matrix(initializer, matrix_shape):
     return initialize
 
 
-def _per_head(attention_mask):
+def _per_head(attention_mask, num_heads):
     """An attention mask of Keras's shapes, [T, S], [B, T, S] (or [B, 1, S]) or
     [B, N, T, S], as a bool mask of rank 4 (size 1 where it is the same for
     every head, or every sentence)."""
@@ -98,6 +98,11 @@ def _per_head(attention_mask):
     if rank not in (2, 3, 4):
         raise ValueError(
             "`attention_mask` must have shape [T, S], [B, T, S] or [B, N, T, S]. "
+            f"Received: attention_mask.shape={tuple(attention_mask.shape)}"
+        )
+    if rank == 4 and attention_mask.shape[1] not in (None, 1, num_heads):
+        raise ValueError(
+            f"A per-head `attention_mask` [B, N, T, S] must have 1 or num_heads={num_heads} heads. "
             f"Received: attention_mask.shape={tuple(attention_mask.shape)}"
         )
     mask = ops.cast(attention_mask, "bool")
@@ -414,7 +419,7 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         if key is None:
             key, key_mask = value, value_mask
-        attention_mask = _per_head(attention_mask)
+        attention_mask = _per_head(attention_mask, self.num_heads)
         key_padding = value_mask
         if key_mask is not None:
             key_padding = key_mask if key_padding is None else ops.logical_and(key_padding, key_mask)

@@ -313,5 +313,9 @@ def test_attention_masks_of_every_shape_keras_takes(shape):
 
 def test_an_attention_mask_of_another_rank_is_refused_by_name():
     x = np.zeros((B, T, D), "float32")
+    # A per-head mask for another number of heads (TensorFlow failed with a broadcast error).
+    y = np.zeros((2, 5, 8), "float32")
+    with pytest.raises(ValueError, match=r"per-head `attention_mask`.*num_heads=2 heads.*\(2, 3, 5, 5\)"):
+        MultiHeadAttention(num_heads=2, key_dim=4)(y, y, attention_mask=np.ones((2, 3, 5, 5), bool))
     with pytest.raises(ValueError, match=r"`attention_mask` must have shape \[T, S\], \[B, T, S\] or \[B, N, T, S\]"):
         MultiHeadAttention(num_heads=N, key_dim=4)(x, x, attention_mask=np.ones((T,), bool))
