@@ -20,9 +20,26 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# The tests, the docs' Python blocks (tests/test_docs.py) and the package's docstring examples.
-test: $(STAMP)
+# PyTorch for its smoke test (tests/backends/test_torch_backend.py): the CPU build, which lies on this
+# machine's disk (PyPI's plain `torch` is a CUDA build of several GB). Elsewhere: TORCH="torch --index-url ...".
+TORCH ?= torch==2.13.0
+TORCH_STAMP := $(VENV)/.torch-installed
+$(TORCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q $(TORCH)
+	touch $(TORCH_STAMP)
+
+# The layer, model and training tests that run again on the JAX backend (the rest need TensorFlow's).
+# Left out there: the loss-scaling resume (a minute of float16, which JAX's CPU emulates; the logic is
+# Keras's LossScaleOptimizer, the same on both, and runs on TensorFlow's).
+JAX_TESTS ?= tests/layers tests/models tests/training/test_fit.py tests/training/test_resume.py \
+	tests/training/test_losses_and_schedules.py tests/data/test_arrays.py \
+	--deselect tests/training/test_resume.py::test_resume_counts_batches_not_optimizer_steps_under_loss_scaling
+
+# The tests, the docs' Python blocks (tests/test_docs.py) and the package's docstring examples, on
+# TensorFlow's backend; then the layer, model and training tests on JAX's.
+test: $(STAMP) $(TORCH_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 --doctest-modules tests keras_transformer
+	KERAS_BACKEND=jax JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 $(JAX_TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

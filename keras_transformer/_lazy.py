@@ -2,6 +2,7 @@
 modules need TensorFlow while others do not."""
 
 import importlib
+import importlib.util
 
 
 def lazy_attributes(package: str, names: dict, submodules: tuple):
@@ -19,3 +20,12 @@ def lazy_attributes(package: str, names: dict, submodules: tuple):
         return sorted(set(vars(importlib.import_module(package))) | set(names) | set(submodules))
 
     return __getattr__, __dir__
+
+
+def public_names(names: dict, tensorflow_modules: tuple) -> list:
+    """`__all__` for a lazy package: every name of `names`, less those whose
+    submodule (one of `tensorflow_modules`) needs TensorFlow when TensorFlow
+    is not installed, so `from package import *` works on every backend."""
+    if importlib.util.find_spec("tensorflow") is not None:
+        return sorted(names)
+    return sorted(name for name, module in names.items() if module not in tensorflow_modules)

@@ -62,3 +62,15 @@ def multi30k_tokenizer(multi30k_train_slice):
     """A joint vocabulary learned on the training slice."""
     en, de = multi30k_train_slice
     return WordPieceTokenizer.learn(en + de, vocab_size=2000, min_count=2)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests of TensorFlow-only parts show as skipped on another backend
+    # (KERAS_BACKEND=jax make test-jax), never as passed.
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"TensorFlow's backend only (this run: {backend})")
+    for item in items:
+        if item.get_closest_marker("tensorflow_only"):
+            item.add_marker(skip)

@@ -2,7 +2,9 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from tests.backend import dtype
+from tests.backend import to_numpy
 
 
 def _as_tuple(x):
@@ -49,7 +51,7 @@ def run_layer_test(
     # Eager call: shapes, dtypes, weights.
     outputs = layer(*inputs, **call_kwargs)
     assert tuple(outputs.shape) == tuple(expected_output_shape), outputs.shape
-    assert outputs.dtype == tf.float32
+    assert dtype(outputs) == "float32", outputs.dtype
     assert len(layer.trainable_weights) == expected_num_trainable_weights, [
         w.path for w in layer.trainable_weights
     ]
@@ -65,11 +67,11 @@ def run_layer_test(
         fresh = layer_cls(**init_kwargs)
         model = keras.Model(symbolic, fresh(*symbolic, **call_kwargs))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-        before = [w.numpy().copy() for w in fresh.trainable_weights]
+        before = [to_numpy(w).copy() for w in fresh.trainable_weights]
         target = np.random.normal(size=expected_output_shape).astype("float32")
         model.fit(inputs, target, batch_size=expected_output_shape[0], epochs=1, verbose=0)
         changed = [
-            not np.allclose(b, w.numpy()) for b, w in zip(before, fresh.trainable_weights)
+            not np.allclose(b, to_numpy(w)) for b, w in zip(before, fresh.trainable_weights)
         ]
         assert any(changed)
 
@@ -78,7 +80,7 @@ def run_layer_test(
         for policy in ("mixed_float16", "mixed_bfloat16"):
             mixed = layer_cls(**init_kwargs, dtype=policy)
             out = mixed(*inputs, **call_kwargs)
-            assert out.dtype == mixed.compute_dtype, (policy, out.dtype)
+            assert dtype(out) == mixed.compute_dtype, (policy, out.dtype)
             assert all(w.dtype == "float32" for w in mixed.weights)
-            assert np.all(np.isfinite(tf.cast(out, tf.float32).numpy()))
+            assert np.all(np.isfinite(to_numpy(keras.ops.cast(out, "float32"))))
     return layer, outputs

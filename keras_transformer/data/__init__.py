@@ -6,12 +6,14 @@ TensorFlow.
 """
 
 from keras_transformer._lazy import lazy_attributes
+from keras_transformer._lazy import public_names
 
 _NAMES = {
     "bucket_boundaries": "arrays",
     "save_token_arrays": "arrays",
     "load_token_arrays": "arrays",
     "TokenBatches": "arrays",
+    "TokenStream": "arrays",
     "padding_stats": "pipeline",
     "shuffled_passes": "pipeline",
     "teacher_forcing": "pipeline",
@@ -23,7 +25,7 @@ _NAMES = {
     "WordPieceTokenizer": "tokenizer",
 }
 _SUBMODULES = ("arrays", "pipeline", "text", "text_files", "tokenizer")
-__all__ = sorted(_NAMES)
+__all__ = public_names(_NAMES, ("pipeline", "text", "tokenizer"))
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _NAMES, _SUBMODULES)

@@ -11,7 +11,9 @@ as `token_batches`.
     model.fit(TokenBatches("train.npz", tokens_per_batch=4096, max_length=128), epochs=10)
 """
 
+import itertools
 import numbers
+import threading
 from typing import Iterable, List, Sequence, Tuple
 
 import keras
@@ -91,6 +93,13 @@ class TokenBatches(keras.utils.PyDataset):
     `PyDataset`'s batch order is unseeded, and would undo the resumable
     order. Let each epoch be a whole pass (no `steps_per_epoch`): the plan
     changes at `on_epoch_end`.
+
+    `stream()` gives the epochs as one endless stream (`TokenStream`), for
+    `training.train` and for `fit` with `steps_per_epoch`. On TensorFlow's
+    backend, give `fit` `stream().as_tf_dataset()` (with
+    `steps_per_epoch=len(batches)`) rather than this object: Keras fixes a
+    `PyDataset`'s shapes there from its first two batches, and a later batch
+    of another shape fails.
 
     Args:
         path: a `save_token_arrays` file.
@@ -178,7 +187,15 @@ class TokenBatches(keras.utils.PyDataset):
         return len(self._plan)
 
     def __getitem__(self, index):
-        bucket, members = self._plan[index]
+        return self._batch(*self._plan[index])
+
+    def stream(self, **kwargs) -> "TokenStream":
+        """This file's batches as one endless stream, epoch after epoch,
+        from this object's current epoch: what `training.train` takes (see
+        `TokenStream`). `kwargs` are `keras.utils.PyDataset`'s."""
+        return TokenStream(self, **kwargs)
+
+    def _batch(self, bucket, members):
         sources = [self._sources[i] for i in members]
         targets = [self._targets[i] for i in members]
         if self.pad_to_bucket_boundary:
@@ -196,3 +213,96 @@ class TokenBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.epoch += 1
         self._plan = self._plan_for(self.epoch)
+
+
+class TokenStream(keras.utils.PyDataset):
+    """The batches of a `TokenBatches`, epoch after epoch, as one endless
+    `keras.utils.PyDataset`: element `n` is batch `n % len(batches)` of
+    epoch `batches.epoch + n // len(batches)` (counted from the epoch the
+    `TokenBatches` was at when the stream was made), whatever was read
+    before. It is `token_batches(repeat=True)` for every Keras backend:
+    `training.train` resumes a run at step `n` through `skip(n)`, and
+    `take(k)` gives `k` fixed batches, for validation. On TensorFlow's
+    backend, give `fit` `stream.as_tf_dataset()` (`train` does that itself).
+
+    Made by `TokenBatches.stream()`. `fit` needs `steps_per_epoch` with it,
+    as with any endless dataset.
+
+    Args:
+        batches: a `TokenBatches`.
+        start: int, the element the stream starts at.
+        stop: int or None, the element it ends before (None: endless).
+        **kwargs: `keras.utils.PyDataset`'s (`workers`, `use_multiprocessing`).
+    """
+
+    def __init__(self, batches, start=0, stop=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(batches, TokenBatches):
+            raise ValueError(f"`batches` must be a TokenBatches. Received: batches={batches!r}")
+        self.batches = batches
+        self.first_epoch = batches.epoch
+        self.start = validation.check_int_at_least("start", start, 0)
+        self.stop = None if stop is None else validation.check_int_at_least("stop", stop, self.start)
+        self._kwargs = kwargs
+        self._plans = {}
+        self._lock = threading.Lock()  # PyDataset workers may be threads
+
+    @property
+    def num_batches(self):
+        return None if self.stop is None else self.stop - self.start
+
+    def __len__(self):
+        if self.stop is None:
+            raise TypeError("a TokenStream without `stop` is endless and has no len()")
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        if index < 0 or (self.stop is not None and index >= self.stop - self.start):
+            raise IndexError(f"element {index} of a stream of {self.num_batches} batches")
+        epoch, position = divmod(self.start + index, len(self.batches))
+        epoch += self.first_epoch
+        with self._lock:
+            plan = self._plans.get(epoch)
+            if plan is None:
+                # Readers move forward, an epoch at a time: keep the last two.
+                plan = self._plans[epoch] = self.batches._plan_for(epoch)
+                for old in [e for e in self._plans if e < epoch - 1]:
+                    del self._plans[old]
+        return self.batches._batch(*plan[position])
+
+    def as_tf_dataset(self):
+        """The stream as a `tf.data.Dataset` (TensorFlow installed) whose
+        sequence dimensions are unknown, for `fit` on TensorFlow's backend.
+
+        A `PyDataset` given to `fit` there becomes a dataset whose shapes
+        Keras infers from its first two batches
+        (keras/src/trainers/data_adapters/py_dataset_adapter.py); where
+        those share a width, a later batch of another width fails the
+        epoch. `training.train` converts a stream itself."""
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, None], tf.int32)
+        count = self.num_batches
+
+        def generate():
+            for index in range(count) if count is not None else itertools.count():
+                yield self[index]
+
+        return tf.data.Dataset.from_generator(generate, output_signature=({"source": spec, "target": spec}, spec))
+
+    def _part(self, start, stop):
+        part = TokenStream(self.batches, start, stop, **self._kwargs)
+        part.first_epoch = self.first_epoch
+        return part
+
+    def skip(self, count: int) -> "TokenStream":
+        """The stream from its element `count` on."""
+        count = validation.check_int_at_least("count", count, 0)
+        start = self.start + count
+        return self._part(start if self.stop is None else min(start, self.stop), self.stop)
+
+    def take(self, count: int) -> "TokenStream":
+        """The stream's first `count` elements (fewer if it ends first)."""
+        count = validation.check_int_at_least("count", count, 0)
+        stop = self.start + count
+        return self._part(self.start, stop if self.stop is None else min(stop, self.stop))

@@ -7,10 +7,12 @@ loads on first use, so the searches import without it.
 """
 
 from keras_transformer._lazy import lazy_attributes
+from keras_transformer._lazy import public_names
 from keras_transformer.decoding.beam_search import beam_search
 from keras_transformer.decoding.beam_search import length_penalty
 from keras_transformer.decoding.greedy import greedy_decode
 
-__all__ = ["Translator", "beam_search", "greedy_decode", "length_penalty"]
+_LAZY = {"Translator": "translator"}
+__all__ = sorted(["beam_search", "greedy_decode", "length_penalty", *public_names(_LAZY, ("translator",))])
 
-__getattr__, __dir__ = lazy_attributes(__name__, {"Translator": "translator"}, ("loop", "strategy", "translator"))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, ("loop", "strategy", "translator"))

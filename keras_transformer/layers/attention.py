@@ -123,6 +123,14 @@ def _merge(key_padding, attention_mask, causal):
 
 
 @functools.cache
+def _jax_on_cpu() -> bool:
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
 def _computes_on_accelerator() -> bool:
     """Whether the JAX backend computes on a GPU, or PyTorch's on CUDA."""
     backend = keras.backend.backend()
@@ -170,8 +178,9 @@ class MultiHeadAttention(keras.layers.Layer):
     fused one is `keras.ops.dot_product_attention`, which on a GPU may run
     as one flash-attention kernel (cuDNN, through JAX). The fused one runs
     where it can give the same output: no scores asked for, attention
-    dropout inactive, no cache (decoding steps stay explicit), and value
-    heads of the key heads' size. With
+    dropout inactive, no cache (decoding steps stay explicit), value
+    heads of the key heads' size, and not float16 on JAX's CPU (XLA's CPU
+    dot refuses float16 with float32 accumulation under `jax.jit`). With
     `fused_attention=None` it is used on the JAX and PyTorch backends when
     they compute on a GPU (not on TPUs: Keras's splash-attention path reads
     sentence 0's mask for the whole batch); on CPUs, and on TensorFlow (whose
@@ -486,6 +495,8 @@ class MultiHeadAttention(keras.layers.Layer):
             return False  # (JAX's dot_product_attention takes one head size for queries and values)
         if self.dropout > 0 and training:
             return False
+        if self.compute_dtype == "float16" and _jax_on_cpu():
+            return False  # XLA's CPU dot has no float16 with float32 accumulation, which JAX's asks for
         return self.fused_attention or _computes_on_accelerator()
 
     def _output(self, x):

@@ -6,6 +6,7 @@ searches of `keras_transformer.decoding` import them on every backend.
 """
 
 from keras_transformer._lazy import lazy_attributes
+from keras_transformer._lazy import public_names
 
 _NAMES = {
     "is_lowercase_vocabulary": "moses",
@@ -18,6 +19,6 @@ _NAMES = {
     "UNK_ID": "tokens",
     "add_start_end": "tokens",
 }
-__all__ = sorted(_NAMES)
+__all__ = public_names(_NAMES, ("moses",))
 
 __getattr__, __dir__ = lazy_attributes(__name__, _NAMES, ("moses", "tokens"))

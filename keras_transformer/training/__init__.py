@@ -6,6 +6,7 @@ TensorFlow on the JAX and PyTorch backends.
 """
 
 from keras_transformer._lazy import lazy_attributes
+from keras_transformer._lazy import public_names
 
 _NAMES = {
     "BestCheckpoint": "callbacks",
@@ -28,7 +29,7 @@ _NAMES = {
     "paper_optimizer": "schedules",
     "translation_optimizer": "schedules",
 }
-__all__ = sorted(_NAMES)
+__all__ = public_names(_NAMES, ("distribute",))
 
 
 _SUBMODULES = ("callbacks", "distribute", "finetune", "fit", "losses", "schedules")

@@ -1,12 +1,13 @@
 """The training entry point a script calls: `model.fit` with the callbacks a
-long run needs, step-exact resumption and checkpoint averaging."""
+long run needs, step-exact resumption and checkpoint averaging, on every
+Keras backend."""
 
+import importlib.util
 import os
 from typing import Dict, List, Optional, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_transformer.training.callbacks import BestCheckpoint
 from keras_transformer.training.callbacks import EarlyStopping
@@ -47,21 +48,22 @@ def compile_for_translation(
 
 def train(
     model,
-    train_stream: tf.data.Dataset,
+    train_stream,
     steps_per_epoch: int,
     epochs: int,
     run_dir: str,
-    validation_data: Optional[tf.data.Dataset] = None,
+    validation_data=None,
     minutes: Optional[float] = None,
     early_stopping_patience: Optional[int] = None,
     keep_checkpoints: int = 10,
     backup_every: int = 100,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose="auto",
+    tensorboard: Optional[bool] = None,
 ) -> Dict[str, List[float]]:
     """Trains a compiled, built `model` with `model.fit`, resumably.
 
-    `run_dir` receives `logs/` (TensorBoard), `checkpoints/` (the newest
+    `run_dir` receives `logs/` (TensorBoard's), `checkpoints/` (the newest
     `keep_checkpoints` epoch-end weights, for `average_checkpoints`),
     `best.weights.h5` (lowest `val_loss`, with validation data) and
     `backup/` (a `StepBackup`). Called again with the same arguments after
@@ -79,12 +81,16 @@ def train(
 
     Args:
         model: a compiled Keras model whose variables exist (call `build`).
-        train_stream: an endless, deterministic dataset of batches (see
-            `token_batches(repeat=True)`); step `n` of the run uses element `n`.
+        train_stream: an endless, deterministic stream of batches with a
+            `skip(n)` method: a `tf.data.Dataset` (`token_batches(repeat=True)`,
+            TensorFlow's backend) or a `data.TokenStream`
+            (`TokenBatches(...).stream()`, every backend). Step `n` of the
+            run uses element `n`.
         steps_per_epoch: int, steps between validations and checkpoints.
         epochs: int, the most epochs to run in total.
         run_dir: str, the run's directory.
-        validation_data: finite dataset for `val_loss`, or None.
+        validation_data: finite batches for `val_loss` (a `tf.data.Dataset`,
+            a `keras.utils.PyDataset` such as `stream.take(k)`), or None.
         minutes: float, stop after this much wall-clock time in this call.
         early_stopping_patience: int, stop after this many epochs without a
             lower `val_loss`; None disables early stopping.
@@ -92,10 +98,22 @@ def train(
         backup_every: int, steps between backups. Default 100.
         callbacks: extra Keras callbacks.
         verbose: passed to `fit` (Keras's progress bar by default).
+        tensorboard: bool, write TensorBoard logs; None (the default) writes
+            them when TensorFlow is installed, which Keras's TensorBoard
+            callback needs on every backend.
 
     Returns:
         The merged `History.history` of this call.
     """
+    if not hasattr(train_stream, "skip"):
+        raise ValueError(
+            "`train_stream` must be an endless stream with a `skip(n)` method: a tf.data.Dataset "
+            f"or a keras_transformer.data.TokenStream. Received: {type(train_stream).__name__}"
+        )
+    if tensorboard is None:
+        tensorboard = importlib.util.find_spec("tensorflow") is not None
+    elif tensorboard and importlib.util.find_spec("tensorflow") is None:
+        raise ValueError("`tensorboard=True` needs TensorFlow installed (Keras's TensorBoard callback writes with it)")
     if not model.built or model.optimizer is None:
         raise ValueError("`model` must be built and compiled before `train` (call model.build() and compile).")
     if validation_data is None and early_stopping_patience is not None:
@@ -121,7 +139,7 @@ def train(
     budget = TimeBudget(minutes, schedule, max_steps=epochs * steps_per_epoch) if minutes else None
     # The backup comes last: its epoch-end save holds the watches' new state.
     all_callbacks = [
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        *([keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"))] if tensorboard else []),
         EpochCheckpoints(os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints),
         *callbacks,
         *watches.values(),
@@ -130,10 +148,16 @@ def train(
     ]
 
     history: Dict[str, List[float]] = {}
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    if on_tensorflow and hasattr(validation_data, "as_tf_dataset"):
+        validation_data = validation_data.as_tf_dataset()
 
     def fit(initial_epoch, steps):
+        stream = train_stream.skip(step)
+        if on_tensorflow and hasattr(stream, "as_tf_dataset"):
+            stream = stream.as_tf_dataset()  # a TokenStream: its shapes stay unknown
         h = model.fit(
-            train_stream.skip(step),
+            stream,
             initial_epoch=initial_epoch,
             epochs=initial_epoch + 1 if steps < steps_per_epoch else epochs,
             steps_per_epoch=steps,

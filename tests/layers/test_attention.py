@@ -1,17 +1,22 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import MultiHeadAttention
 from tests import reference
+from tests.backend import compiled
+from tests.backend import gradients
+from tests.backend import jax_on_gpu
+from tests.backend import keras_mask
+from tests.backend import to_numpy
 from tests.layer_test_case import run_layer_test
 
 B, T, S, D, N = 2, 5, 7, 16, 4
 
 
 def _weights(layer):
-    return [w.numpy().astype(np.float64) for w in layer.weights]
+    return [to_numpy(w).astype(np.float64) for w in layer.weights]
 
 
 def test_layer_contract():
@@ -44,10 +49,15 @@ def test_weights_move_between_ours_and_keras_multi_head_attention(from_keras):
     # "abc,cde->abde" [D, N, H] with [N, H] biases, output "abcd,cde->abe" [N, H, D]).
     query = np.random.normal(size=(B, T, D)).astype("float32")
     value = np.random.normal(size=(B, S, 12)).astype("float32")
+    # Every call of Keras's layer here asks for the scores, which takes its explicit einsum path on every
+    # backend: without them (and without dropout) `_compute_attention` in
+    # keras/src/layers/attention/multi_head_attention.py calls `ops.dot_product_attention`, which on JAX
+    # (`jax.nn.dot_product_attention`) refuses value heads of another size than the key heads
+    # ("value shape should be [B, S, N, key_dim]"). The build calls ask for them too.
     ours = MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6, output_shape=10)
     theirs = keras.layers.MultiHeadAttention(num_heads=N, key_dim=4, value_dim=6, output_shape=10)
     ours(query, value)
-    theirs(query, value)
+    theirs(query, value, return_attention_scores=True)
     assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
     if from_keras:
         ours.set_weights(theirs.get_weights())
@@ -61,7 +71,7 @@ def test_weights_move_between_ours_and_keras_multi_head_attention(from_keras):
             sizes = dict(num_heads=N, key_dim=4, value_dim=6, use_bias=False)
             ours_self, theirs_self = MultiHeadAttention(**sizes), keras.layers.MultiHeadAttention(**sizes)
             ours_self(q, v)
-            theirs_self(q, v)
+            theirs_self(q, v, return_attention_scores=True)
             ours_self.set_weights(theirs_self.get_weights())
             a, a_scores = ours_self(q, v, return_attention_scores=True, **kwargs)
             b, b_scores = theirs_self(q, v, return_attention_scores=True, **kwargs)
@@ -92,7 +102,7 @@ def test_scores_sum_to_one_and_are_zero_on_masked_keys():
     ids = np.array([[3, 4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 10, 11, 0]])
     x = embedding(ids)
     _, scores = MultiHeadAttention(num_heads=N, key_dim=4)(x, x, return_attention_scores=True)
-    scores = scores.numpy()
+    scores = to_numpy(scores)
     np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-6)
     key_is_padding = (ids == 0)[:, None, None, :]
     assert np.all(np.where(np.broadcast_to(key_is_padding, scores.shape), scores, 0) == 0)
@@ -106,18 +116,20 @@ def test_keras_mask_equals_explicit_mask():
     layer = MultiHeadAttention(num_heads=N, key_dim=4)
     automatic = layer(x, x)
     explicit = np.broadcast_to((ids != 0)[:, None, :], (2, 5, 5))
-    manual = layer(tf.identity(x), tf.identity(x), attention_mask=explicit)
+    unmasked = ops.copy(x)  # the same values without the Keras mask
+    assert keras_mask(x) is not None and keras_mask(unmasked) is None
+    manual = layer(unmasked, unmasked, attention_mask=explicit)
     np.testing.assert_allclose(automatic, manual, atol=1e-6)
 
 
 def test_causal_output_unchanged_when_later_tokens_change():
     x = np.random.normal(size=(B, T, D)).astype("float32")
     layer = MultiHeadAttention(num_heads=N, key_dim=4)
-    before = layer(x, x, use_causal_mask=True).numpy()
+    before = to_numpy(layer(x, x, use_causal_mask=True))
     for t in range(T):
         changed = x.copy()
         changed[:, t + 1 :] = np.random.normal(size=changed[:, t + 1 :].shape)
-        after = layer(changed, changed, use_causal_mask=True).numpy()
+        after = to_numpy(layer(changed, changed, use_causal_mask=True))
         np.testing.assert_allclose(after[:, : t + 1], before[:, : t + 1], atol=1e-5)
         if t + 1 < T:
             assert not np.allclose(after[:, t + 1 :], before[:, t + 1 :])
@@ -127,12 +139,12 @@ def test_padded_content_does_not_change_unpadded_outputs():
     embedding = keras.layers.Embedding(50, D, mask_zero=True)
     layer = MultiHeadAttention(num_heads=N, key_dim=4)
     ids = np.array([[3, 4, 5, 0, 0], [6, 7, 8, 9, 0]])
-    query = tf.random.normal([2, 3, D])
+    query = np.random.normal(size=(2, 3, D)).astype("float32")
     x = embedding(ids)
-    out = layer(query, x).numpy()
+    out = to_numpy(layer(query, x))
     # Different vectors at the padded positions, same Keras mask.
-    noisy = tf.where((ids != 0)[..., None], x, tf.random.normal(x.shape) * 10)
-    keras.src.backend.set_keras_mask(noisy, tf.constant(ids != 0))
+    noisy = ops.where((ids != 0)[..., None], x, np.random.normal(size=x.shape).astype("float32") * 10)
+    keras.src.backend.set_keras_mask(noisy, ops.convert_to_tensor(ids != 0))
     np.testing.assert_allclose(layer(query, noisy), out, atol=1e-5)
     # Trimming the padding away gives the same result for the first sentence.
     short = embedding(ids[:1, :3])
@@ -140,7 +152,7 @@ def test_padded_content_does_not_change_unpadded_outputs():
 
 
 def test_cached_self_attention_equals_full_causal_pass():
-    x = tf.random.normal([B, T, D])
+    x = np.random.normal(size=(B, T, D)).astype("float32")
     layer = MultiHeadAttention(num_heads=N, key_dim=4)
     full = layer(x, x, use_causal_mask=True)
     cache = layer.init_cache(B, max_length=T + 3)
@@ -148,29 +160,32 @@ def test_cached_self_attention_equals_full_causal_pass():
     for t in range(T):
         out, cache = layer(x[:, t : t + 1], x[:, t : t + 1], cache=cache, cache_index=t)
         steps.append(out)
-    np.testing.assert_allclose(tf.concat(steps, axis=1), full, atol=1e-5)
+    np.testing.assert_allclose(ops.concatenate(steps, axis=1), full, atol=1e-5)
     # The cache holds the projected keys and values of every step.
     assert cache.shape == (B, 2, N, T + 3, 4)
     np.testing.assert_array_equal(cache[:, :, :, T:], 0.0)
 
 
 def test_cached_chunks_and_graph_mode_equal_full_pass():
-    x = tf.random.normal([B, 6, D])
+    x = np.random.normal(size=(B, 6, D)).astype("float32")
     layer = MultiHeadAttention(num_heads=N, key_dim=4)
     full = layer(x, x, use_causal_mask=True)
 
-    @tf.function(jit_compile=True)
-    def two_chunks(x):
+    # XLA-compiled (tf.function(jit_compile=True), jax.jit), the cache indices int32 tensors traced as
+    # arguments: not known when the function is compiled, as in a decoding loop.
+    @compiled
+    def two_chunks(x, first_index, second_index):
         cache = layer.init_cache(B, 6)
-        first, cache = layer(x[:, :2], x[:, :2], cache=cache, cache_index=tf.constant(0))
-        second, cache = layer(x[:, 2:], x[:, 2:], cache=cache, cache_index=tf.constant(2))
-        return tf.concat([first, second], axis=1)
+        first, cache = layer(x[:, :2], x[:, :2], cache=cache, cache_index=first_index)
+        second, cache = layer(x[:, 2:], x[:, 2:], cache=cache, cache_index=second_index)
+        return ops.concatenate([first, second], axis=1)
 
-    np.testing.assert_allclose(two_chunks(x), full, atol=1e-5)
+    indices = ops.convert_to_tensor(0, "int32"), ops.convert_to_tensor(2, "int32")
+    np.testing.assert_allclose(two_chunks(ops.convert_to_tensor(x), *indices), full, atol=1e-5)
 
 
 def test_cached_cross_attention_equals_full_pass():
-    query = tf.random.normal([B, T, D])
+    query = np.random.normal(size=(B, T, D)).astype("float32")
     ids = np.array([[3, 4, 5, 6, 0, 0, 0], [6, 7, 8, 9, 10, 11, 12]])
     memory = keras.layers.Embedding(50, D, mask_zero=True)(ids)
     layer = MultiHeadAttention(num_heads=N, key_dim=4)
@@ -201,7 +216,7 @@ def test_bad_arguments(kwargs, message):
 
 def test_bad_rank_and_uncacheable_sizes():
     with pytest.raises(ValueError, match=r"`query` must have rank 3.*\(2, 16\)"):
-        MultiHeadAttention(num_heads=2, key_dim=4)(tf.zeros([2, 16]), tf.zeros([2, 3, 16]))
+        MultiHeadAttention(num_heads=2, key_dim=4)(np.zeros((2, 16), "float32"), np.zeros((2, 3, 16), "float32"))
     layer = MultiHeadAttention(num_heads=2, key_dim=4, value_dim=8)
     with pytest.raises(ValueError, match="key_dim == value_dim"):
         layer.init_cache(2, 10)
@@ -248,24 +263,34 @@ def test_the_fused_path_equals_the_explicit_one(policy, atol, self_attention):
     fused(query, value)
     explicit(query, value)
     explicit.set_weights(fused.get_weights())
+    if policy == "mixed_float16" and keras.backend.backend() == "jax" and not jax_on_gpu():
+        # XLA's CPU dot refuses float16 with float32 accumulation under jax.jit
+        # ("precision 'F16_F16_F32' is not supported"): the layer keeps to the
+        # explicit path there, and the call under jit works.
+        assert not fused._fused(False, None)
+        y, _, _ = gradients(fused, lambda call, x: (ops.sum(ops.cast(call(x, x), "float32")), call(x, x)), query)
+        assert np.isfinite(y).all()
+        return
     assert fused._fused(False, None) and not explicit._fused(False, None)
     per_head = rng.uniform(size=(B, N, T, value.shape[1])) > 0.3
     per_head[..., 0] = True
     for kwargs in (dict(value_mask=value_mask), dict(attention_mask=attention_mask),
                    dict(attention_mask=attention_mask[0]), dict(attention_mask=per_head, value_mask=value_mask),
                    dict(value_mask=value_mask, use_causal_mask=self_attention), {}):
-        outputs, gradients = [], []
+        def forward(call, x):
+            y = ops.cast(call(x, x if self_attention else value, **kwargs), "float32")
+            return ops.sum(y * y), y
+
+        outputs, grads = [], []
         for layer in (fused, explicit):
-            x = tf.constant(query)
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.cast(layer(x, x if self_attention else value, **kwargs), "float32")
-                loss = tf.reduce_sum(y * y)
-            outputs.append(y.numpy())
-            gradients.append([g.numpy() for g in tape.gradient(loss, [x, *layer.trainable_variables])])
+            # The gradients with respect to the query (and, in self-attention, key and value) and every weight.
+            y, grad_x, grad_weights = gradients(layer, forward, query)
+            outputs.append(y)
+            grads.append([grad_x, *grad_weights])
         assert outputs[0].dtype == np.float32
+        assert len(grads[0]) == 1 + 8
         np.testing.assert_allclose(outputs[0], outputs[1], atol=atol, rtol=atol, err_msg=str(kwargs))
-        for a, b in zip(*gradients):
+        for a, b in zip(*grads):
             scale = max(1.0, float(np.abs(b).max()))
             np.testing.assert_allclose(a, b, atol=atol * scale * 10, rtol=atol * 10, err_msg=str(kwargs))
 
@@ -284,7 +309,8 @@ def test_the_fused_path_stands_aside_for_scores_dropout_and_the_cache():
     # JAX's dot_product_attention takes one head size for queries and values.
     assert not MultiHeadAttention(num_heads=N, key_dim=4, value_dim=3, fused_attention=True)._fused(False, False)
     auto = MultiHeadAttention(num_heads=N, key_dim=4)
-    assert auto.fused_attention is None and not auto._fused(False, False)  # TensorFlow on a CPU: explicit
+    # TensorFlow, or JAX on a CPU: explicit.
+    assert auto.fused_attention is None and auto._fused(False, False) == jax_on_gpu()
     assert MultiHeadAttention.from_config(layer.get_config()).fused_attention is True
     assert "fused_attention" not in auto.get_config()  # a default config loads in earlier versions too
 

@@ -1,10 +1,11 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import DecoderLayer
 from tests import reference
+from tests.backend import to_numpy
 from tests.layer_test_case import run_layer_test
 
 B, T, S, D, N = 2, 5, 7, 16, 4
@@ -32,22 +33,22 @@ def test_matches_numpy_reference(norm_first):
     memory = _memory()
     layer = DecoderLayer(num_heads=N, d_ff=32, norm_first=norm_first)
     output, scores = layer(x, memory, return_attention_scores=True)
-    weights = [w.numpy().astype(np.float64) for w in layer.weights]
-    expected = reference.decoder_layer(x, memory.numpy(), weights, N, SOURCE_IDS != 0, norm_first)
+    weights = [to_numpy(w).astype(np.float64) for w in layer.weights]
+    expected = reference.decoder_layer(x, to_numpy(memory), weights, N, SOURCE_IDS != 0, norm_first)
     np.testing.assert_allclose(output, expected, atol=1e-4)
     assert scores.shape == (B, N, T, S)
-    np.testing.assert_allclose(scores.numpy().sum(-1), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(scores.numpy()[0, :, :, 4:], 0.0)
+    np.testing.assert_allclose(to_numpy(scores).sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(scores)[0, :, :, 4:], 0.0)
 
 
 def test_causal_output_unchanged_when_later_tokens_change():
     x = np.random.normal(size=(B, T, D)).astype("float32")
     memory = _memory()
     layer = DecoderLayer(num_heads=N, d_ff=32)
-    before = layer(x, memory).numpy()
+    before = to_numpy(layer(x, memory))
     changed = x.copy()
     changed[:, 3:] += 1.0
-    after = layer(changed, memory).numpy()
+    after = to_numpy(layer(changed, memory))
     np.testing.assert_allclose(after[:, :3], before[:, :3], atol=1e-5)
     assert not np.allclose(after[:, 3:], before[:, 3:])
 
@@ -56,17 +57,17 @@ def test_source_padding_content_does_not_change_outputs():
     x = np.random.normal(size=(B, T, D)).astype("float32")
     memory = _memory()
     layer = DecoderLayer(num_heads=N, d_ff=32)
-    out = layer(x, memory).numpy()
-    noisy = tf.where((SOURCE_IDS != 0)[..., None], memory, 100.0)
-    out_noisy = layer(x, noisy, encoder_output_mask=SOURCE_IDS != 0).numpy()
+    out = to_numpy(layer(x, memory))
+    noisy = ops.where((SOURCE_IDS != 0)[..., None], memory, 100.0)
+    out_noisy = to_numpy(layer(x, noisy, encoder_output_mask=SOURCE_IDS != 0))
     np.testing.assert_allclose(out_noisy, out, atol=1e-5)
-    trimmed = layer(x[:1], memory[:1, :4]).numpy()
+    trimmed = to_numpy(layer(x[:1], memory[:1, :4]))
     np.testing.assert_allclose(trimmed, out[:1], atol=1e-5)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_cached_steps_equal_full_pass(norm_first):
-    x = tf.random.normal([B, T, D])
+    x = np.random.normal(size=(B, T, D)).astype("float32")
     memory = _memory()
     layer = DecoderLayer(num_heads=N, d_ff=32, norm_first=norm_first)
     full, full_scores = layer(x, memory, return_attention_scores=True)
@@ -80,5 +81,5 @@ def test_cached_steps_equal_full_pass(norm_first):
         )
         steps.append(out)
         step_scores.append(scores)
-    np.testing.assert_allclose(tf.concat(steps, axis=1), full, atol=1e-5)
-    np.testing.assert_allclose(tf.concat(step_scores, axis=2), full_scores, atol=1e-6)
+    np.testing.assert_allclose(ops.concatenate(steps, axis=1), full, atol=1e-5)
+    np.testing.assert_allclose(ops.concatenate(step_scores, axis=2), full_scores, atol=1e-6)

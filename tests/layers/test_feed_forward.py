@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from keras_transformer.layers import FeedForward
+from tests.backend import to_numpy
 from tests.layer_test_case import run_layer_test
 
 
@@ -19,7 +20,7 @@ def test_equals_formula():
     x = np.random.normal(size=(2, 5, 8)).astype("float32")
     layer = FeedForward(d_ff=32)
     output = layer(x)
-    w1, b1, w2, b2 = [w.numpy() for w in layer.weights]
+    w1, b1, w2, b2 = [to_numpy(w) for w in layer.weights]
     np.testing.assert_allclose(output, np.maximum(x @ w1 + b1, 0) @ w2 + b2, atol=1e-5)
 
 

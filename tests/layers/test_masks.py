@@ -1,5 +1,5 @@
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import masks
 
@@ -15,8 +15,8 @@ def test_causal_mask_values():
 
 
 def test_merge_masks_combines_all_three():
-    key_mask = tf.constant([[True, True, False]])
-    explicit = tf.constant([[[1, 0, 1], [1, 1, 1], [0, 1, 1]]])
+    key_mask = ops.convert_to_tensor([[True, True, False]])
+    explicit = ops.convert_to_tensor([[[1, 0, 1], [1, 1, 1], [0, 1, 1]]], "int32")
     merged = masks.merge_masks(key_mask, explicit, masks.causal_mask(3, 3))
     np.testing.assert_array_equal(merged, [[[1, 0, 0], [1, 1, 0], [0, 1, 0]]])
     assert masks.merge_masks() is None
@@ -24,6 +24,6 @@ def test_merge_masks_combines_all_three():
 
 
 def test_padding_mask_and_bias():
-    mask = masks.padding_mask(tf.constant([[4, 0, 7]]))
+    mask = masks.padding_mask(ops.convert_to_tensor([[4, 0, 7]], "int32"))
     np.testing.assert_array_equal(mask, [[True, False, True]])
     np.testing.assert_array_equal(masks.attention_bias(mask), [[0.0, masks.MASK_BIAS, 0.0]])

@@ -2,10 +2,12 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer.layers import PositionalEncoding
 from keras_transformer.layers import positional_encoding
+from tests.backend import graph
+from tests.backend import is_tensorflow
 from tests.layer_test_case import run_layer_test
 
 
@@ -45,8 +47,8 @@ def test_adds_table_slice_at_start_index():
     table = positional_encoding(10, 8)
     np.testing.assert_allclose(layer(x), x + table[:3], atol=1e-6)
     np.testing.assert_allclose(layer(x, start_index=4), x + table[4:7], atol=1e-6)
-    in_graph = tf.function(lambda x, i: layer(x, start_index=i))
-    np.testing.assert_allclose(in_graph(x, tf.constant(7)), x + table[7:10], atol=1e-6)
+    in_graph = graph(lambda x, i: layer(x, start_index=i))  # a traced start_index
+    np.testing.assert_allclose(in_graph(x, ops.convert_to_tensor(7, "int32")), x + table[7:10], atol=1e-6)
 
 
 def test_per_row_start_index_offsets_each_row():
@@ -54,23 +56,41 @@ def test_per_row_start_index_offsets_each_row():
     layer = PositionalEncoding(max_length=10)
     table = positional_encoding(10, 8)
     expected = np.stack([x[0] + table[0:2], x[1] + table[5:7], x[2] + table[8:10]])
-    np.testing.assert_allclose(layer(x, start_index=tf.constant([0, 5, 8])), expected, atol=1e-6)
-    in_graph = tf.function(lambda x, i: layer(x, start_index=i))
-    np.testing.assert_allclose(in_graph(x, tf.constant([0, 5, 8])), expected, atol=1e-6)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than `max_length`"):
-        in_graph(x, tf.constant([0, 5, 9]))
+    starts = ops.convert_to_tensor([0, 5, 8], "int32")
+    np.testing.assert_allclose(layer(x, start_index=starts), expected, atol=1e-6)
+    in_graph = graph(lambda x, i: layer(x, start_index=i))
+    np.testing.assert_allclose(in_graph(x, starts), expected, atol=1e-6)
+    too_far = ops.convert_to_tensor([0, 5, 9], "int32")
+    _assert_refused_past_max_length(layer, in_graph, x, too_far)
     with pytest.raises(ValueError, match=r"scalar or a \[batch\] vector"):
-        layer(x, start_index=tf.zeros([3, 1], tf.int32))
+        layer(x, start_index=ops.zeros([3, 1], "int32"))
+
+
+def _assert_refused_past_max_length(layer, in_graph, x, start_index):
+    """A tensor `start_index` that runs past `max_length` is refused by name.
+
+    On TensorFlow the check is a graph assertion (`tf.debugging.assert_less_equal`), which runs inside
+    `tf.function` too: InvalidArgumentError. Off TensorFlow the library checks a concrete value, eagerly,
+    with a ValueError; a value traced by `jax.jit` cannot be checked (jit has no runtime errors,
+    keras_transformer/layers/validation.py, `assert_at_most`), so on JAX the eager call is the check.
+    """
+    if is_tensorflow():
+        import tensorflow as tf
+
+        with pytest.raises(tf.errors.InvalidArgumentError, match="longer than `max_length`"):
+            in_graph(x, start_index)
+    else:
+        with pytest.raises(ValueError, match=r"longer than `max_length` \(\d+\) of PositionalEncoding"):
+            layer(x, start_index=start_index)
 
 
 def test_too_long_sequence_is_a_clear_error():
     layer = PositionalEncoding(max_length=4)
     with pytest.raises(ValueError, match=r"exceed `max_length`.*4.*length=5"):
-        layer(tf.zeros([1, 5, 8]))
+        layer(ops.zeros([1, 5, 8]))
     with pytest.raises(ValueError, match=r"start_index=3, length=2"):
-        layer(tf.zeros([1, 2, 8]), start_index=3)
-    in_graph = tf.function(lambda x, i: layer(x, start_index=i))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="longer than `max_length`"):
-        in_graph(tf.zeros([1, 2, 8]), tf.constant(3))
+        layer(ops.zeros([1, 2, 8]), start_index=3)
+    in_graph = graph(lambda x, i: layer(x, start_index=i))
+    _assert_refused_past_max_length(layer, in_graph, ops.zeros([1, 2, 8]), ops.convert_to_tensor(3, "int32"))
     with pytest.raises(ValueError, match="max_length"):
         PositionalEncoding(max_length=0)

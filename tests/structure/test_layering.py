@@ -74,3 +74,33 @@ def test_decoding_and_export_never_load_tensorflow_text(modules):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, f"{modules} loaded tensorflow_text: {result.stdout}{result.stderr[-2000:]}"
+
+
+def test_star_imports_work_without_tensorflow_and_its_parts_say_what_they_need():
+    # On a JAX machine with no TensorFlow: `from package import *` takes every
+    # name that can load there (it used to fail on the first TensorFlow one),
+    # and a TensorFlow-only name, asked for, names what is missing.
+    code = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None\n"
+        "from keras_transformer.data import *\n"
+        "from keras_transformer.decoding import *\n"
+        "from keras_transformer.text import *\n"
+        "from keras_transformer.training import *\n"
+        "assert callable(train) and callable(greedy_decode) and TokenStream and END_ID == 3 and MaskedCrossEntropy\n"
+        "import keras_transformer.decoding as decoding, keras_transformer.training as training\n"
+        "assert 'Translator' not in decoding.__all__ and 'make_strategy' not in training.__all__\n"
+        "try:\n"
+        "    decoding.Translator\n"
+        "except ImportError as error:\n"
+        "    assert 'tensorflow' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('Translator loaded without TensorFlow')\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    import keras_transformer.decoding as decoding
+
+    assert "Translator" in decoding.__all__  # with TensorFlow, every name

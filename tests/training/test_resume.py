@@ -14,9 +14,10 @@ from tests.training.test_fit import Interrupt
 from tests.training.test_fit import _model
 from tests.training.test_fit import _stream
 from tests.training.test_fit import _weights
+from tests.training.test_fit import stream_kinds
 
 
-def _run(tmp_path, name, epochs, interrupts=(), model=_model, callbacks=(), **kwargs):
+def _run(tmp_path, name, epochs, interrupts=(), model=_model, callbacks=(), kind=None, **kwargs):
     """Trains a fresh seeded model for `epochs` of 6 steps in run_dir `name`,
     killed at each of `interrupts` and resumed (each time in a fresh model,
     as a new process would be), until it ends."""
@@ -28,7 +29,7 @@ def _run(tmp_path, name, epochs, interrupts=(), model=_model, callbacks=(), **kw
         extra = [*callbacks, *([Interrupt(**interrupt)] if interrupt else [])]
         try:
             history = training.train(
-                fresh, _stream(), 6, epochs, run_dir, backup_every=4, callbacks=extra, verbose=0, **kwargs
+                fresh, _stream(kind=kind), 6, epochs, run_dir, backup_every=4, callbacks=extra, verbose=0, **kwargs
             )
         except KeyboardInterrupt:
             resumed_at.append(training.StepBackup(os.path.join(run_dir, "backup")).restore(model()))
@@ -37,16 +38,18 @@ def _run(tmp_path, name, epochs, interrupts=(), model=_model, callbacks=(), **kw
     return fresh, history, resumed_at
 
 
-def test_a_run_interrupted_in_an_early_epoch_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("kind", stream_kinds())
+def test_a_run_interrupted_in_an_early_epoch_resumes_exactly(tmp_path, kind):
     # Four epochs of 6 batches, backups every 4 batches and at epoch ends.
     # Killed after batch 5 (resumes at 4, in the first epoch), then after
     # batch 10 (resumes at 8: that kill came in the second `fit` call, after
     # the interrupted epoch was finished). The last run finishes epoch 2 and
     # runs epochs 3 and 4 in a second `fit`. Every batch must be the one the
     # straight run had at that position (dropout is on: its random state is
-    # in the backup too), so the weights end equal.
-    straight, _, _ = _run(tmp_path, "straight", 4)
-    resumed, history, resumed_at = _run(tmp_path, "resumed", 4, [dict(after=5), dict(after=6)])
+    # in the backup too), so the weights end equal. On every backend with a
+    # TokenStream (a keras.utils.PyDataset), and on TensorFlow's with tf.data.
+    straight, _, _ = _run(tmp_path, "straight", 4, kind=kind)
+    resumed, history, resumed_at = _run(tmp_path, "resumed", 4, [dict(after=5), dict(after=6)], kind=kind)
     assert resumed_at == [4, 8]
     assert int(resumed.optimizer.iterations.numpy()) == 24
     assert len(history["loss"]) == 3  # the rest of epoch 2, epochs 3 and 4
@@ -210,6 +213,7 @@ def test_the_validation_of_an_epoch_cut_short_still_updates_the_best_checkpoint(
                           early_stopping_patience=1, minutes=1e-9, verbose=0) != {}
 
 
+@pytest.mark.tensorflow_only  # a tf.data dataset of unknown length
 def test_the_watches_work_in_a_plain_fit_of_unknown_length(tmp_path):
     # Keras gives callbacks no step count for a dataset of unknown length.
     import tensorflow as tf
