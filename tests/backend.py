@@ -23,6 +23,15 @@ def jax_on_gpu():
     return jax.default_backend() == "gpu"
 
 
+def jax_on_cpu():
+    """Whether the backend is JAX computing on the CPU."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
 def dtype(x):
     """The dtype of a tensor (or a variable) as Keras names it: "float32", "bfloat16", ..."""
     return keras.backend.standardize_dtype(x.dtype)

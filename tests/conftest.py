@@ -6,7 +6,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_transformer.data import WordPieceTokenizer  # noqa: E402
 from keras_transformer.data import read_parallel  # noqa: E402
 
 
@@ -61,12 +60,14 @@ def multi30k_train_slice(multi30k_dir):
 def multi30k_tokenizer(multi30k_train_slice):
     """A joint vocabulary learned on the training slice."""
     en, de = multi30k_train_slice
+    from keras_transformer.data import WordPieceTokenizer  # tensorflow-text: loaded only where needed
+
     return WordPieceTokenizer.learn(en + de, vocab_size=2000, min_count=2)
 
 
 def pytest_collection_modifyitems(config, items):
     # Tests of TensorFlow-only parts show as skipped on another backend
-    # (KERAS_BACKEND=jax make test-jax), never as passed.
+    # (make test's JAX pass), never as passed.
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return

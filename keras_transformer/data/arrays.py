@@ -8,7 +8,9 @@ as `token_batches`.
 
     save_token_arrays("train.npz", (
         (s.numpy(), t.numpy()) for s, t in tokenized_pairs(...)))
-    model.fit(TokenBatches("train.npz", tokens_per_batch=4096, max_length=128), epochs=10)
+    batches = TokenBatches("train.npz", tokens_per_batch=4096, max_length=128)
+    training.train(model, batches.stream(), len(batches), 10, "runs/x")  # any backend
+    model.fit(batches, epochs=10, shuffle=False)  # JAX or PyTorch (see TokenBatches on TensorFlow's)
 """
 
 import itertools
@@ -246,6 +248,15 @@ class TokenStream(keras.utils.PyDataset):
         self._kwargs = kwargs
         self._plans = {}
         self._lock = threading.Lock()  # PyDataset workers may be threads
+
+    def __getstate__(self):  # for use_multiprocessing where processes are spawned
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def num_batches(self):

@@ -124,6 +124,7 @@ def _merge(key_padding, attention_mask, causal):
 
 @functools.cache
 def _jax_on_cpu() -> bool:
+    """Whether the JAX backend computes on the CPU."""
     if keras.backend.backend() != "jax":
         return False
     import jax
@@ -131,6 +132,7 @@ def _jax_on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
+@functools.cache
 def _computes_on_accelerator() -> bool:
     """Whether the JAX backend computes on a GPU, or PyTorch's on CUDA."""
     backend = keras.backend.backend()

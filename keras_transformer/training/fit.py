@@ -84,13 +84,14 @@ def train(
         train_stream: an endless, deterministic stream of batches with a
             `skip(n)` method: a `tf.data.Dataset` (`token_batches(repeat=True)`,
             TensorFlow's backend) or a `data.TokenStream`
-            (`TokenBatches(...).stream()`, every backend). Step `n` of the
-            run uses element `n`.
+            (`TokenBatches(...).stream()`, every backend; with the default
+            workers=1). Step `n` of the run uses element `n`.
         steps_per_epoch: int, steps between validations and checkpoints.
         epochs: int, the most epochs to run in total.
         run_dir: str, the run's directory.
         validation_data: finite batches for `val_loss` (a `tf.data.Dataset`,
-            a `keras.utils.PyDataset` such as `stream.take(k)`), or None.
+            a `TokenBatches`, whose current epoch's batches are used in every
+            validation, or a stream's `take(k)`), or None.
         minutes: float, stop after this much wall-clock time in this call.
         early_stopping_patience: int, stop after this many epochs without a
             lower `val_loss`; None disables early stopping.
@@ -99,21 +100,23 @@ def train(
         callbacks: extra Keras callbacks.
         verbose: passed to `fit` (Keras's progress bar by default).
         tensorboard: bool, write TensorBoard logs; None (the default) writes
-            them when TensorFlow is installed, which Keras's TensorBoard
-            callback needs on every backend.
+            them on TensorFlow's backend only. Keras's TensorBoard callback
+            writes with TensorFlow on every backend, so True on another
+            loads TensorFlow into the process (on a GPU it may take memory
+            the backend needs).
 
     Returns:
         The merged `History.history` of this call.
     """
-    if not hasattr(train_stream, "skip"):
-        raise ValueError(
-            "`train_stream` must be an endless stream with a `skip(n)` method: a tf.data.Dataset "
-            f"or a keras_transformer.data.TokenStream. Received: {type(train_stream).__name__}"
-        )
+    _check_stream(train_stream)
     if tensorboard is None:
-        tensorboard = importlib.util.find_spec("tensorflow") is not None
+        tensorboard = keras.backend.backend() == "tensorflow"
     elif tensorboard and importlib.util.find_spec("tensorflow") is None:
         raise ValueError("`tensorboard=True` needs TensorFlow installed (Keras's TensorBoard callback writes with it)")
+    if hasattr(validation_data, "stream") and hasattr(validation_data, "__len__"):
+        # A TokenBatches regroups at every on_epoch_end, which Keras calls
+        # during each evaluation: one fixed pass of its current epoch instead.
+        validation_data = validation_data.stream().take(len(validation_data))
     if not model.built or model.optimizer is None:
         raise ValueError("`model` must be built and compiled before `train` (call model.build() and compile).")
     if validation_data is None and early_stopping_patience is not None:
@@ -181,6 +184,28 @@ def train(
             return history
     fit(epoch, steps_per_epoch)
     return history
+
+
+def _check_stream(stream):
+    """Refuses a stream `train` cannot resume exactly."""
+    if not hasattr(stream, "skip"):
+        raise ValueError(
+            "`train_stream` must be an endless stream with a `skip(n)` method: a tf.data.Dataset "
+            f"or a keras_transformer.data.TokenStream. Received: {type(stream).__name__}"
+        )
+    if isinstance(stream, keras.utils.PyDataset):
+        if stream.num_batches is not None:
+            # Keras starts a finite one again when it runs out; `skip` on resuming would not.
+            raise ValueError(f"`train_stream` must be endless; this one has {stream.num_batches} batches")
+        if stream.workers > 1 or stream.use_multiprocessing:
+            # The first fit after compile reads a batch to build the metrics,
+            # then resets the iterator; with workers, Keras's enqueuer then
+            # starts at the second element, and resumption loses step-exactness.
+            raise ValueError(
+                "`train_stream` must read its batches in the training thread (workers=1, no "
+                f"use_multiprocessing); this one has workers={stream.workers}, "
+                f"use_multiprocessing={stream.use_multiprocessing}"
+            )
 
 
 def average_checkpoints(model, paths: Sequence[str]):

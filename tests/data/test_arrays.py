@@ -193,9 +193,8 @@ def test_a_stream_is_the_epochs_end_to_end_and_skip_resumes_at_any_element(array
     # What `training.train` needs of a stream on every backend: element n is
     # the same batch whoever reads it and whatever was read before, so a run
     # resumed at step n (`skip(n)`, in a fresh process) meets the batches the
-    # uninterrupted run met. TokenBatches' own epochs advance only through
-    # fit's on_epoch_end, which fit does not call at the end of a
-    # steps_per_epoch "epoch" cut from an endless stream.
+    # uninterrupted run met, however many times Keras calls on_epoch_end
+    # (TokenBatches' own epochs advance there; a stream's do not).
     path, _ = arrays
     batches = TokenBatches(path, tokens_per_batch=256, max_length=32, seed=4)
     n = len(batches)
@@ -272,3 +271,16 @@ def test_a_stream_fits_on_tensorflow_whatever_its_first_batches_widths(tmp_path)
     for i, (x, y) in enumerate(dataset.take(4)):
         _same(({k: v.numpy() for k, v in x.items()}, y.numpy()), stream[i])
     assert len(list(stream.take(3).as_tf_dataset())) == 3
+
+
+def test_a_stream_pickles_for_worker_processes(arrays):
+    # keras.utils.PyDataset(use_multiprocessing=True) sends the dataset to
+    # processes that may be spawned (macOS, Windows): it must pickle.
+    import pickle
+
+    path, _ = arrays
+    stream = TokenBatches(path, tokens_per_batch=256, max_length=32).stream(workers=2).skip(3)
+    again = pickle.loads(pickle.dumps(stream))
+    assert again.workers == 2
+    for i in (0, 1, 40):
+        _same(again[i], stream[i])

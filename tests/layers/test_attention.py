@@ -7,6 +7,7 @@ from keras_transformer.layers import MultiHeadAttention
 from tests import reference
 from tests.backend import compiled
 from tests.backend import gradients
+from tests.backend import jax_on_cpu
 from tests.backend import jax_on_gpu
 from tests.backend import keras_mask
 from tests.backend import to_numpy
@@ -263,7 +264,7 @@ def test_the_fused_path_equals_the_explicit_one(policy, atol, self_attention):
     fused(query, value)
     explicit(query, value)
     explicit.set_weights(fused.get_weights())
-    if policy == "mixed_float16" and keras.backend.backend() == "jax" and not jax_on_gpu():
+    if policy == "mixed_float16" and keras.backend.backend() == "jax" and jax_on_cpu():
         # XLA's CPU dot refuses float16 with float32 accumulation under jax.jit
         # ("precision 'F16_F16_F32' is not supported"): the layer keeps to the
         # explicit path there, and the call under jit works.

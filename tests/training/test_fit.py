@@ -117,7 +117,8 @@ def test_validation_loss_and_tensorboard_logs(tmp_path):
     model = _model()
     validation = _stream(seed=1).take(3)
     history = training.train(
-        model, _stream(), 5, 2, str(tmp_path), validation_data=validation, early_stopping_patience=3, verbose=0
+        model, _stream(), 5, 2, str(tmp_path), validation_data=validation, early_stopping_patience=3, verbose=0,
+        tensorboard=True,  # the default on TensorFlow's backend only
     )
     assert len(history["val_loss"]) == 2 and np.isfinite(history["val_loss"]).all()
     assert os.listdir(tmp_path / "logs" / "train")
@@ -239,3 +240,51 @@ def test_time_budget_moves_the_decay_end_to_when_time_runs_out():
     budget = training.TimeBudget(12 / 60, schedule, max_steps=6, clock=_FakeClock())
     model.fit(_stream(), steps_per_epoch=3, epochs=1, callbacks=[budget], verbose=0)
     assert schedule.total_steps == 6
+
+
+def _as_fit_input(stream):
+    return stream.as_tf_dataset() if keras.backend.backend() == "tensorflow" else stream
+
+
+def test_train_takes_token_batches_whose_first_batches_share_a_width(tmp_path):
+    # On TensorFlow's backend Keras fixes a PyDataset's shapes from its first
+    # two batches (keras/src/trainers/data_adapters/py_dataset_adapter.py,
+    # get_tf_dataset): here two of width 4, then one of 10, which failed the
+    # epoch before `train` converted the stream. Validation on a TokenBatches
+    # uses one fixed pass: Keras calls its on_epoch_end during every
+    # evaluation, which regrouped the batches each time.
+    short, long = ([2, 5, 6, 7, 3], [2, 7, 6, 5, 3]), ([2, *range(4, 13), 3], [2, *range(12, 3, -1), 3])
+    data.save_token_arrays(str(tmp_path / "train.npz"), [short] * 4 + [long])
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    # (Elsewhere one padded shape, for jax.jit: the widths matter on TensorFlow's backend only.)
+    shapes = {} if on_tensorflow else dict(pad_to_bucket_boundary=True, fill_batches=True)
+    batches = data.TokenBatches(str(tmp_path / "train.npz"), tokens_per_batch=16, max_length=16, shuffle=False,
+                                boundaries=[8, 17] if on_tensorflow else [17], **shapes)
+    if on_tensorflow:
+        assert [batches[i][1].shape[1] for i in range(len(batches))] == [4, 4, 10]
+    data.save_token_arrays(str(tmp_path / "val.npz"), _pairs(7, 40))
+    val = data.TokenBatches(str(tmp_path / "val.npz"), tokens_per_batch=64, max_length=16, seed=3,
+                            boundaries=[17], pad_to_bucket_boundary=True, fill_batches=True)  # one shape for jit
+    assert len(val) > 2
+    model = _model()
+    history = training.train(model, batches.stream(), len(batches), 2, str(tmp_path / "run"), validation_data=val,
+                             verbose=0)
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"]).all()
+    fixed = model.evaluate(_as_fit_input(val.stream().take(len(val))), verbose=0)[0]
+    np.testing.assert_allclose(history["val_loss"][-1], fixed, rtol=1e-5)
+    assert val.epoch == 0
+
+
+def test_train_refuses_streams_it_cannot_resume_exactly(tmp_path):
+    stream = _stream(kind="arrays")
+    # A finite stream starts again when it runs out; `skip` on resuming would not.
+    with pytest.raises(ValueError, match="endless"):
+        training.train(_model(), stream.take(5), 4, 2, str(tmp_path))
+    # Keras's enqueuer starts the first fit at the second batch (it reads one
+    # to build the metrics, then resets).
+    for kwargs in (dict(workers=2), dict(use_multiprocessing=True)):
+        threaded = data.TokenBatches(_arrays_file(0, 96), 128, 16).stream(**kwargs)
+        with pytest.raises(ValueError, match="workers=1"):
+            training.train(_model(), threaded, 4, 2, str(tmp_path))
+    with pytest.raises(ValueError, match="skip"):
+        training.train(_model(), [1, 2, 3], 4, 2, str(tmp_path))
