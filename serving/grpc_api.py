@@ -4,6 +4,7 @@ import functools
 import logging
 import os
 import re
+import time
 from typing import Optional
 
 import numpy as np
@@ -84,15 +85,27 @@ def _grpc_method(method):
     with its own code, anything unexpected with INTERNAL and a message (the
     server logs it and stays up), never grpc's bare UNKNOWN."""
 
+    counted = method.__name__ in ("Predict", "Classify", "Regress")  # as prediction_service_impl.cc counts
+
+    def record(self, request, status, started):
+        metrics = getattr(self, "metrics", None)
+        if counted and metrics is not None:
+            metrics.record_request(request.model_spec.name, method.__name__, "GRPC", status, started)
+
     @functools.wraps(method)
     def handler(self, request, context):
+        started = time.monotonic()
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
         except ServingError as error:
             message, code = error.message, error.code
         except Exception as error:
             log.exception("gRPC %s failed", method.__name__)
             message, code = f"{type(error).__name__}: {error}"[:500], StatusCode.INTERNAL
+        else:
+            record(self, request, "OK", started)
+            return response
+        record(self, request, code.name, started)
         context.abort(code, message)
 
     return handler
@@ -107,8 +120,9 @@ def _answered_by(model_spec, loaded, signature=None):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, metrics=None):
         self.manager = manager
+        self.metrics = metrics  # a serving.metrics.ServingMetrics, or None
 
     @_grpc_method
     def Predict(self, request, context):

@@ -40,6 +40,14 @@ _MESSAGES = {
         ("enable_large_batch_splitting", 8, ".google.protobuf.BoolValue", False),
         ("max_execution_batch_size", 9, ".google.protobuf.Int64Value", False),
     ],
+    # config/monitoring_config.proto
+    "PrometheusConfig": [
+        ("enable", 1, _F.TYPE_BOOL, False),
+        ("path", 2, _F.TYPE_STRING, False),
+    ],
+    "MonitoringConfig": [
+        ("prometheus_config", 1, ".tensorflow.serving.PrometheusConfig", False),
+    ],
 }
 
 

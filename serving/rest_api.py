@@ -28,6 +28,7 @@ from serving.servables import STATE_NAMES  # noqa: E402
 from serving.json_tensor import from_json  # noqa: E402
 from serving.json_tensor import json_value  # noqa: E402
 from serving.json_tensor import to_json  # noqa: E402
+from serving.metrics import CONTENT_TYPE  # noqa: E402
 from serving.servables import ModelManager  # noqa: E402
 
 log = logging.getLogger("serving")
@@ -203,7 +204,18 @@ def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> d
         }
 
 
-def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_seconds: float = 30.0):
+# A REST reply's HTTP status as the gRPC status name the request count uses
+# (the inverse of errors.HTTP_STATUS, for the replies made without a ServingError).
+_STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
+                 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+                 504: "DEADLINE_EXCEEDED"}
+
+
+def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_seconds: float = 30.0, metrics=None,
+                      metrics_path: Optional[str] = None):
+    """The REST handler class; with `metrics` (a `serving.metrics.ServingMetrics`), it counts and
+    times requests, and answers GET `metrics_path` with the Prometheus text."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # TensorFlow Serving's --rest_api_timeout_in_ms, twice: as the
@@ -254,22 +266,24 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 self.close_connection = True  # a body that is never read is never read as a request
             return True
 
-        def _reply(self, status: int, body: dict):
+        def _reply(self, status: int, body: dict, content_type: str = "application/json"):
             if self._replied:
                 return  # one answer per request, even when writing the first one failed
             self._replied = True
             if not self._arrived():
                 status, body = 408, {"error": f"the request did not arrive in full within {timeout_seconds:g} s"}
+                self._error_code = "DEADLINE_EXCEEDED"
+            self._status = status
             if status >= 400 or self.server.saturated() or self.server.stopping():
                 # After an error the rest of the stream may be an unread
                 # body: close rather than read it as the next request. With
                 # every thread busy, an idle keep-alive connection would hold
                 # one: close it too.
                 self.close_connection = True
-            data = json.dumps(body).encode("utf-8")
+            data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -350,8 +364,24 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
         def _route(self, method: str):
             if method == "GET" and not self._arrived():
                 return self._reply(408, {})
+            if metrics is None:
+                return self._serve(method)
+            if method == "GET" and urllib.parse.urlsplit(self.path).path == metrics_path:
+                # TensorFlow Serving's own handler for this path (http_server.cc): not counted.
+                return self._reply(200, metrics.exposition(), CONTENT_TYPE)
+            started, self._model_name, self._method, self._status = time.monotonic(), "", "", None
+            try:
+                self._serve(method)
+            finally:
+                status = self._error_code or _STATUS_NAMES.get(getattr(self, "_status", 500), "INTERNAL")
+                metrics.record_request(self._model_name, self._method, "REST", status, started)
+
+        def _serve(self, method: str):
+            self._error_code = None
             try:
                 name, version, match = _parse_path(method, self.path)
+                self._model_name = name
+                self._method = (match["method"] or "").lower() if method == "POST" else ""
                 if method == "GET":
                     if match["metadata"]:
                         return self._reply(200, rest_metadata(manager, name, version))
@@ -373,9 +403,11 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                     return self._reply(200, rest_predict(manager, name, version, body))
                 raise ServingError(StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {self.path[:200]}")
             except ServingError as error:
+                self._error_code = error.code.name
                 self._reply(error.http_status, {"error": error.message})
             except Exception as error:  # the server stays up; the caller hears what broke
                 log.exception("REST request failed")
+                self._error_code = "INTERNAL"
                 self._reply(500, {"error": f"internal error: {error}"})
 
         def do_GET(self):  # noqa: N802

@@ -52,8 +52,10 @@ def _short(message: str) -> str:
 class LoadedVersion:
     """One SavedModel version in memory, with its signatures and in-flight count."""
 
-    def __init__(self, name: str, version: int, path: str, batching: Optional[BatchingParameters] = None):
+    def __init__(self, name: str, version: int, path: str, batching: Optional[BatchingParameters] = None,
+                 metrics=None):
         self.name = name
+        self.metrics = metrics
         self.version = version
         self.path = path
         self.module = tf.saved_model.load(path)
@@ -138,11 +140,13 @@ class LoadedVersion:
             raise ServingError(StatusCode.INVALID_ARGUMENT, "empty batch: the inputs have 0 rows")
 
     def run(
-        self, signature_name: str, inputs: Dict[str, np.ndarray], output_filter=(), checked: bool = False
+        self, signature_name: str, inputs: Dict[str, np.ndarray], output_filter=(), checked: bool = False,
+        warm_up: bool = False,
     ) -> Dict[str, np.ndarray]:
         """Runs one request; returns its outputs (those in `output_filter`, if given).
 
         The inputs are checked first unless the caller already did (`checked`).
+        A `warm_up` run is left out of the metrics.
         """
         if not checked:
             self.check_inputs(
@@ -157,7 +161,10 @@ class LoadedVersion:
                 f"output_filter names unknown output(s) {unknown}; signature \"{signature_name}\" has "
                 f"{sorted(self.outputs[signature_name])}",
             )
+        started = time.monotonic()
         outputs = self.runners[signature_name](inputs)
+        if self.metrics is not None and not warm_up:
+            self.metrics.record_run(self.name, signature_name, started)
         if output_filter:
             outputs = {k: v for k, v in outputs.items() if k in output_filter}
         return outputs
@@ -176,7 +183,7 @@ class LoadedVersion:
                 continue
             request = entry.predict_log.request
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            self.run(request.model_spec.signature_name or DEFAULT_SIGNATURE, inputs)
+            self.run(request.model_spec.signature_name or DEFAULT_SIGNATURE, inputs, warm_up=True)
             count += 1
         return count
 
@@ -249,11 +256,13 @@ class ModelManager:
             `--max_num_load_retries`, default 5).
         load_retry_interval: seconds between them (`--load_retry_interval_micros`
             / 1e6, default 60).
+        metrics: a `serving.metrics.ServingMetrics` that times each signature's runs, or None.
     """
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0, batching=None,
-                 max_num_load_retries: int = 5, load_retry_interval: float = 60.0):
+                 max_num_load_retries: int = 5, load_retry_interval: float = 60.0, metrics=None):
         self.name = name
+        self.metrics = metrics
         self.base_path = base_path
         self.poll_seconds = poll_seconds
         self.batching = batching
@@ -292,7 +301,8 @@ class ModelManager:
         log.info("loading %s version %d from %s", self.name, target, self.base_path)
         loaded = None
         try:
-            loaded = LoadedVersion(self.name, target, os.path.join(self.base_path, str(target)), self.batching)
+            loaded = LoadedVersion(self.name, target, os.path.join(self.base_path, str(target)), self.batching,
+                                   self.metrics)
             warmed = loaded.warm_up()
         except Exception as error:
             # Reported; the version serving now goes on serving.

@@ -41,6 +41,8 @@ from serving.batching import parse_batching_parameters  # noqa: E402
 from serving.grpc_api import ModelService  # noqa: E402
 from serving.grpc_api import PredictionService  # noqa: E402
 from serving.grpc_api import parse_channel_arguments  # noqa: E402
+from serving.metrics import ServingMetrics  # noqa: E402
+from serving.metrics import parse_monitoring_config  # noqa: E402
 from serving.rest_api import BoundedHTTPServer  # noqa: E402
 from serving.rest_api import make_rest_handler  # noqa: E402
 from serving.servables import ModelManager  # noqa: E402
@@ -65,6 +67,7 @@ class ServerConfig:
         rest_api_timeout_seconds: the whole-request deadline of a REST request.
         rest_api_num_threads: REST connections handled at once.
         max_num_load_retries, load_retry_interval_seconds: retries of a failed version load.
+        monitoring_path: the REST path of the Prometheus metrics (`serving.metrics`), or None for none.
     """
 
     model_name: str
@@ -81,6 +84,7 @@ class ServerConfig:
     rest_api_num_threads: int = 4 * (os.cpu_count() or 1)
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
+    monitoring_path: Optional[str] = None
 
     def __post_init__(self):
         # The same limits as the flags', so a config built in code cannot
@@ -96,6 +100,9 @@ class ServerConfig:
                     or (high is not None and value > high)):
                 expected = f"an integer of at least {low}" + ("" if high is None else f" and at most {high}")
                 raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+        if self.monitoring_path is not None and (
+                not isinstance(self.monitoring_path, str) or not self.monitoring_path.startswith("/")):
+            raise ValueError(f'`monitoring_path` must be a path starting with "/". Received: {self.monitoring_path!r}')
         # Negative poll and retry intervals are TensorFlow Serving's too
         # (model_servers/main.cc): no polling after the start, no wait between retries.
         for name, positive in (("rest_api_timeout_seconds", True), ("file_system_poll_wait_seconds", False),
@@ -112,9 +119,10 @@ class ModelServer:
 
     def __init__(self, config: ServerConfig):
         c = self.config = config
+        self.metrics = ServingMetrics() if c.monitoring_path and c.rest_api_port else None
         self.manager = ModelManager(
             c.model_name, c.model_base_path, c.file_system_poll_wait_seconds, c.batching, c.max_num_load_retries,
-            c.load_retry_interval_seconds,
+            c.load_retry_interval_seconds, metrics=self.metrics,
         )
         self.rest = None
         self.rest_api_port = None  # the REST port bound, when REST is on
@@ -126,7 +134,9 @@ class ModelServer:
         # port would share it silently; this one fails to bind instead.
         options = [("grpc.so_reuseport", 0), *c.grpc_channel_arguments]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=c.grpc_max_threads), options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self.grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager, self.metrics), self.grpc
+        )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self.grpc)
         try:
             if c.ssl:
@@ -141,7 +151,8 @@ class ModelServer:
             if self.port == 0:
                 raise OSError(f"cannot listen for gRPC on port {c.port}")
             if c.rest_api_port:
-                handler = make_rest_handler(self.manager, c.max_body_bytes, c.rest_api_timeout_seconds)
+                handler = make_rest_handler(self.manager, c.max_body_bytes, c.rest_api_timeout_seconds,
+                                            self.metrics, c.monitoring_path)
                 self.rest = BoundedHTTPServer(("0.0.0.0", c.rest_api_port), handler, c.rest_api_num_threads)
                 self.rest_api_port = self.rest.server_address[1]
         except BaseException:
@@ -285,6 +296,8 @@ def main(argv=None) -> int:
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
     p.add_argument("--ssl_config_file", help="SSLConfig in protobuf text format: serve gRPC over TLS")
+    p.add_argument("--monitoring_config_file",
+                   help="MonitoringConfig in protobuf text format: Prometheus metrics on the REST port")
     p.add_argument("--drain_seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="a REST client that stalls this long mid-request is answered 408 or dropped")
@@ -311,7 +324,15 @@ def main(argv=None) -> int:
     ssl = None
     if args.ssl_config_file:
         ssl = _read_config(p, "ssl_config_file", args.ssl_config_file, parse_ssl_config)
+    monitoring_path = None
+    if args.monitoring_config_file:
+        monitoring_path = _read_config(p, "monitoring_config_file", args.monitoring_config_file,
+                                       parse_monitoring_config)
+        if monitoring_path and not args.rest_api_port:
+            # As tensorflow_model_server (model_servers/server.cc): metrics live on the REST port.
+            log.warning("--monitoring_config_file: no REST port (--rest_api_port=0), so no metrics are served")
     config = _config(p, dict(
+        monitoring_path=monitoring_path,
         model_name=args.model_name,
         model_base_path=os.path.abspath(args.model_base_path),
         port=args.port,

@@ -1,0 +1,138 @@
+"""Prometheus metrics (--monitoring_config_file) under TensorFlow Serving's names.
+
+What to count and how to name it is read from TensorFlow Serving's source:
+servables/tensorflow/util.cc (`/tensorflow/serving/request_count` by model
+and status, `request_latency` by model, API and entrypoint, 33 exponential
+buckets from 10 us), model_servers/prediction_service_impl.cc and
+http_server.cc (where each is recorded: latency only for requests that
+succeeded), and util/prometheus_exporter.cc (the path, and '/' written ':').
+"""
+
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.client import GrpcClient
+from serving.client import RestClient
+from serving.client import ServingError
+from serving.metrics import LATENCY_BUCKETS_MICROS
+from serving.server import main as server_main
+from tests.serving.conftest import ServerProcess
+
+
+def _scrape(port, path="/monitoring/prometheus/metrics"):
+    with urllib.request.urlopen(f"http://localhost:{port}{path}", timeout=30) as reply:
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+    return families
+
+
+def _counts(families):
+    family = families.get(":tensorflow:serving:request_count")
+    return {} if family is None else {(s.labels["model_name"], s.labels["status"]): s.value for s in family.samples}
+
+
+def _histogram(families, name, **labels):
+    """{"count", "sum", "buckets": [(le, cumulative count)]} of one label set."""
+    out = {"buckets": []}
+    for sample in families[name].samples:
+        rest = {k: v for k, v in sample.labels.items() if k != "le"}
+        if rest != labels:
+            continue
+        if sample.name.endswith("_bucket"):
+            out["buckets"].append((float(sample.labels["le"]), sample.value))
+        elif sample.name.endswith("_count"):
+            out["count"] = sample.value
+        elif sample.name.endswith("_sum"):
+            out["sum"] = sample.value
+    return out
+
+
+@pytest.fixture(scope="module")
+def monitored(serving_exports, tmp_path_factory):
+    base, _, _ = serving_exports
+    config = tmp_path_factory.mktemp("monitoring") / "monitoring.config"
+    config.write_text("prometheus_config {\n  enable: true\n}\n")
+    process = ServerProcess(base, f"--monitoring_config_file={config}")
+    yield process
+    process.stop()
+
+
+def test_requests_are_counted_by_model_and_status_and_timed_when_they_succeed(monitored):
+    before = _scrape(monitored.rest_port)
+    assert _counts(before) == {}
+    grpc_client = GrpcClient(monitored.address, "toy", retries=0)
+    rest = RestClient(f"localhost:{monitored.rest_port}", "toy")
+    for _ in range(3):
+        grpc_client.translate(["a man rides a bike ."])
+    with pytest.raises(Exception):
+        grpc_client.predict({"text": np.array([b"a"], object)}, "no_such_signature")
+    for _ in range(2):
+        rest.predict([{"text": "two dogs run"}])
+    with pytest.raises(ServingError, match="HTTP 404"):
+        RestClient(f"localhost:{monitored.rest_port}", "nope").predict([{"text": "a"}])
+    with urllib.request.urlopen(f"http://localhost:{monitored.rest_port}/v1/models/toy", timeout=30) as reply:
+        assert reply.status == 200
+
+    after = _scrape(monitored.rest_port)
+    assert _counts(after) == {("toy", "OK"): 6, ("toy", "FAILED_PRECONDITION"): 1, ("nope", "NOT_FOUND"): 1}
+    latency = ":tensorflow:serving:request_latency"
+    grpc_predict = _histogram(after, latency, model_name="toy", API="Predict", entrypoint="GRPC")
+    rest_predict = _histogram(after, latency, model_name="toy", API="predict", entrypoint="REST")
+    rest_status = _histogram(after, latency, model_name="toy", API="", entrypoint="REST")
+    assert (grpc_predict["count"], rest_predict["count"], rest_status["count"]) == (3, 2, 1)  # failures untimed
+    assert _histogram(after, latency, model_name="nope", API="predict", entrypoint="REST")["buckets"] == []
+    # TensorFlow Serving's buckets (microseconds), cumulative, ending with +Inf at the count.
+    bounds = [le for le, _ in grpc_predict["buckets"]]
+    np.testing.assert_allclose(bounds[:-1], LATENCY_BUCKETS_MICROS)
+    assert bounds[0] == 10 and bounds[-1] == float("inf") and len(bounds) == 34
+    cumulative = [n for _, n in grpc_predict["buckets"]]
+    assert cumulative == sorted(cumulative) and cumulative[-1] == 3
+    assert 0 < grpc_predict["sum"] < 3 * 60e6  # microseconds: three translations, each under a minute
+    # Beyond TensorFlow Serving: each signature's run time, batching included.
+    signature = _histogram(after, ":keras_transformer:serving:signature_latency", model_name="toy",
+                           signature_name="serving_default")
+    assert signature["count"] == 5 and signature["sum"] > 0
+    # Scraping is not itself counted.
+    assert _counts(_scrape(monitored.rest_port)) == _counts(after)
+
+
+def _http_status(port, path):
+    try:
+        with urllib.request.urlopen(f"http://localhost:{port}{path}", timeout=30) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_path_is_the_configs_and_without_a_config_there_are_no_metrics(serving_exports, tmp_path):
+    base, _, _ = serving_exports
+    config = tmp_path / "monitoring.config"
+    config.write_text('prometheus_config { enable: true path: "/metrics" }\n')
+    custom = ServerProcess(base, f"--monitoring_config_file={config}")
+    try:
+        assert ":tensorflow:serving:request_latency" in _scrape(custom.rest_port, "/metrics")
+        assert _http_status(custom.rest_port, "/monitoring/prometheus/metrics") != 200
+    finally:
+        custom.stop()
+    config.write_text("prometheus_config { enable: false }\n")
+    off = ServerProcess(base, f"--monitoring_config_file={config}")
+    try:
+        assert _http_status(off.rest_port, "/monitoring/prometheus/metrics") != 200
+    finally:
+        off.stop()
+
+
+def test_a_bad_monitoring_config_stops_the_start_naming_the_flag_and_the_line(tmp_path, capsys):
+    config = tmp_path / "monitoring.config"
+    config.write_text("prometheus_config {\n  enabled: true\n}\n")
+    with pytest.raises(SystemExit):
+        server_main([f"--model_base_path={tmp_path}", f"--monitoring_config_file={config}"])
+    error = capsys.readouterr().err
+    assert "--monitoring_config_file" in error and "2:" in error and "enabled" in error
+    with pytest.raises(SystemExit):
+        server_main([f"--model_base_path={tmp_path}", f"--monitoring_config_file={tmp_path / 'missing'}"])
+    assert "--monitoring_config_file" in capsys.readouterr().err
