@@ -204,6 +204,10 @@ def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> d
         }
 
 
+# The requests TensorFlow Serving's REST handler takes, and counts (http_rest_api_util.h, kPathRegex).
+_COUNTED_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_NAMED_PATH = re.compile(r"/v1/models/([^/:]+)", re.IGNORECASE)
+
 # A REST reply's HTTP status as the gRPC status name the request count uses
 # (the inverse of errors.HTTP_STATUS, for the replies made without a ServingError).
 _STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
@@ -366,10 +370,17 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 return self._reply(408, {})
             if metrics is None:
                 return self._serve(method)
-            if method == "GET" and urllib.parse.urlsplit(self.path).path == metrics_path:
-                # TensorFlow Serving's own handler for this path (http_server.cc): not counted.
+            path = urllib.parse.urlsplit(self.path).path
+            if path == metrics_path:
+                # TensorFlow Serving's own handler for this path, for any method (http_server.cc): not counted.
+                if method == "POST":
+                    self.close_connection = True  # its body is not read
                 return self._reply(200, metrics.exposition(), CONTENT_TYPE)
-            started, self._model_name, self._method, self._status = time.monotonic(), "", "", None
+            if not _COUNTED_PATH.match(path):
+                return self._serve(method)  # TensorFlow Serving's REST handler takes /v1/ paths only
+            named = _NAMED_PATH.match(path)  # the name counts even when the rest of the path is refused
+            started, self._method, self._status = time.monotonic(), "", None
+            self._model_name = urllib.parse.unquote(named[1]) if named else ""
             try:
                 self._serve(method)
             finally:

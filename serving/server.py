@@ -119,7 +119,9 @@ class ModelServer:
 
     def __init__(self, config: ServerConfig):
         c = self.config = config
-        self.metrics = ServingMetrics() if c.monitoring_path and c.rest_api_port else None
+        self.metrics = None
+        if c.monitoring_path and c.rest_api_port:
+            self.metrics = ServingMetrics(known_model=lambda name: name == c.model_name)
         self.manager = ModelManager(
             c.model_name, c.model_base_path, c.file_system_poll_wait_seconds, c.batching, c.max_num_load_retries,
             c.load_retry_interval_seconds, metrics=self.metrics,
@@ -325,12 +327,12 @@ def main(argv=None) -> int:
     if args.ssl_config_file:
         ssl = _read_config(p, "ssl_config_file", args.ssl_config_file, parse_ssl_config)
     monitoring_path = None
-    if args.monitoring_config_file:
+    if args.monitoring_config_file and not args.rest_api_port:
+        # As tensorflow_model_server (model_servers/server.cc), which then does not read the file.
+        log.warning("--monitoring_config_file: no REST port (--rest_api_port=0), so no metrics are served")
+    elif args.monitoring_config_file:
         monitoring_path = _read_config(p, "monitoring_config_file", args.monitoring_config_file,
                                        parse_monitoring_config)
-        if monitoring_path and not args.rest_api_port:
-            # As tensorflow_model_server (model_servers/server.cc): metrics live on the REST port.
-            log.warning("--monitoring_config_file: no REST port (--rest_api_port=0), so no metrics are served")
     config = _config(p, dict(
         monitoring_path=monitoring_path,
         model_name=args.model_name,

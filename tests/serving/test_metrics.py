@@ -76,28 +76,42 @@ def test_requests_are_counted_by_model_and_status_and_timed_when_they_succeed(mo
         RestClient(f"localhost:{monitored.rest_port}", "nope").predict([{"text": "a"}])
     with urllib.request.urlopen(f"http://localhost:{monitored.rest_port}/v1/models/toy", timeout=30) as reply:
         assert reply.status == 200
+    # Refused after the name is read: counted under the name, as TensorFlow Serving's ParseModelInfo has it.
+    assert _http_status(monitored.rest_port, "/v1/models/toy/labels/stable") == 400
+    # Not a /v1/ path: TensorFlow Serving's REST handler never sees it, and counts nothing.
+    assert _http_status(monitored.rest_port, "/favicon.ico") == 400
 
     after = _scrape(monitored.rest_port)
-    assert _counts(after) == {("toy", "OK"): 6, ("toy", "FAILED_PRECONDITION"): 1, ("nope", "NOT_FOUND"): 1}
+    # A model this server does not serve is counted under "": made-up names add no label values.
+    assert _counts(after) == {("toy", "OK"): 6, ("toy", "FAILED_PRECONDITION"): 1, ("", "NOT_FOUND"): 1,
+                              ("toy", "INVALID_ARGUMENT"): 1}
     latency = ":tensorflow:serving:request_latency"
     grpc_predict = _histogram(after, latency, model_name="toy", API="Predict", entrypoint="GRPC")
     rest_predict = _histogram(after, latency, model_name="toy", API="predict", entrypoint="REST")
     rest_status = _histogram(after, latency, model_name="toy", API="", entrypoint="REST")
     assert (grpc_predict["count"], rest_predict["count"], rest_status["count"]) == (3, 2, 1)  # failures untimed
-    assert _histogram(after, latency, model_name="nope", API="predict", entrypoint="REST")["buckets"] == []
-    # TensorFlow Serving's buckets (microseconds), cumulative, ending with +Inf at the count.
+    assert _histogram(after, latency, model_name="", API="predict", entrypoint="REST")["buckets"] == []
+    # TensorFlow Serving's buckets, Exponential(10, 1.8, 33) in microseconds, as it writes them,
+    # cumulative, ending with +Inf at the count.
     bounds = [le for le, _ in grpc_predict["buckets"]]
-    np.testing.assert_allclose(bounds[:-1], LATENCY_BUCKETS_MICROS)
-    assert bounds[0] == 10 and bounds[-1] == float("inf") and len(bounds) == 34
+    assert bounds[:4] == [10.0, 18.0, 32.4, 58.32] and bounds[-1] == float("inf") and len(bounds) == 34
+    np.testing.assert_allclose(bounds[-2], 10 * 1.8**32, rtol=1e-5)
+    assert tuple(bounds[:-1]) == LATENCY_BUCKETS_MICROS
     cumulative = [n for _, n in grpc_predict["buckets"]]
     assert cumulative == sorted(cumulative) and cumulative[-1] == 3
-    assert 0 < grpc_predict["sum"] < 3 * 60e6  # microseconds: three translations, each under a minute
+    # Microseconds: three beam searches take more than a millisecond, and less than a minute.
+    assert 3 * 1e3 < grpc_predict["sum"] < 3 * 60e6
     # Beyond TensorFlow Serving: each signature's run time, batching included.
     signature = _histogram(after, ":keras_transformer:serving:signature_latency", model_name="toy",
                            signature_name="serving_default")
     assert signature["count"] == 5 and signature["sum"] > 0
-    # Scraping is not itself counted.
+    # Scraping is not itself counted, whatever the method (TensorFlow Serving's handler takes any).
+    request = urllib.request.Request(f"http://localhost:{monitored.rest_port}/monitoring/prometheus/metrics",
+                                     data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert b":tensorflow:serving:request_latency_bucket" in reply.read()
     assert _counts(_scrape(monitored.rest_port)) == _counts(after)
+    assert not any(name.endswith("_created") for name in after)
 
 
 def _http_status(port, path):
@@ -129,6 +143,13 @@ def test_the_path_is_the_configs_and_without_a_config_there_are_no_metrics(servi
 def test_a_bad_monitoring_config_stops_the_start_naming_the_flag_and_the_line(tmp_path, capsys):
     config = tmp_path / "monitoring.config"
     config.write_text("prometheus_config {\n  enabled: true\n}\n")
+    # A path that is not one: TensorFlow Serving would start and never serve it.
+    from serving.metrics import parse_monitoring_config
+
+    for path in ("metrics", "//metrics", "/m?x=1"):
+        with pytest.raises(ValueError, match="URL path"):
+            parse_monitoring_config(f'prometheus_config {{ enable: true path: "{path}" }}')
+    assert parse_monitoring_config("") is None and parse_monitoring_config("prometheus_config { enable: true }")
     with pytest.raises(SystemExit):
         server_main([f"--model_base_path={tmp_path}", f"--monitoring_config_file={config}"])
     error = capsys.readouterr().err
