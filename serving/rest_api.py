@@ -391,7 +391,6 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
             self._error_code = None
             try:
                 name, version, match = _parse_path(method, self.path)
-                self._model_name = name
                 self._method = (match["method"] or "").lower() if method == "POST" else ""
                 if method == "GET":
                     if match["metadata"]:

@@ -14,22 +14,23 @@ def is_tensorflow():
     return keras.backend.backend() == "tensorflow"
 
 
-def jax_on_gpu():
-    """Whether the backend is JAX computing on a GPU."""
+def _jax_platform():
+    """JAX's platform ("cpu", "gpu", "tpu") when the backend is JAX, else None."""
     if keras.backend.backend() != "jax":
-        return False
+        return None
     import jax
 
-    return jax.default_backend() == "gpu"
+    return jax.default_backend()
+
+
+def jax_on_gpu():
+    """Whether the backend is JAX computing on a GPU."""
+    return _jax_platform() == "gpu"
 
 
 def jax_on_cpu():
     """Whether the backend is JAX computing on the CPU."""
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
+    return _jax_platform() == "cpu"
 
 
 def dtype(x):

@@ -123,29 +123,19 @@ def _merge(key_padding, attention_mask, causal):
 
 
 @functools.cache
-def _jax_on_cpu() -> bool:
-    """Whether the JAX backend computes on the CPU."""
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
-
-
-@functools.cache
-def _computes_on_accelerator() -> bool:
-    """Whether the JAX backend computes on a GPU, or PyTorch's on CUDA."""
+def _platform() -> str:
+    """Where the backend computes: JAX's platform ("cpu", "gpu", "tpu"),
+    "cuda" for PyTorch on CUDA, else "cpu" (TensorFlow's is not asked)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        # Not TPUs: Keras's splash-attention path there reads one mask for the whole batch.
-        return jax.default_backend() == "gpu"
+        return jax.default_backend()
     if backend == "torch":
         import torch
 
-        return torch.cuda.is_available()
-    return False
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -497,9 +487,10 @@ class MultiHeadAttention(keras.layers.Layer):
             return False  # (JAX's dot_product_attention takes one head size for queries and values)
         if self.dropout > 0 and training:
             return False
-        if self.compute_dtype == "float16" and _jax_on_cpu():
+        if self.compute_dtype == "float16" and keras.backend.backend() == "jax" and _platform() == "cpu":
             return False  # XLA's CPU dot has no float16 with float32 accumulation, which JAX's asks for
-        return self.fused_attention or _computes_on_accelerator()
+        # By default on GPUs only; not TPUs: Keras's splash-attention path there reads one mask for the batch.
+        return self.fused_attention or _platform() in ("gpu", "cuda")
 
     def _output(self, x):
         """Per-head outputs [B, T, N, H] -> the output projection [B, T, D_out]."""

@@ -50,6 +50,21 @@ def _reversal_task(n=6):
     return texts, source, target
 
 
+def save_tensorflow_side(tmp_path, num_layers):
+    """A seeded model on TensorFlow, saved as tf_model.keras, with the reversal
+    task and its logits in inputs.npz: what the other backend's side starts from.
+    Returns (model, texts, source, target, logits)."""
+    assert keras.backend.backend() == "tensorflow"
+    keras.utils.set_random_seed(3)
+    model = kt.Transformer(40, 40, num_layers=num_layers, d_model=32, num_heads=4, d_ff=64, dropout=0.1,
+                           max_length=32)
+    texts, source, target = _reversal_task()
+    logits = keras.ops.convert_to_numpy(model({"source": source, "target": target}))
+    model.save(tmp_path / "tf_model.keras")
+    np.savez(tmp_path / "inputs.npz", source=source, target=target, logits=logits)
+    return model, texts, source, target, logits
+
+
 def test_a_model_round_trips_between_tensorflow_and_jax(tmp_path):
     # The cross-backend path of a user who trains on JAX and serves with
     # TensorFlow: a TF-saved model gives TF's logits on JAX, trains there,
@@ -57,13 +72,7 @@ def test_a_model_round_trips_between_tensorflow_and_jax(tmp_path):
     # logits and JAX's translations on TensorFlow, through its own decoding
     # loop and through the SavedModel that `python -m keras_transformer.export`
     # writes.
-    assert keras.backend.backend() == "tensorflow"
-    keras.utils.set_random_seed(3)
-    model = kt.Transformer(40, 40, num_layers=2, d_model=32, num_heads=4, d_ff=64, dropout=0.1, max_length=32)
-    texts, source, target = _reversal_task()
-    logits = keras.ops.convert_to_numpy(model({"source": source, "target": target}))
-    model.save(tmp_path / "tf_model.keras")
-    np.savez(tmp_path / "inputs.npz", source=source, target=target, logits=logits)
+    _, texts, source, target, logits = save_tensorflow_side(tmp_path, num_layers=2)
 
     _jax_side(str(tmp_path))
 

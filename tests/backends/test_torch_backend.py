@@ -11,21 +11,15 @@ import sys
 import keras
 import numpy as np
 
-import keras_transformer as kt
 from keras_transformer.decoding import greedy_decode
-from tests.backends.test_jax_backend import _reversal_task
+from tests.backends.test_jax_backend import save_tensorflow_side
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402,F401 - installed by `make test`: a missing PyTorch fails here rather than skipping
 
 
 def test_a_model_trains_resumes_and_decodes_on_pytorch_and_comes_back(tmp_path):
-    keras.utils.set_random_seed(3)
-    model = kt.Transformer(40, 40, num_layers=1, d_model=32, num_heads=4, d_ff=64, dropout=0.1, max_length=32)
-    _, source, target = _reversal_task()
-    logits = keras.ops.convert_to_numpy(model({"source": source, "target": target}))
-    model.save(tmp_path / "tf_model.keras")
-    np.savez(tmp_path / "inputs.npz", source=source, target=target, logits=logits)
+    _, _, source, target, logits = save_tensorflow_side(tmp_path, num_layers=1)
 
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "backends", "torch_side.py"), str(tmp_path)],
