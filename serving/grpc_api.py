@@ -1,4 +1,4 @@
-"""TensorFlow Serving's gRPC API: PredictionService and ModelService over a ModelManager."""
+"""TensorFlow Serving's gRPC API: PredictionService and ModelService over a `serving.core.ServerCore`."""
 
 import functools
 import logging
@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: E402
 from tensorflow_serving.apis import get_model_status_pb2  # noqa: E402
+from tensorflow_serving.apis import model_management_pb2  # noqa: E402
 from tensorflow_serving.apis import model_service_pb2_grpc  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
@@ -21,7 +22,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.errors import StatusCode  # noqa: E402
 from serving.servables import DEFAULT_SIGNATURE  # noqa: E402
-from serving.servables import ModelManager  # noqa: E402
+from serving.core import models_from_proto  # noqa: E402
 
 log = logging.getLogger("serving")
 
@@ -70,14 +71,21 @@ def _dtype(name: str, enum: int) -> tf.DType:
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"input \"{name}\" has an unknown dtype enum {enum}") from None
 
 
+def _serve(core, spec):
+    """Holds the version a ModelSpec names: by number, by label or the latest
+    (server_core.cc, ServableRequestFromModelSpec)."""
+    if not spec.name:
+        raise ServingError(StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version_label":
+        return core.serve(spec.name, label=spec.version_label)
+    return core.serve(spec.name, spec.version.value if choice == "version" else None)
+
+
 def _version(spec) -> Optional[int]:
-    if spec.WhichOneof("version_choice") == "version_label":
-        raise ServingError(
-            StatusCode.INVALID_ARGUMENT,
-            # As TensorFlow Serving without version labels (model_servers/server_core.cc).
-            f"Unrecognized servable version label: {spec.version_label}",
-        )
-    return spec.version.value if spec.HasField("version") else None
+    """The version a status request names; a label names none: all versions
+    (get_model_status_impl.cc looks at `version` only)."""
+    return spec.version.value if spec.WhichOneof("version_choice") == "version" else None
 
 
 def _grpc_method(method):
@@ -120,7 +128,7 @@ def _answered_by(model_spec, loaded, signature=None):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics=None):
+    def __init__(self, manager, metrics=None):
         self.manager = manager
         self.metrics = metrics  # a serving.metrics.ServingMetrics, or None
 
@@ -128,7 +136,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         # Check types and shapes against the signature before building arrays.
-        with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+        with _serve(self.manager, request.model_spec) as loaded:
             dims = {k: _dims(k, v) for k, v in request.inputs.items()}
             loaded.check_inputs(signature, {k: _dtype(k, v.dtype) for k, v in request.inputs.items()}, dims)
             inputs = {k: _tensor_to_array(k, v, dims[k]) for k, v in request.inputs.items()}
@@ -147,7 +155,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 StatusCode.INVALID_ARGUMENT,
                 f"metadata_field must be [\"signature_def\"], got {sorted(fields)}",
             )
-        with self.manager.serve(request.model_spec.name, _version(request.model_spec)) as loaded:
+        with _serve(self.manager, request.model_spec) as loaded:
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             _answered_by(response.model_spec, loaded)
             signature_map = get_model_metadata_pb2.SignatureDefMap()
@@ -158,8 +166,24 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager, reload=None):
         self.manager = manager
+        self.reload = reload  # fn(models): applies a new model config; None: reloads are refused
+
+    @_grpc_method
+    def HandleReloadConfigRequest(self, request, context):
+        """A new `ModelServerConfig` (model_service_impl.cc): applied whole, or not at all."""
+        if self.reload is None:
+            raise ServingError(StatusCode.UNIMPLEMENTED, "this server does not reload its config")
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise ServingError(StatusCode.INVALID_ARGUMENT, "ServerModelConfig type not supported by "
+                               "HandleReloadConfigRequest. Only ModelConfigList is currently supported")
+        try:
+            models = models_from_proto(request.config, "config")
+        except ValueError as error:
+            raise ServingError(StatusCode.INVALID_ARGUMENT, str(error)) from None
+        self.reload(models)
+        return model_management_pb2.ReloadConfigResponse(status={"error_code": 0})
 
     @_grpc_method
     def GetModelStatus(self, request, context):

@@ -30,8 +30,11 @@ Beyond TensorFlow Serving (tensorflow/serving#1959 asks for it):
 Differences: `request_count` is typed `untyped`, where TensorFlow Serving
 says `counter` (prometheus-client writes a counter's samples as `NAME_total`;
 the name is what queries and dashboards use, so the name is kept); requests
-for a model the server does not serve are counted under `model_name=""`; no
-`_created` series (turned off). TensorFlow Serving's `runtime_latency` and
+for a model the server does not serve are counted under `model_name=""`; a
+histogram's `_sum` is written in full, where TensorFlow Serving rounds it to
+six significant digits. prometheus-client writes the text; the histograms are
+this module's collectors, which write their bounds as TensorFlow Serving
+does (le="10", not "10.0") and no `_created` series. TensorFlow Serving's `runtime_latency` and
 batching metrics are not exported yet.
 """
 
@@ -39,21 +42,57 @@ import threading
 import time
 from typing import Dict, Optional, Tuple
 
-import prometheus_client
+import bisect
+
 from prometheus_client import CollectorRegistry
-from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 
 from serving.protos import parse_text
-
-prometheus_client.disable_created_metrics()  # TensorFlow Serving writes no `_created` series
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # monitoring::Buckets::Exponential(10, 1.8, 33): "(~20 minutes)" in microseconds, to the six
 # significant digits TensorFlow Serving writes them with (le="32.4", not 32.400000000000006).
 LATENCY_BUCKETS_MICROS = tuple(float(f"{10.0 * 1.8**i:.6g}") for i in range(33))
+
+
+class _Histogram:
+    """A histogram written as TensorFlow Serving writes one (util/prometheus_exporter.cc):
+    each bound with absl::StrCat's six significant digits (le="10", le="32.4",
+    le="1.46977e+08"; prometheus-client's Histogram writes le="10.0"), then
+    le="+Inf", `_sum` and `_count`, and no `_created` series. A bucket holds
+    the values up to its bound, as Prometheus reads `le`."""
+
+    def __init__(self, name: str, documentation: str, labelnames, buckets):
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = tuple(buckets)
+        self._les = [f"{b:.6g}" for b in self.bounds] + ["+Inf"]
+        self._lock = threading.Lock()
+        self._series: Dict[tuple, list] = {}  # labels -> [counts per bucket..., sum]
+
+    def observe(self, labels: tuple, value: float):
+        index = bisect.bisect_left(self.bounds, value)
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = [0] * (len(self.bounds) + 1) + [0.0]
+            series[index] += 1
+            series[-1] += value
+
+    def metric(self) -> Metric:
+        family = Metric(self.name, self.documentation, "histogram")
+        with self._lock:
+            series = sorted((labels, list(values)) for labels, values in self._series.items())
+        for labels, values in series:
+            names = dict(zip(self.labelnames, labels))
+            cumulative = 0
+            for le, count in zip(self._les, values[:-1]):
+                cumulative += count
+                family.add_sample(self.name + "_bucket", {**names, "le": le}, cumulative)
+            family.add_sample(self.name + "_sum", names, values[-1])
+            family.add_sample(self.name + "_count", names, cumulative)
+        return family
 
 
 class ServingMetrics:
@@ -72,17 +111,17 @@ class ServingMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         self._counts: Dict[Tuple[str, str], int] = {}
-        self.registry.register(self)
-        self.request_latency = Histogram(
+        self.request_latency = _Histogram(
             ":tensorflow:serving:request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
-            ["model_name", "API", "entrypoint"], buckets=LATENCY_BUCKETS_MICROS, registry=self.registry,
+            ["model_name", "API", "entrypoint"], LATENCY_BUCKETS_MICROS,
         )
-        self.signature_latency = Histogram(
+        self.signature_latency = _Histogram(
             ":keras_transformer:serving:signature_latency",
             "Distribution of wall time (in microseconds) of a signature's runs, batching queue included.",
-            ["model_name", "signature_name"], buckets=LATENCY_BUCKETS_MICROS, registry=self.registry,
+            ["model_name", "signature_name"], LATENCY_BUCKETS_MICROS,
         )
+        self.registry.register(self)
 
     def record_request(self, model_name: str, api: str, entrypoint: str, status: str, started: float):
         """One request that began at `started` (`time.monotonic()`) and ended now with `status`."""
@@ -92,13 +131,13 @@ class ServingMetrics:
             key = (model_name, status)
             self._counts[key] = self._counts.get(key, 0) + 1
         if status == "OK":
-            self.request_latency.labels(model_name, api, entrypoint).observe((time.monotonic() - started) * 1e6)
+            self.request_latency.observe((model_name, api, entrypoint), (time.monotonic() - started) * 1e6)
 
     def record_run(self, model_name: str, signature_name: str, started: float):
-        self.signature_latency.labels(model_name, signature_name).observe((time.monotonic() - started) * 1e6)
+        self.signature_latency.observe((model_name, signature_name), (time.monotonic() - started) * 1e6)
 
     def collect(self):
-        """The request counts (prometheus-client's collector protocol)."""
+        """Every metric (prometheus-client's collector protocol)."""
         family = Metric(":tensorflow:serving:request_count", "The total number of requests.", "unknown")
         with self._lock:
             counts = list(self._counts.items())
@@ -106,9 +145,13 @@ class ServingMetrics:
         for (model_name, status), count in counts:
             family.add_sample(family.name, {"model_name": model_name, "status": status}, count)
         yield family
+        yield self.request_latency.metric()
+        yield self.signature_latency.metric()
 
     def describe(self):
-        return [Metric(":tensorflow:serving:request_count", "The total number of requests.", "unknown")]
+        return [Metric(":tensorflow:serving:request_count", "The total number of requests.", "unknown"),
+                Metric(self.request_latency.name, self.request_latency.documentation, "histogram"),
+                Metric(self.signature_latency.name, self.signature_latency.documentation, "histogram")]
 
     def exposition(self) -> bytes:
         """The metrics as Prometheus text."""
@@ -127,11 +170,14 @@ def parse_monitoring_config(text: str) -> Optional[str]:
     prometheus = parse_text("MonitoringConfig", text, "MonitoringConfig").prometheus_config
     if not prometheus.enable:
         return None
-    path = prometheus.path or DEFAULT_PATH
-    if not path.startswith("/") or path.startswith("//") or "?" in path or "#" in path:
-        # (TensorFlow Serving starts with such a path, and never serves it.)
-        raise ValueError(
-            f'MonitoringConfig: prometheus_config.path must be a URL path starting with one "/" (no query). '
-            f"Received: {path!r}"
-        )
+    return check_metrics_path(prometheus.path or DEFAULT_PATH, "MonitoringConfig: prometheus_config.path")
+
+
+def check_metrics_path(path, what: str = "`monitoring_path`") -> str:
+    """`path` if the REST server can serve it (a URL path with one leading "/",
+    no query or fragment); else ValueError naming `what`. (TensorFlow Serving
+    starts with such a path, and never serves it.)"""
+    if (not isinstance(path, str) or not path.startswith("/") or path.startswith("//") or "?" in path
+            or "#" in path or any(c.isspace() for c in path)):
+        raise ValueError(f'{what} must be a URL path starting with one "/" (no query). Received: {path!r}')
     return path

@@ -12,6 +12,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 from typing import Optional
+from typing import Union
 
 import numpy as np
 
@@ -29,7 +30,6 @@ from serving.json_tensor import from_json  # noqa: E402
 from serving.json_tensor import json_value  # noqa: E402
 from serving.json_tensor import to_json  # noqa: E402
 from serving.metrics import CONTENT_TYPE  # noqa: E402
-from serving.servables import ModelManager  # noqa: E402
 
 log = logging.getLogger("serving")
 
@@ -46,20 +46,27 @@ _GET_PATH = re.compile(
 )
 
 
-def _parse_path(method: str, path: str):
-    """(model name, version or None) of a REST path, as TensorFlow Serving parses it."""
+def _hold(manager, name: str, version):
+    """The version a request names held for it: a number, a label (a str: `/labels/L`) or the latest (None)."""
+    if isinstance(version, str):
+        return manager.serve(name, label=version)
+    return manager.serve(name, version)
+
+
+def _parse_path(method: str, path: str, on_name=lambda name: None):
+    """(model name, version: an int, a label (str) or None, the match) of a
+    REST path, as TensorFlow Serving parses it."""
     # The route is the path alone: a query string does not change it (TensorFlow
     # Serving matches the URI's path).
     match = (_POST_PATH if method == "POST" else _GET_PATH).fullmatch(urllib.parse.urlsplit(path).path)
     if not match:
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {path[:200]}")
     name = urllib.parse.unquote(match["name"] or "")
+    on_name(name)  # the whole path matched: the name is the request's, even if its version is refused
     if not name:
         raise ServingError(StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
     if match["label"]:
-        raise ServingError(
-            StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {urllib.parse.unquote(match['label'])}"
-        )
+        return name, urllib.parse.unquote(match["label"]), match
     version = None
     if match["version"]:
         if len(match["version"]) > 19 or int(match["version"]) >= 2**63:
@@ -71,12 +78,12 @@ def _parse_path(method: str, path: str):
     return name, version, match
 
 
-def rest_predict(manager: ModelManager, name: str, version: Optional[int], body: dict) -> dict:
+def rest_predict(manager, name: str, version: Union[int, str, None], body: dict) -> dict:
     """TensorFlow Serving's `:predict`: row ("instances") or columnar ("inputs") format."""
     signature = _signature_name(body)
     if ("instances" in body) == ("inputs" in body):
         raise ServingError(StatusCode.INVALID_ARGUMENT, "the request needs exactly one of \"instances\" or \"inputs\"")
-    with manager.serve(name, version) as loaded:
+    with _hold(manager, name, version) as loaded:
         if signature not in loaded.inputs:
             loaded.check_inputs(signature, {}, {})  # raises NOT_FOUND with the signature list
         specs = loaded.inputs[signature]
@@ -153,7 +160,7 @@ def _signature_name(body: dict) -> str:
     return signature or DEFAULT_SIGNATURE
 
 
-def rest_classify_or_regress(manager: ModelManager, name: str, version: Optional[int], method: str, body: dict):
+def rest_classify_or_regress(manager, name: str, version: Union[int, str, None], method: str, body: dict):
     """`:classify` and `:regress`, answered as TensorFlow Serving answers them for a
     model whose signature is not of that method (every export of this library):
     the request is checked (tensorflow_serving/util/json_tensor.cc), then the
@@ -162,7 +169,7 @@ def rest_classify_or_regress(manager: ModelManager, name: str, version: Optional
         said = "is expected and was not found" if "examples" not in body else "must be a list"
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"When method is {method}, key 'examples' {said}")
     signature = _signature_name(body)
-    with manager.serve(name, version) as loaded:
+    with _hold(manager, name, version) as loaded:
         if signature not in loaded.signature_defs:
             loaded.check_inputs(signature, {}, {})  # raises FAILED_PRECONDITION with the signature list
         expected = "tensorflow/serving/" + method
@@ -176,7 +183,9 @@ def rest_classify_or_regress(manager: ModelManager, name: str, version: Optional
     raise ServingError(StatusCode.UNIMPLEMENTED, f"this server runs only predict signatures, not {method}")
 
 
-def rest_status(manager: ModelManager, name: str, version: Optional[int]) -> dict:
+def rest_status(manager, name: str, version: Union[int, str, None]) -> dict:
+    if isinstance(version, str):
+        version = None  # a label is not looked at: every version (get_model_status_impl.cc)
     return {
         "model_version_status": [
             {
@@ -189,8 +198,8 @@ def rest_status(manager: ModelManager, name: str, version: Optional[int]) -> dic
     }
 
 
-def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> dict:
-    with manager.serve(name, version) as loaded:
+def rest_metadata(manager, name: str, version: Union[int, str, None]) -> dict:
+    with _hold(manager, name, version) as loaded:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in loaded.signature_defs.items():
             signature_map.signature_def[key].CopyFrom(value)
@@ -206,7 +215,6 @@ def rest_metadata(manager: ModelManager, name: str, version: Optional[int]) -> d
 
 # The requests TensorFlow Serving's REST handler takes, and counts (http_rest_api_util.h, kPathRegex).
 _COUNTED_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
-_NAMED_PATH = re.compile(r"/v1/models/([^/:]+)", re.IGNORECASE)
 
 # A REST reply's HTTP status as the gRPC status name the request count uses
 # (the inverse of errors.HTTP_STATUS, for the replies made without a ServingError).
@@ -215,7 +223,7 @@ _STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEA
                  504: "DEADLINE_EXCEEDED"}
 
 
-def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_seconds: float = 30.0, metrics=None,
+def make_rest_handler(manager, max_body_bytes: int, timeout_seconds: float = 30.0, metrics=None,
                       metrics_path: Optional[str] = None):
     """The REST handler class; with `metrics` (a `serving.metrics.ServingMetrics`), it counts and
     times requests, and answers GET `metrics_path` with the Prometheus text."""
@@ -285,6 +293,7 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 # one: close it too.
                 self.close_connection = True
             data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+            self._record()  # before the reply is sent, as TensorFlow Serving's http_server.cc records
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -378,19 +387,29 @@ def make_rest_handler(manager: ModelManager, max_body_bytes: int, timeout_second
                 return self._reply(200, metrics.exposition(), CONTENT_TYPE)
             if not _COUNTED_PATH.match(path):
                 return self._serve(method)  # TensorFlow Serving's REST handler takes /v1/ paths only
-            named = _NAMED_PATH.match(path)  # the name counts even when the rest of the path is refused
-            started, self._method, self._status = time.monotonic(), "", None
-            self._model_name = urllib.parse.unquote(named[1]) if named else ""
+            started, self._method, self._status, self._model_name = time.monotonic(), "", None, ""
+
+            def record():
+                self._record = lambda: None  # once per request
+                status = self._error_code or _STATUS_NAMES.get(self._status or 500, "INTERNAL")
+                metrics.record_request(self._model_name, self._method, "REST", status, started)
+
+            self._record = record
             try:
                 self._serve(method)
             finally:
-                status = self._error_code or _STATUS_NAMES.get(getattr(self, "_status", 500), "INTERNAL")
-                metrics.record_request(self._model_name, self._method, "REST", status, started)
+                self._record()  # a request that ended without a reply (a timeout before its body)
+                self._record = lambda: None
+
+        def _record(self):
+            """Counts the request in the metrics (set by `_route` for a counted path)."""
 
         def _serve(self, method: str):
             self._error_code = None
             try:
-                name, version, match = _parse_path(method, self.path)
+                # The name counts only once the whole path matched: TensorFlow Serving's
+                # RE2::FullMatch fills no argument otherwise (http_rest_api_util.cc, ParseModelInfo).
+                name, version, match = _parse_path(method, self.path, lambda name: setattr(self, "_model_name", name))
                 self._method = (match["method"] or "").lower() if method == "POST" else ""
                 if method == "GET":
                     if match["metadata"]:

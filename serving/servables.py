@@ -8,12 +8,13 @@ it, through a `Batcher` where batching is on.
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -232,20 +233,53 @@ def is_version_name(name: str) -> bool:
     return re.fullmatch(r"0|[1-9][0-9]{0,18}", name) is not None and int(name) < 2**63
 
 
-class ModelManager:
-    """Serves the latest version under `base_path` and follows the directory.
+@dataclasses.dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions on disk to serve: TensorFlow Serving's `ServableVersionPolicy`
+    (config/file_system_storage_path_source.proto).
 
-    TensorFlow Serving's default version policy (`latest { num_versions: 1 }`,
-    availability preserving): the servable version is the largest on disk. A
-    new one is loaded and warmed up while the old one serves, then replaces
-    it. Deleting the served version makes the next largest the servable one
-    (a rollback), and deleting every version stops serving the model. A load
+    kind "latest": the `num_versions` largest; "all": every one; "specific":
+    those in `versions` that are on disk.
+    """
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("latest", "all", "specific"):
+            raise ValueError(f'a version policy is "latest", "all" or "specific". Received: {self.kind!r}')
+        if self.kind == "latest" and (isinstance(self.num_versions, bool) or not isinstance(self.num_versions, int)
+                                      or self.num_versions < 1):
+            raise ValueError(f"latest {{ num_versions }} must be at least 1. Received: {self.num_versions!r}")
+        if self.kind == "specific" and not self.versions:
+            raise ValueError("specific { versions } names no version")
+
+    def select(self, versions: List[int]) -> List[int]:
+        """The versions to serve out of `versions` (ascending)."""
+        if self.kind == "latest":
+            return versions[-self.num_versions:]
+        if self.kind == "specific":
+            return [v for v in versions if v in self.versions]
+        return list(versions)
+
+
+class ModelManager:
+    """Serves the versions of one model under `base_path` that its version
+    policy names, and follows the directory.
+
+    TensorFlow Serving's availability-preserving policy: a new version is
+    loaded and warmed up while the old ones serve, and only then replaces
+    them; a request without a version gets the largest available one. The
+    default policy (`latest { num_versions: 1 }`) serves the largest version
+    on disk: deleting it makes the next largest the servable one (a
+    rollback), and deleting every version stops serving the model. A load
     that fails is retried `max_num_load_retries` times, `load_retry_interval`
     seconds apart (so a version copied into place file by file loads once
-    complete); the version serving meanwhile goes on serving. One difference:
-    when the newest version fails every retry, the newest one that has not
-    failed is served (TensorFlow Serving would keep the current one), so a
-    deletion past a broken version still rolls back.
+    complete); the versions serving meanwhile go on serving. One difference:
+    a version that failed every retry is passed over, so the policy serves
+    the next newest one (TensorFlow Serving would keep the current one), and
+    a deletion past a broken version still rolls back.
 
     Args:
         name: the model name requests use.
@@ -257,55 +291,93 @@ class ModelManager:
         load_retry_interval: seconds between them (`--load_retry_interval_micros`
             / 1e6, default 60).
         metrics: a `serving.metrics.ServingMetrics` that times each signature's runs, or None.
+        policy: a `VersionPolicy` (default: the latest version).
     """
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0, batching=None,
-                 max_num_load_retries: int = 5, load_retry_interval: float = 60.0, metrics=None):
+                 max_num_load_retries: int = 5, load_retry_interval: float = 60.0, metrics=None,
+                 policy: Optional[VersionPolicy] = None):
         self.name = name
         self.metrics = metrics
         self.base_path = base_path
+        self.policy = policy or VersionPolicy()
         self.poll_seconds = poll_seconds
         self.batching = batching
         self.max_num_load_retries = max_num_load_retries
         self.load_retry_interval = load_retry_interval
         self._lock = threading.Lock()
-        self._current: Optional[LoadedVersion] = None
+        self._poll_lock = threading.Lock()  # one poll at a time (the poller, a config reload)
+        self._loaded: Dict[int, LoadedVersion] = {}
         self._status: Dict[int, tuple] = {}  # version -> (state, error message)
         self._failed: Dict[int, tuple] = {}  # version -> (failed attempts, monotonic time of the next try)
         self._stop = threading.Event()
         self._poller = None
 
-    def poll(self) -> Optional[int]:
-        """Brings the served version in line with the directory; returns a newly served version."""
-        versions = versions_on_disk(self.base_path)
+    def loaded_versions(self) -> List[int]:
+        """The versions serving now, ascending."""
         with self._lock:
-            current = self._current
+            return sorted(self._loaded)
+
+    def reconfigure(self, base_path: str, policy: VersionPolicy):
+        """Follows a new base path or version policy from the next poll on (a config reload)."""
+        with self._lock:
+            self.base_path, self.policy = base_path, policy
+
+    def _loadable(self, versions):
+        return [v for v in versions if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
+
+    def poll(self) -> List[int]:
+        """Brings the served versions in line with the directory and the
+        policy; returns the versions newly served."""
+        with self._poll_lock:
+            return self._poll()
+
+    def _poll(self) -> List[int]:
+        with self._lock:
+            base_path, policy = self.base_path, self.policy
+        versions = versions_on_disk(base_path)
         # A version removed from disk starts afresh if it comes back (as a new
         # load in TensorFlow Serving).
         self._failed = {v: failed for v, failed in self._failed.items() if v in versions}
-        # The newest version not given up on (a version that failed every
-        # retry does not block a rollback past it).
-        loadable = [v for v in versions if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
-        deleted = current is not None and current.version not in versions
-        if not loadable:
-            if deleted:
-                self._retire(current, "it was deleted and no other version loads")
-            return None
-        target = loadable[-1]
-        if current is not None and not deleted and target <= current.version:
-            return None
-        if time.monotonic() < self._failed.get(target, (0, 0.0))[1]:
-            return None  # not yet time to retry
+        # Versions given up on are passed over (they do not block a rollback past them).
+        aspired = policy.select(self._loadable(versions))
+        added = []
+        for version in sorted(aspired, reverse=True):  # the newest first: it is what requests ask for
+            with self._lock:
+                if version in self._loaded:
+                    continue
+            if self._stop.is_set():
+                break
+            if time.monotonic() < self._failed.get(version, (0, 0.0))[1]:
+                continue  # not yet time to retry
+            if self._load(base_path, version):
+                added.append(version)
+        with self._lock:
+            keep = {v for v in self._loaded if v in aspired}
+            if not keep:
+                # Availability preserving: until a version the policy names
+                # loads, the newest one serving that is still on disk goes on.
+                survivors = [v for v in self._loaded if v in versions]
+                keep = {max(survivors)} if survivors else set()
+            retired = [self._loaded.pop(v) for v in sorted(self._loaded) if v not in keep]
+            for old in retired:
+                self._status[old.version] = (UNLOADING, "")
+        for old in retired:
+            log.info("stopped serving %s version %d", self.name, old.version)
+            threading.Thread(target=self._unload, args=(old,), daemon=True).start()
+        return added
+
+    def _load(self, base_path: str, target: int) -> bool:
         with self._lock:
             self._status[target] = (LOADING, "")
-        log.info("loading %s version %d from %s", self.name, target, self.base_path)
+        log.info("loading %s version %d from %s", self.name, target, base_path)
         loaded = None
         try:
-            loaded = LoadedVersion(self.name, target, os.path.join(self.base_path, str(target)), self.batching,
+            loaded = LoadedVersion(self.name, target, os.path.join(base_path, str(target)), self.batching,
                                    self.metrics)
             warmed = loaded.warm_up()
         except Exception as error:
-            # Reported; the version serving now goes on serving.
+            # Reported; the versions serving now go on serving.
             if loaded is not None:
                 loaded.close()  # its batch threads would keep it in memory
             attempts = self._failed.get(target, (0, 0.0))[0] + 1
@@ -315,33 +387,20 @@ class ModelManager:
                       self.max_num_load_retries + 1, error)
             with self._lock:
                 self._status[target] = (END if final else LOADING, f"failed to load: {_short(str(error))}")
-            return None
+            return False
         self._failed.pop(target, None)
         with self._lock:
             stopped = self._stop.is_set()
             if stopped:  # stop() ran during the load: nothing is served after it
                 self._status[target] = (END, "")
             else:
-                old, self._current = self._current, loaded
+                self._loaded[target] = loaded
                 self._status[target] = (AVAILABLE, "")
-                if old is not None:
-                    self._status[old.version] = (UNLOADING, "")
         if stopped:
             loaded.close()
-            return None
+            return False
         log.info("serving %s version %d (%d warm-up requests)", self.name, target, warmed)
-        if old is not None:
-            threading.Thread(target=self._unload, args=(old,), daemon=True).start()
-        return target
-
-    def _retire(self, current: "LoadedVersion", why: str):
-        with self._lock:
-            if self._current is not current:
-                return
-            self._current = None
-            self._status[current.version] = (UNLOADING, "")
-        log.info("stopped serving %s version %d: %s", self.name, current.version, why)
-        threading.Thread(target=self._unload, args=(current,), daemon=True).start()
+        return True
 
     def _unload(self, old: LoadedVersion):
         old.wait_idle()  # requests already holding it finish first
@@ -351,31 +410,41 @@ class ModelManager:
                 self._status[old.version] = (END, "")
         log.info("unloaded %s version %d", self.name, old.version)
 
+    def _pending(self) -> List[int]:
+        """Versions the policy names that are not loaded and may still load."""
+        with self._lock:
+            base_path, policy, loaded = self.base_path, self.policy, set(self._loaded)
+        return [v for v in policy.select(self._loadable(versions_on_disk(base_path))) if v not in loaded]
+
     def start(self):
-        """Loads the servable version before returning, as TensorFlow Serving does
-        before it opens its ports: a version on disk that fails to load is
-        retried (`max_num_load_retries`), whatever `poll_seconds` is.
+        """Loads the versions the policy names before returning, as TensorFlow
+        Serving does before it opens its ports: a version on disk that fails
+        to load is retried (`max_num_load_retries`), whatever `poll_seconds` is.
 
         Raises:
             RuntimeError: versions are on disk and none became available.
         """
         self.poll()
-        while self._current is None and not self._stop.is_set():
-            loadable = [v for v in versions_on_disk(self.base_path)
-                        if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
-            if not loadable:
+        while not self._stop.is_set():
+            pending = self._pending()
+            if not pending:
                 break
-            self._stop.wait(max(0.0, self._failed.get(loadable[-1], (0, 0.0))[1] - time.monotonic()))
+            self._stop.wait(max(0.0, min(self._failed.get(v, (0, 0.0))[1] for v in pending) - time.monotonic()))
             self.poll()
         if self._stop.is_set():
             raise RuntimeError(f"model {self.name!r}: stopped while it loaded")
-        if self._current is None and versions_on_disk(self.base_path):
-            reasons = "; ".join(f"version {v}: {e}" for v, (_, e) in sorted(self._status.items()) if e)
+        if not self.loaded_versions() and versions_on_disk(self.base_path):
+            with self._lock:
+                reasons = "; ".join(f"version {v}: {e}" for v, (_, e) in sorted(self._status.items()) if e)
             raise RuntimeError(f"model {self.name!r}: no version became available ({reasons})")
+        self.start_polling()
+
+    def start_polling(self):
+        """Looks at the directory every `poll_seconds` from now on (when above 0)."""
         if self.poll_seconds > 0:
             with self._lock:  # not after stop(), which joins the poller
-                if not self._stop.is_set():
-                    self._poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
+                if not self._stop.is_set() and self._poller is None:
+                    self._poller = threading.Thread(target=self._poll_loop, name=f"poll-{self.name}", daemon=True)
                     self._poller.start()
 
     def _poll_loop(self):
@@ -387,33 +456,40 @@ class ModelManager:
 
     def stop(self):
         """Stops polling (a load under way finishes, and is closed), then
-        unloads the served version once its requests are done."""
+        unloads the served versions once their requests are done."""
         with self._lock:
             self._stop.set()
             poller = self._poller
         if poller is not None and poller is not threading.current_thread():
             poller.join()
         with self._lock:
-            current, self._current = self._current, None
-        if current is not None:
-            current.wait_idle()
-            current.close()
+            loaded, self._loaded = list(self._loaded.values()), {}
+            for old in loaded:
+                self._status[old.version] = (UNLOADING, "")
+        for old in loaded:
+            old.wait_idle()
+            old.close()
+            with self._lock:
+                self._status[old.version] = (END, "")
 
     @contextlib.contextmanager
     def serve(self, model_name: str, version: Optional[int] = None):
-        """Holds the requested version (latest when None) for one request."""
+        """Holds the requested version (the largest available when None) for one request."""
         if model_name != self.name:
             raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_name})")
         with self._lock:
-            current = self._current
-            if current is None:
+            if not self._loaded:
                 # As TensorFlow Serving answers for a model with no available version.
                 raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.name})")
-            if version is not None and version != current.version:
+            if version is None:
+                current = self._loaded[max(self._loaded)]
+            elif version in self._loaded:
+                current = self._loaded[version]
+            else:
                 raise ServingError(
                     StatusCode.NOT_FOUND,
                     f"Servable not found for request: Specific({self.name}, {version}); "
-                    f"serving version {current.version}",
+                    f"serving version(s) {', '.join(map(str, sorted(self._loaded)))}",
                 )
             held = current.hold()
             held.__enter__()

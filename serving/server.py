@@ -29,6 +29,9 @@ from typing import Optional
 from typing import Tuple
 
 import grpc
+from grpc_health.v1 import health
+from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2_grpc
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -42,13 +45,20 @@ from serving.grpc_api import ModelService  # noqa: E402
 from serving.grpc_api import PredictionService  # noqa: E402
 from serving.grpc_api import parse_channel_arguments  # noqa: E402
 from serving.metrics import ServingMetrics  # noqa: E402
+from serving.metrics import check_metrics_path  # noqa: E402
 from serving.metrics import parse_monitoring_config  # noqa: E402
 from serving.rest_api import BoundedHTTPServer  # noqa: E402
 from serving.rest_api import make_rest_handler  # noqa: E402
-from serving.servables import ModelManager  # noqa: E402
+from serving.core import ModelConfig  # noqa: E402
+from serving.core import ServerCore  # noqa: E402
+from serving.core import parse_model_config  # noqa: E402
+from serving.errors import ServingError  # noqa: E402
 from serving.tls import parse_ssl_config  # noqa: E402
 
 log = logging.getLogger("serving")
+
+# The health service answers for the whole server ("") and for each service it offers.
+_HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +66,12 @@ class ServerConfig:
     """What a `ModelServer` serves and how: the flags of `tensorflow_model_server` it implements.
 
     Args:
-        model_name, model_base_path: the model and its directory of numbered versions.
+        model_name, model_base_path: the model and its directory of numbered versions
+            (ignored when `models` or `model_config_file` is given, as in TensorFlow Serving).
+        models: `serving.core.ModelConfig`s: several models, with version policies and labels.
+        model_config_file: a `ModelServerConfig` file (read for `models` when they are not given).
+        model_config_file_poll_wait_seconds: how often to read that file again and apply it (0: never).
+        allow_version_labels_for_unavailable_models: a new label may name a version still to load.
         port, rest_api_port: gRPC and REST ports (0 for gRPC: a free one; 0 for REST: no REST).
         batching: `BatchingParameters`, or None to run each request alone.
         file_system_poll_wait_seconds: how often to look for new versions (0: only at start).
@@ -70,8 +85,8 @@ class ServerConfig:
         monitoring_path: the REST path of the Prometheus metrics (`serving.metrics`), or None for none.
     """
 
-    model_name: str
-    model_base_path: str
+    model_name: str = "default"
+    model_base_path: Optional[str] = None
     port: int = 8500
     rest_api_port: int = 8501
     batching: Optional[BatchingParameters] = None
@@ -85,13 +100,27 @@ class ServerConfig:
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     monitoring_path: Optional[str] = None
+    models: Optional[Tuple[ModelConfig, ...]] = None
+    model_config_file: Optional[str] = None
+    model_config_file_poll_wait_seconds: float = 0.0
+    allow_version_labels_for_unavailable_models: bool = False
 
     def __post_init__(self):
         # The same limits as the flags', so a config built in code cannot
         # start a server that hangs (no REST threads) or times out every request.
-        for name in ("model_name", "model_base_path"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"`{name}` must be a non-empty string. Received: {name}={getattr(self, name)!r}")
+        if self.models is not None:
+            if isinstance(self.models, (str, bytes)) or not all(isinstance(m, ModelConfig) for m in self.models):
+                raise ValueError(f"`models` must be serving.core.ModelConfig objects. Received: {self.models!r}")
+            object.__setattr__(self, "models", tuple(self.models))
+        elif self.model_config_file is not None:
+            if not isinstance(self.model_config_file, str) or not self.model_config_file:
+                raise ValueError(f"`model_config_file` must be a path. Received: {self.model_config_file!r}")
+        else:
+            # As server.cc: "Both server_options.model_base_path and server_options.model_config_file are empty!"
+            for name in ("model_name", "model_base_path"):
+                if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                    raise ValueError(f"`{name}` must be a non-empty string (or give `models` or "
+                                     f"`model_config_file`). Received: {name}={getattr(self, name)!r}")
         for name, low, high in (("port", 0, 65535), ("rest_api_port", 0, 65535), ("grpc_max_threads", 1, None),
                                 ("max_body_bytes", 1, None), ("rest_api_num_threads", 1, None),
                                 ("max_num_load_retries", 0, None)):
@@ -100,13 +129,12 @@ class ServerConfig:
                     or (high is not None and value > high)):
                 expected = f"an integer of at least {low}" + ("" if high is None else f" and at most {high}")
                 raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
-        if self.monitoring_path is not None and (
-                not isinstance(self.monitoring_path, str) or not self.monitoring_path.startswith("/")):
-            raise ValueError(f'`monitoring_path` must be a path starting with "/". Received: {self.monitoring_path!r}')
+        if self.monitoring_path is not None:
+            check_metrics_path(self.monitoring_path)  # the rule the config file's path follows
         # Negative poll and retry intervals are TensorFlow Serving's too
         # (model_servers/main.cc): no polling after the start, no wait between retries.
         for name, positive in (("rest_api_timeout_seconds", True), ("file_system_poll_wait_seconds", False),
-                               ("load_retry_interval_seconds", False)):
+                               ("load_retry_interval_seconds", False), ("model_config_file_poll_wait_seconds", False)):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
                     or (positive and value <= 0)):
@@ -120,18 +148,34 @@ class ModelServer:
     def __init__(self, config: ServerConfig):
         c = self.config = config
         self.metrics = None
-        if c.monitoring_path and c.rest_api_port:
-            self.metrics = ServingMetrics(known_model=lambda name: name == c.model_name)
-        self.manager = ModelManager(
-            c.model_name, c.model_base_path, c.file_system_poll_wait_seconds, c.batching, c.max_num_load_retries,
-            c.load_retry_interval_seconds, metrics=self.metrics,
+        if c.monitoring_path and not c.rest_api_port:
+            log.warning("monitoring_path=%r: no REST port (rest_api_port=0), so no metrics are served",
+                        c.monitoring_path)
+        elif c.monitoring_path:
+            self.metrics = ServingMetrics(known_model=lambda name: self.manager.knows(name))
+        models = c.models
+        if models is None and c.model_config_file:
+            with open(c.model_config_file, encoding="utf-8") as f:
+                models = parse_model_config(f.read(), c.model_config_file) or []
+        elif models is None:
+            models = [ModelConfig(c.model_name, os.path.abspath(c.model_base_path))]
+        self._applied = list(models)
+        # Every model's versions, their labels and the requests that hold them (serving.core).
+        self.manager = ServerCore(
+            models, c.allow_version_labels_for_unavailable_models, poll_seconds=c.file_system_poll_wait_seconds,
+            batching=c.batching, max_num_load_retries=c.max_num_load_retries,
+            load_retry_interval=c.load_retry_interval_seconds, metrics=self.metrics,
         )
+        self.health = health.HealthServicer()
+        self._set_health(False)
+        self._config_poller = None
         self.rest = None
         self.rest_api_port = None  # the REST port bound, when REST is on
         self._lock = threading.Lock()
         self._state = "new"  # then "starting", "serving"; "stopped" from any
         self._grpc_started = False  # the REST thread starts with gRPC
         self._start_done = threading.Event()
+        self._stopping = threading.Event()
         # gRPC turns SO_REUSEPORT on by default, so a second server on a busy
         # port would share it silently; this one fails to bind instead.
         options = [("grpc.so_reuseport", 0), *c.grpc_channel_arguments]
@@ -139,7 +183,8 @@ class ModelServer:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.manager, self.metrics), self.grpc
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.reload), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         try:
             if c.ssl:
                 credentials = grpc.ssl_server_credentials(
@@ -182,6 +227,8 @@ class ModelServer:
                 if self.rest is not None:
                     threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
                 self._state = "serving"
+                self._update_health()
+                self._start_watchers()
         except BaseException:
             self._close()
             raise
@@ -190,6 +237,53 @@ class ModelServer:
         print(f"Running gRPC ModelServer at 0.0.0.0:{self.port} ...", flush=True)
         if self.rest is not None:
             print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
+
+    def _set_health(self, serving: bool):
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in _HEALTH_SERVICES:
+            self.health.set(service, status)
+
+    def _update_health(self):
+        """SERVING while the server serves and every configured model has an available version."""
+        self._set_health(self._state == "serving" and self.manager.ready())
+
+    def _start_watchers(self):
+        # Versions come and go with the model directories: the health follows them.
+        threading.Thread(target=self._watch_health, name="health", daemon=True).start()
+        c = self.config
+        if c.model_config_file and c.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = threading.Thread(target=self._poll_config, name="config-poll", daemon=True)
+            self._config_poller.start()
+
+    def _watch_health(self):
+        while self._state == "serving":
+            self._update_health()
+            self._stopping.wait(0.2)
+
+    def _poll_config(self):
+        """Reads `model_config_file` again every poll and applies what changed
+        (server.cc, PollFilesystemAndReloadConfig); a file that does not parse
+        or a config that fails a check is logged, and nothing changes."""
+        path, wait = self.config.model_config_file, self.config.model_config_file_poll_wait_seconds
+        while not self._stopping.wait(wait):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    models = parse_model_config(f.read(), path)
+            except (OSError, ValueError) as error:
+                log.error("Failed to read ModelServerConfig file: %s", error)
+                continue
+            if models is None or models == self._applied:
+                continue  # (an empty config: "Taking no action for empty config", server_core.cc)
+            try:
+                self.reload(models)
+            except ServingError as error:
+                log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
+
+    def reload(self, models):
+        """Applies a new list of `ModelConfig`s (see `serving.core.ServerCore.reload`)."""
+        self.manager.reload(models)
+        self._applied = list(models)
+        self._update_health()
 
     @property
     def serving(self) -> bool:
@@ -203,6 +297,9 @@ class ModelServer:
         call does nothing."""
         with self._lock:
             state, self._state = self._state, "stopped"
+        self._stopping.set()
+        # NOT_SERVING from now on, whatever a watcher sets: a load balancer stops sending before the drain.
+        self.health.enter_graceful_shutdown()
         if state == "stopped":
             return
         if state == "new":
@@ -225,6 +322,7 @@ class ModelServer:
         Every step runs even if one before it fails."""
         with self._lock:
             self._state = "stopped"
+        self._stopping.set()
         try:
             # gRPC's stop() leaves a never-started server's ports bound (until
             # the object is collected): start it to stop it at once.

@@ -122,20 +122,26 @@ def _merge(key_padding, attention_mask, causal):
     return mask
 
 
-@functools.cache
 def _platform() -> str:
-    """Where the backend computes: JAX's platform ("cpu", "gpu", "tpu"),
-    "cuda" for PyTorch on CUDA, else "cpu" (TensorFlow's is not asked)."""
+    """Where the backend computes now: JAX's platform ("cpu", "gpu", "tpu"),
+    PyTorch's Keras device type ("cuda", "cpu", "mps", ...: KERAS_TORCH_DEVICE
+    or a `keras.device` scope, as Keras places tensors), else "cpu"
+    (TensorFlow's is not asked)."""
     backend = keras.backend.backend()
     if backend == "jax":
-        import jax
-
-        return jax.default_backend()
+        return _jax_platform()
     if backend == "torch":
-        import torch
+        from keras.src.backend.torch.core import get_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(get_device()).split(":")[0]
     return "cpu"
+
+
+@functools.cache
+def _jax_platform() -> str:
+    import jax
+
+    return jax.default_backend()
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")

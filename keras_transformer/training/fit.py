@@ -108,7 +108,7 @@ def train(
     Returns:
         The merged `History.history` of this call.
     """
-    _check_stream(train_stream)
+    _check_stream(train_stream, keras.backend.backend() == "tensorflow")
     if tensorboard is None:
         tensorboard = keras.backend.backend() == "tensorflow"
     elif tensorboard and importlib.util.find_spec("tensorflow") is None:
@@ -117,6 +117,7 @@ def train(
         # A TokenBatches regroups at every on_epoch_end, which Keras calls
         # during each evaluation: one fixed pass of its current epoch instead.
         validation_data = validation_data.stream().take(len(validation_data))
+    _check_validation(validation_data)
     if not model.built or model.optimizer is None:
         raise ValueError("`model` must be built and compiled before `train` (call model.build() and compile).")
     if validation_data is None and early_stopping_patience is not None:
@@ -186,25 +187,50 @@ def train(
     return history
 
 
-def _check_stream(stream):
+def _check_stream(stream, on_tensorflow: bool):
     """Refuses a stream `train` cannot resume exactly."""
     if not hasattr(stream, "skip"):
+        hint = " (for a TokenBatches, pass `batches.stream()`)" if hasattr(stream, "stream") else ""
         raise ValueError(
             "`train_stream` must be an endless stream with a `skip(n)` method: a tf.data.Dataset "
-            f"or a keras_transformer.data.TokenStream. Received: {type(stream).__name__}"
+            f"or a keras_transformer.data.TokenStream{hint}. Received: {type(stream).__name__}"
         )
+    if hasattr(stream, "cardinality") and not isinstance(stream, keras.utils.PyDataset):
+        count = int(stream.cardinality())
+        if count >= 0:  # tf.data's INFINITE is -1, UNKNOWN -2
+            raise ValueError(
+                f"`train_stream` must be endless (`dataset.repeat()`); this tf.data.Dataset has {count} batches, "
+                "and Keras would start it again when it runs out, which `skip` on resuming would not"
+            )
     if isinstance(stream, keras.utils.PyDataset):
         if stream.num_batches is not None:
             # Keras starts a finite one again when it runs out; `skip` on resuming would not.
             raise ValueError(f"`train_stream` must be endless; this one has {stream.num_batches} batches")
-        if stream.workers > 1 or stream.use_multiprocessing:
+        workers, processes = stream.workers, stream.use_multiprocessing
+        # Keras reads through its enqueuer under this condition
+        # (keras/src/trainers/data_adapters/py_dataset_adapter.py); on
+        # TensorFlow a TokenStream is read through tf.data instead.
+        enqueued = workers > 1 or (workers > 0 and processes)
+        if enqueued and not (on_tensorflow and hasattr(stream, "as_tf_dataset")):
             # The first fit after compile reads a batch to build the metrics,
             # then resets the iterator; with workers, Keras's enqueuer then
             # starts at the second element, and resumption loses step-exactness.
             raise ValueError(
                 "`train_stream` must read its batches in the training thread (workers=1, no "
-                f"use_multiprocessing); this one has workers={stream.workers}, "
-                f"use_multiprocessing={stream.use_multiprocessing}"
+                f"use_multiprocessing); this one has workers={workers}, use_multiprocessing={processes}"
+            )
+
+
+def _check_validation(data):
+    """Refuses validation data that never ends (Keras would evaluate forever)."""
+    if isinstance(data, keras.utils.PyDataset) and data.num_batches is None:
+        raise ValueError(
+            "`validation_data` must be finite; this stream is endless: pass `stream.take(k)` for k fixed batches"
+        )
+    if hasattr(data, "cardinality") and not isinstance(data, keras.utils.PyDataset):
+        if int(data.cardinality()) == -1:  # tf.data.INFINITE_CARDINALITY
+            raise ValueError(
+                "`validation_data` must be finite; this tf.data.Dataset repeats forever: pass `dataset.take(k)`"
             )
 
 

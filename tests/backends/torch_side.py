@@ -40,8 +40,29 @@ def _weights(model):
     return [ops.convert_to_numpy(w) for w in model.weights]
 
 
+def _check_fused_default_follows_the_keras_device():
+    # The fused path's default asks where Keras computes (KERAS_TORCH_DEVICE,
+    # a keras.device scope: keras/src/backend/torch/core.py, get_device), not
+    # whether CUDA exists: a CPU-placed model on a CUDA machine stays unfused.
+    import torch
+
+    from keras_transformer.layers import attention
+
+    layer = attention.MultiHeadAttention(num_heads=2, key_dim=4)
+    available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: True
+    try:
+        with keras.device("cpu"):
+            assert attention._platform() == "cpu" and not layer._fused(False, False)
+        with keras.device("cuda"):
+            assert attention._platform() == "cuda" and layer._fused(False, False)
+    finally:
+        torch.cuda.is_available = available
+
+
 def main(work):
     assert keras.backend.backend() == "torch"
+    _check_fused_default_follows_the_keras_device()
     inputs = np.load(os.path.join(work, "inputs.npz"))
     source, target = inputs["source"], inputs["target"]
     model_path = os.path.join(work, "tf_model.keras")

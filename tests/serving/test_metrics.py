@@ -8,6 +8,7 @@ http_server.cc (where each is recorded: latency only for requests that
 succeeded), and util/prometheus_exporter.cc (the path, and '/' written ':').
 """
 
+import re
 import urllib.error
 import urllib.request
 
@@ -76,15 +77,18 @@ def test_requests_are_counted_by_model_and_status_and_timed_when_they_succeed(mo
         RestClient(f"localhost:{monitored.rest_port}", "nope").predict([{"text": "a"}])
     with urllib.request.urlopen(f"http://localhost:{monitored.rest_port}/v1/models/toy", timeout=30) as reply:
         assert reply.status == 200
-    # Refused after the name is read: counted under the name, as TensorFlow Serving's ParseModelInfo has it.
-    assert _http_status(monitored.rest_port, "/v1/models/toy/labels/stable") == 400
+    # Refused after the path matched: counted under the name, as TensorFlow Serving's ParseModelInfo has it.
+    assert _http_status(monitored.rest_port, "/v1/models/toy/versions/99999999999999999999") == 400
+    # A path that does not match TensorFlow Serving's route in full: its RE2::FullMatch
+    # fills no name, so it is counted under "".
+    assert _http_status(monitored.rest_port, "/v1/models/toy/extra") == 400
     # Not a /v1/ path: TensorFlow Serving's REST handler never sees it, and counts nothing.
     assert _http_status(monitored.rest_port, "/favicon.ico") == 400
 
     after = _scrape(monitored.rest_port)
     # A model this server does not serve is counted under "": made-up names add no label values.
     assert _counts(after) == {("toy", "OK"): 6, ("toy", "FAILED_PRECONDITION"): 1, ("", "NOT_FOUND"): 1,
-                              ("toy", "INVALID_ARGUMENT"): 1}
+                              ("toy", "INVALID_ARGUMENT"): 1, ("", "INVALID_ARGUMENT"): 1}
     latency = ":tensorflow:serving:request_latency"
     grpc_predict = _histogram(after, latency, model_name="toy", API="Predict", entrypoint="GRPC")
     rest_predict = _histogram(after, latency, model_name="toy", API="predict", entrypoint="REST")
@@ -112,6 +116,16 @@ def test_requests_are_counted_by_model_and_status_and_timed_when_they_succeed(mo
         assert b":tensorflow:serving:request_latency_bucket" in reply.read()
     assert _counts(_scrape(monitored.rest_port)) == _counts(after)
     assert not any(name.endswith("_created") for name in after)
+    # The bounds as TensorFlow Serving writes them, absl::StrCat's six significant digits
+    # (util/prometheus_exporter.cc): le="10", not prometheus-client's le="10.0".
+    with urllib.request.urlopen(f"http://localhost:{monitored.rest_port}/monitoring/prometheus/metrics") as reply:
+        text = reply.read().decode()
+    labels = ('API="Predict"', 'entrypoint="GRPC"', 'model_name="toy"')
+    written = [re.search(r'le=("[^"]*")', line)[1] for line in text.splitlines()
+               if line.startswith(":tensorflow:serving:request_latency_bucket{") and all(x in line for x in labels)]
+    assert written[:5] == ['"10"', '"18"', '"32.4"', '"58.32"', '"104.976"'] and written[-1] == '"+Inf"'
+    assert written[-2] == f'"{10 * 1.8**32:.6g}"' == '"1.47476e+09"'
+    assert ":keras_transformer:serving:signature_latency_sum" in text
 
 
 def _http_status(port, path):

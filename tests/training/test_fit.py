@@ -280,11 +280,59 @@ def test_train_refuses_streams_it_cannot_resume_exactly(tmp_path):
     # A finite stream starts again when it runs out; `skip` on resuming would not.
     with pytest.raises(ValueError, match="endless"):
         training.train(_model(), stream.take(5), 4, 2, str(tmp_path))
-    # Keras's enqueuer starts the first fit at the second batch (it reads one
-    # to build the metrics, then resets).
-    for kwargs in (dict(workers=2), dict(use_multiprocessing=True)):
+    # Keras's enqueuer (used when workers > 1, or workers > 0 with processes:
+    # keras/src/trainers/data_adapters/py_dataset_adapter.py) starts the
+    # first fit at the second batch (it reads one to build the metrics, then
+    # resets). On TensorFlow's backend `train` reads a TokenStream through
+    # tf.data instead, in the training thread, so there it is taken.
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    for index, kwargs in enumerate((dict(workers=2), dict(use_multiprocessing=True))):
         threaded = data.TokenBatches(_arrays_file(0, 96), 128, 16).stream(**kwargs)
-        with pytest.raises(ValueError, match="workers=1"):
-            training.train(_model(), threaded, 4, 2, str(tmp_path))
+        if on_tensorflow:
+            training.train(_model(), threaded, 1, 1, str(tmp_path / f"threaded-{index}"), verbose=0)
+        else:
+            with pytest.raises(ValueError, match="workers=1"):
+                training.train(_model(), threaded, 4, 2, str(tmp_path))
+
+    class Threaded(keras.utils.PyDataset):  # not a TokenStream: Keras's enqueuer reads it on every backend
+        def __init__(self):
+            super().__init__(workers=2)
+
+        num_batches = None
+
+        def __getitem__(self, index):
+            return stream[index]
+
+        def skip(self, count):
+            return self
+
+    with pytest.raises(ValueError, match="workers=1"):
+        training.train(_model(), Threaded(), 4, 2, str(tmp_path))
     with pytest.raises(ValueError, match="skip"):
         training.train(_model(), [1, 2, 3], 4, 2, str(tmp_path))
+    # A TokenBatches is one epoch: the error names the stream to pass instead.
+    with pytest.raises(ValueError, match=r"batches\.stream\(\)"):
+        training.train(_model(), data.TokenBatches(_arrays_file(0, 96), 128, 16), 4, 2, str(tmp_path))
+
+
+def test_train_refuses_validation_data_that_never_ends(tmp_path):
+    # Keras evaluates until the data runs out: an endless stream hung the run.
+    val = data.TokenBatches(_arrays_file(1, 32), 128, 16)
+    with pytest.raises(ValueError, match=r"take\(k\)"):
+        training.train(_model(), _stream(kind="arrays"), 4, 1, str(tmp_path), validation_data=val.stream())
+    training.train(_model(), _stream(kind="arrays"), 1, 1, str(tmp_path / "taken"),
+                   validation_data=val.stream().take(2), verbose=0)
+
+
+@pytest.mark.tensorflow_only  # tf.data datasets
+def test_train_refuses_finite_or_endless_tf_data_where_it_cannot_work(tmp_path):
+    import tensorflow as tf
+
+    stream = _stream(kind="arrays")
+    finite = tf.data.Dataset.from_generator(lambda: (stream[i] for i in range(4)), output_signature=(
+        {"source": tf.TensorSpec([None, None], tf.int32), "target": tf.TensorSpec([None, None], tf.int32)},
+        tf.TensorSpec([None, None], tf.int32))).apply(tf.data.experimental.assert_cardinality(4))
+    with pytest.raises(ValueError, match=r"has 4 batches"):
+        training.train(_model(), finite, 4, 2, str(tmp_path))
+    with pytest.raises(ValueError, match=r"repeats forever"):
+        training.train(_model(), finite.repeat(), 4, 2, str(tmp_path), validation_data=finite.repeat())

@@ -1,0 +1,310 @@
+"""Several models, their version policies and version labels: TensorFlow Serving's
+`--model_config_file` (a `ModelServerConfig` in protobuf text format).
+
+    model_config_list {
+      config {
+        name: "en_de"
+        base_path: "/models/en_de"
+        model_platform: "tensorflow"
+        model_version_policy { specific { versions: 1 versions: 2 } }
+        version_labels { key: "stable" value: 1 }
+        version_labels { key: "canary" value: 2 }
+      }
+      config { name: "en_fr" base_path: "/models/en_fr" }
+    }
+
+`ServerCore` holds one `servables.ModelManager` per model and the label map,
+and reloads the config while serving (`--model_config_file_poll_wait_seconds`,
+or ModelService's HandleReloadConfigRequest) as TensorFlow Serving's
+model_servers/server_core.cc does:
+
+- a label must point at a version that is available when the config is
+  applied, except that `--allow_version_labels_for_unavailable_models` lets a
+  label that is new (or unchanged) point at a version still to load; so a
+  canary is labelled in two steps: add the version, then move the label once
+  it serves;
+- a model added is loaded before the reload returns; a model removed stops
+  taking requests and is unloaded once those it holds finish; a model that
+  stays keeps serving throughout.
+
+One difference, where TensorFlow Serving would apply part of a bad config:
+a config that fails a check (a duplicate name, a relative base path, a label
+at an unavailable version) changes nothing, and the error names the check.
+"""
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Dict, List, Optional, Tuple
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import ServingError
+from serving.errors import StatusCode
+from serving.servables import END
+from serving.servables import ModelManager
+from serving.servables import VersionPolicy
+
+log = logging.getLogger("serving")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model of a `ModelServerConfig`: its name, base path, version policy and labels."""
+
+    name: str
+    base_path: str
+    policy: VersionPolicy = VersionPolicy()
+    labels: Tuple[Tuple[str, int], ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a model needs a non-empty name. Received: {self.name!r}")
+        if not isinstance(self.base_path, str) or not os.path.isabs(self.base_path):
+            # As ValidateModelConfigList (server_core.cc) without a root directory.
+            raise ValueError(f"Expected model {self.name} to have an absolute path; got base_path={self.base_path!r}")
+        for label, version in self.labels:
+            if not label:
+                raise ValueError(f"model {self.name}: a version label must be a non-empty string")
+
+    @property
+    def label_map(self) -> Dict[str, int]:
+        return dict(self.labels)
+
+
+def parse_model_config(text: str, what: str = "ModelServerConfig") -> Optional[List[ModelConfig]]:
+    """The models of a `ModelServerConfig` in protobuf text format, checked;
+    None for an empty config (neither `model_config_list` nor `custom_model_config`).
+
+    Raises:
+        ValueError: text that does not parse (line, column and field), a
+            `custom_model_config`, a platform other than "tensorflow", two
+            models of one name, a relative base path, or a bad version policy.
+    """
+    try:
+        proto = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as error:
+        raise ValueError(f"{what}: {error}") from None
+    return models_from_proto(proto, what)
+
+
+def models_from_proto(proto, what: str = "ModelServerConfig") -> Optional[List[ModelConfig]]:
+    """The models of a `ModelServerConfig` message, checked (see `parse_model_config`);
+    None for a config that sets neither field (server_core.cc takes no action for it)."""
+    if proto.WhichOneof("config") is None:
+        return None
+    if proto.WhichOneof("config") == "custom_model_config":
+        raise ValueError(f"{what}: custom_model_config is not supported; use model_config_list")
+    models, names = [], set()
+    for config in proto.model_config_list.config:
+        if config.name in names:
+            raise ValueError(f"{what}: Illegal to list model {config.name} multiple times in config list")
+        names.add(config.name)
+        if config.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"{what}: model {config.name}: model_platform must be \"tensorflow\", "
+                             f"got {config.model_platform!r}")
+        policy = config.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        try:
+            if kind == "latest":
+                # An unset num_versions is one, as in file_system_storage_path_source.cc.
+                version_policy = VersionPolicy("latest", policy.latest.num_versions or 1)
+            elif kind == "all":
+                version_policy = VersionPolicy("all")
+            else:
+                version_policy = VersionPolicy("specific", versions=tuple(sorted(set(policy.specific.versions))))
+            models.append(ModelConfig(config.name, config.base_path, version_policy,
+                                      tuple(sorted(config.version_labels.items()))))
+        except ValueError as error:
+            raise ValueError(f"{what}: model {config.name or '(no name)'}: {error}") from None
+    return models
+
+
+class ServerCore:
+    """The models a server serves, by name, with their version labels.
+
+    Args:
+        models: `ModelConfig`s.
+        allow_version_labels_for_unavailable_models: TensorFlow Serving's flag
+            of that name (see the module docstring).
+        manager_kwargs: what every `ModelManager` is made with (poll_seconds,
+            batching, retries, metrics).
+    """
+
+    def __init__(self, models: List[ModelConfig], allow_version_labels_for_unavailable_models: bool = False,
+                 **manager_kwargs):
+        self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._manager_kwargs = manager_kwargs
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one config change at a time
+        self._configs: Dict[str, ModelConfig] = {}
+        self._managers: Dict[str, ModelManager] = {}
+        self._labels: Dict[str, Dict[str, int]] = {}
+        self._retired: Dict[str, List[tuple]] = {}  # a removed model's last version states
+        self._stopped = False
+        try:
+            # Before anything loads, as at TensorFlow Serving's start: without the flag a label
+            # fails here, no version being available yet (server_core.cc, ReloadConfig).
+            self._check(models)
+        except ServingError as error:
+            raise ValueError(error.message) from None
+        self._initial = list(models)
+
+    def names(self) -> List[str]:
+        with self._lock:
+            return sorted(self._managers)
+
+    def knows(self, name: str) -> bool:
+        with self._lock:
+            return name in self._managers
+
+    def ready(self) -> bool:
+        """Every configured model has an available version (the health check's SERVING)."""
+        with self._lock:
+            managers = list(self._managers.values())
+        return bool(managers) and not self._stopped and all(m.loaded_versions() for m in managers)
+
+    def _check(self, models: List[ModelConfig], current: Optional[Dict[str, ModelManager]] = None):
+        """Raises ServingError for a config that cannot be applied (before anything changes)."""
+        names = [m.name for m in models]
+        duplicate = sorted({n for n in names if names.count(n) > 1})
+        if duplicate:
+            raise ServingError(StatusCode.INVALID_ARGUMENT,
+                               f"Illegal to list model {duplicate[0]} multiple times in config list")
+        for model in models:
+            manager = (current or {}).get(model.name)
+            available = set(manager.loaded_versions()) if manager is not None else set()
+            old = self._labels.get(model.name, {})
+            for label, version in model.labels:
+                # server_core.cc, UpdateModelVersionLabelMap: the flag allows a label
+                # at an unavailable version only when it is new or unchanged.
+                allowed = self.allow_unavailable_labels and old.get(label, version) == version
+                if version not in available and not allowed:
+                    raise ServingError(
+                        StatusCode.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {model.name}, which is not "
+                        "currently available for inference"
+                        + ("" if self.allow_unavailable_labels else
+                           " (--allow_version_labels_for_unavailable_models lets a new label name a version "
+                           "still to load)"),
+                    )
+
+    def start(self):
+        """Loads every model (each version its policy names) before returning.
+
+        Raises:
+            RuntimeError: a model has versions on disk and none loaded.
+        """
+        with self._lock:
+            self._labels = {m.name: m.label_map for m in self._initial if m.labels}
+        for model in self._initial:
+            self._add(model)
+
+    def _add(self, model: ModelConfig):
+        manager = ModelManager(model.name, model.base_path, policy=model.policy, **self._manager_kwargs)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError(f"model {model.name!r}: stopped while it loaded")
+            self._managers[model.name] = manager
+            self._configs[model.name] = model
+            self._retired.pop(model.name, None)
+        try:
+            manager.start()
+        except RuntimeError:
+            if self._stopped:
+                raise
+            manager.start_polling()  # it may load later; the start (or reload) reports the failure
+            raise
+
+    def reload(self, models: List[ModelConfig]):
+        """Moves to a new config: models added (loaded before this returns),
+        removed (unloaded once idle) or changed (policy, base path, labels).
+
+        Raises:
+            ServingError: the config fails a check; nothing has changed.
+        """
+        with self._reload_lock:
+            with self._lock:
+                if self._stopped:
+                    raise ServingError(StatusCode.UNAVAILABLE, "the server is stopping")
+                current = dict(self._managers)
+            # Labels are checked against the versions available now, before the new
+            # config loads anything (as server_core.cc, ReloadConfig, orders it).
+            self._check(models, current)
+            wanted = {m.name: m for m in models}
+            for name, manager in current.items():
+                if name not in wanted:
+                    with self._lock:
+                        del self._managers[name]
+                        self._configs.pop(name, None)
+                        self._labels.pop(name, None)
+                    log.info("removing model %s", name)
+                    manager.stop()  # waits for the requests that hold it
+                    self._retired[name] = manager.status(name)
+            with self._lock:
+                self._labels = {m.name: m.label_map for m in models if m.labels}
+            for model in models:
+                manager = current.get(model.name)
+                if manager is None:
+                    log.info("adding model %s from %s", model.name, model.base_path)
+                    try:
+                        self._add(model)
+                    except RuntimeError as error:
+                        log.error("%s", error)  # it goes on being polled, and answers NOT_FOUND meanwhile
+                elif (model.base_path, model.policy) != (manager.base_path, manager.policy):
+                    manager.reconfigure(model.base_path, model.policy)
+                    manager.poll()
+                    with self._lock:
+                        self._configs[model.name] = model
+
+    def version_for_label(self, name: str, label: str) -> int:
+        with self._lock:
+            version = self._labels.get(name, {}).get(label)
+        if version is None:
+            # As server_core.cc, GetModelVersionForLabel.
+            raise ServingError(StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
+        return version
+
+    def serve(self, model_name: str, version: Optional[int] = None, label: Optional[str] = None):
+        """A context manager holding the version a request asks for: by number,
+        by label, or the largest available."""
+        if label is not None:
+            version = self.version_for_label(model_name, label)
+        with self._lock:
+            manager = self._managers.get(model_name)
+        if manager is None:
+            what = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
+            raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: {what}")
+        return manager.serve(model_name, version)
+
+    def status(self, model_name: str, version: Optional[int] = None) -> List[tuple]:
+        """[(version, state, error message)] of a model's versions, newest first."""
+        with self._lock:
+            manager = self._managers.get(model_name)
+            retired = self._retired.get(model_name)
+        if manager is not None:
+            return manager.status(model_name, version)
+        if retired:
+            rows = [(v, END, e) for v, _, e in retired]
+            if version is not None:
+                rows = [row for row in rows if row[0] == version]
+                if not rows:
+                    raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model "
+                                       f"{model_name}")
+            return rows
+        raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
+
+    def available(self, model_name: str) -> List[int]:
+        with self._lock:
+            manager = self._managers.get(model_name)
+        return [] if manager is None else manager.loaded_versions()
+
+    def stop(self):
+        """Stops every model (each waits for the requests that hold it)."""
+        with self._lock:
+            self._stopped = True
+            managers = list(self._managers.values())
+        for manager in managers:
+            manager.stop()
