@@ -9,10 +9,12 @@ Works unchanged against `tensorflow_model_server` and against `serving.server`.
 
 import argparse
 import base64
+import functools
 import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -67,6 +69,8 @@ class GrpcClient(_Retrying):
         model_name: the served model's name.
         version: a version number, or None for the latest.
         timeout: seconds per call.
+        version_label: a version label the server's model config defines
+            ("stable", "canary"), instead of `version`.
         retries: extra attempts when the server answers UNAVAILABLE (starting,
             draining, queue full), waiting `backoff`, 2x`backoff`, ... between them.
         tls: use a TLS channel; `root_certificates` (PEM bytes) overrides the
@@ -85,8 +89,11 @@ class GrpcClient(_Retrying):
         tls: bool = False,
         root_certificates: Optional[bytes] = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        version_label: Optional[str] = None,
     ):
         super().__init__(retries, backoff)
+        if version is not None and version_label is not None:
+            raise ValueError("give `version` or `version_label`, not both")
         # Imported here so `import serving.client` stays light for REST-only users.
         from tensorflow_serving.apis import model_service_pb2_grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -104,6 +111,7 @@ class GrpcClient(_Retrying):
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.model_name = model_name
         self.version = version
+        self.version_label = version_label
         self.timeout = timeout
 
     def close(self):
@@ -119,6 +127,8 @@ class GrpcClient(_Retrying):
         spec.name = self.model_name
         if self.version is not None:
             spec.version.value = self.version
+        elif self.version_label is not None:
+            spec.version_label = self.version_label
         if signature_name is not None:
             spec.signature_name = signature_name
 
@@ -207,10 +217,17 @@ class RestClient(_Retrying):
     """
 
     def __init__(self, server: str, model_name: str, version: Optional[int] = None, timeout: float = 60.0,
-                 retries: int = 3, backoff: float = 0.5):
+                 retries: int = 3, backoff: float = 0.5, version_label: Optional[str] = None):
         super().__init__(retries, backoff)
+        if version is not None and version_label is not None:
+            raise ValueError("give `version` or `version_label`, not both")
         base = server if "://" in server else f"http://{server}"
-        self.url = f"{base}/v1/models/{model_name}" + (f"/versions/{version}" if version is not None else "")
+        quote = functools.partial(urllib.parse.quote, safe="")
+        self.url = f"{base}/v1/models/{quote(model_name)}"
+        if version is not None:
+            self.url += f"/versions/{version}"
+        elif version_label is not None:
+            self.url += f"/labels/{quote(version_label)}"
         self.timeout = timeout
 
     def _request(self, url: str, body: Optional[dict] = None) -> dict:
@@ -272,6 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--server", default="localhost:8500", help="host:port (the gRPC port, or the REST port with --rest)")
     p.add_argument("--model_name", default="transformer")
     p.add_argument("--model_version", type=int, help="default: the latest")
+    p.add_argument("--model_version_label", help="a version label of the server's model config")
     p.add_argument("--input", help="a file of sentences, one per line ('-': stdin); translations go to stdout in order")
     p.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="sentences per request (at most the server's max_batch_size)")
@@ -284,15 +302,18 @@ def main(argv=None) -> int:
     p.add_argument("--status", action="store_true", help="print the model's version status and exit")
     p.add_argument("--metadata", action="store_true", help="print the model's signatures and exit")
     args = p.parse_args(argv)
+    if args.model_version is not None and args.model_version_label is not None:
+        p.error("give --model_version or --model_version_label, not both")
     if args.batch_size < 1:
         p.error(f"--batch_size must be at least 1, got {args.batch_size}")
 
     if args.rest:
-        client = RestClient(args.server, args.model_name, args.model_version, args.timeout, args.retries)
+        client = RestClient(args.server, args.model_name, args.model_version, args.timeout, args.retries,
+                            version_label=args.model_version_label)
     else:
         roots = open(args.root_cert, "rb").read() if args.root_cert else None
         client = GrpcClient(args.server, args.model_name, args.model_version, args.timeout, args.retries,
-                            tls=args.tls, root_certificates=roots)
+                            tls=args.tls, root_certificates=roots, version_label=args.model_version_label)
     try:
         if args.status:
             print(json.dumps(client.status(), indent=2))

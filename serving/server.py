@@ -381,7 +381,14 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
     p.add_argument("--rest_api_port", type=int, default=8501, help="REST port; 0 turns REST off")
     p.add_argument("--model_name", default="default")
-    p.add_argument("--model_base_path", required=True, help="directory of numbered SavedModel versions")
+    p.add_argument("--model_base_path", help="directory of numbered SavedModel versions")
+    p.add_argument("--model_config_file", help="ModelServerConfig in protobuf text format: several models, "
+                   "version policies and labels (model_name and model_base_path are then ignored)")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
+                   help="how often to read --model_config_file again and apply it (0: only at start)")
+    p.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const=True, default=False,
+                   type=_bool_flag, metavar="true|false",
+                   help="a new version label may name a version that is not available yet")
     p.add_argument("--enable_batching", nargs="?", const=True, default=False, type=_bool_flag, metavar="true|false",
                    help="batch concurrent requests together")
     p.add_argument("--batching_parameters_file", help="BatchingParameters in protobuf text format")
@@ -404,6 +411,8 @@ def main(argv=None) -> int:
     p.add_argument("--rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1),
                    help="REST connections handled at once; more wait in the listen backlog")
     args = p.parse_args(argv)
+    if not args.model_config_file and not args.model_base_path:
+        p.error("give --model_base_path or --model_config_file")  # as server.cc: "Both ... are empty!"
     if not math.isfinite(args.drain_seconds) or args.drain_seconds < 0:
         p.error(f"--drain_seconds must be a finite number of seconds of at least 0, got {args.drain_seconds}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -431,10 +440,17 @@ def main(argv=None) -> int:
     elif args.monitoring_config_file:
         monitoring_path = _read_config(p, "monitoring_config_file", args.monitoring_config_file,
                                        parse_monitoring_config)
+    models = None
+    if args.model_config_file:
+        models = _read_config(p, "model_config_file", args.model_config_file, parse_model_config) or []
     config = _config(p, dict(
         monitoring_path=monitoring_path,
+        models=models,
+        model_config_file=args.model_config_file and os.path.abspath(args.model_config_file),
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         model_name=args.model_name,
-        model_base_path=os.path.abspath(args.model_base_path),
+        model_base_path=args.model_base_path and os.path.abspath(args.model_base_path),
         port=args.port,
         rest_api_port=args.rest_api_port,
         batching=batching,
@@ -447,7 +463,10 @@ def main(argv=None) -> int:
         max_num_load_retries=args.max_num_load_retries,
         load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
     ))
-    server = ModelServer(config)
+    try:
+        server = ModelServer(config)
+    except ValueError as error:  # a label the start cannot give (server_core.cc refuses it before loading)
+        p.error(f"--model_config_file: {error}")
     stop = threading.Event()
 
     def on_signal(*_):

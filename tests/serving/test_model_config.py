@@ -1,0 +1,329 @@
+"""Several models, version policies and labels (--model_config_file), reloaded while serving.
+
+What each should do is read from TensorFlow Serving's source:
+model_servers/server_core.cc (ValidateModelConfigList; ReloadConfig checks
+the labels before it loads anything; UpdateModelVersionLabelMap: a label must
+name an available version, unless --allow_version_labels_for_unavailable_models
+and the label is new or unchanged; ServableRequestFromModelSpec and
+GetModelVersionForLabel for requests by label), model_servers/server.cc
+(PollFilesystemAndReloadConfig), model_servers/get_model_status_impl.cc (a
+status request ignores the label) and model_servers/model_service_impl.cc
+(HandleReloadConfigRequest).
+"""
+
+import os
+import shutil
+import threading
+import time
+
+import grpc
+import pytest
+import tensorflow as tf
+from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2_grpc
+from tensorflow_serving.apis import model_management_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving.client import RestClient
+from serving.core import ModelConfig
+from serving.core import ServerCore
+from serving.core import parse_model_config
+from serving.errors import ServingError
+from serving.server import ModelServer
+from serving.server import ServerConfig
+from serving.server import main as server_main
+from serving.servables import VersionPolicy
+from tests.serving.conftest import SENTENCES
+from tests.serving.conftest import ServerProcess
+
+SENTENCE = SENTENCES[0]
+
+
+def _config(*models) -> str:
+    """A ModelServerConfig in text format; each model (name, base, policy text, {label: version})."""
+    parts = []
+    for name, base, policy, labels in models:
+        body = f'name: "{name}" base_path: "{base}" model_platform: "tensorflow" '
+        if policy:
+            body += f"model_version_policy {{ {policy} }} "
+        body += " ".join(f'version_labels {{ key: "{k}" value: {v} }}' for k, v in labels.items())
+        parts.append(f"  config {{ {body} }}")
+    return "model_config_list {\n" + "\n".join(parts) + "\n}\n"
+
+
+def _write(path, text):
+    """Replaces the file whole (a reader never sees half of it), as a deployment should."""
+    staged = f"{path}.tmp"
+    with open(staged, "w") as f:
+        f.write(text)
+    os.replace(staged, path)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(serving_exports, tmp_path_factory):
+    """{"a": base with versions 1 and 2, "b": base whose version 1 is the seed-2 model,
+    "c": base with version 1}, and {(model, version): translation of SENTENCE}."""
+    base, staging, _ = serving_exports
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for name, versions in (("a", {1: os.path.join(base, "1"), 2: os.path.join(staging, "2")}),
+                           ("b", {1: os.path.join(staging, "2")}), ("c", {1: os.path.join(base, "1")})):
+        dirs[name] = str(root / name)
+        for version, source in versions.items():
+            shutil.copytree(source, os.path.join(dirs[name], str(version)))
+    expected = {}
+    for key, path in (((1,), os.path.join(base, "1")), ((2,), os.path.join(staging, "2"))):
+        out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant([SENTENCE]))
+        expected[key[0]] = out["translation"].numpy()[0].decode()
+    answers = {("a", 1): expected[1], ("a", 2): expected[2], ("b", 1): expected[2], ("c", 1): expected[1]}
+    assert expected[1] != expected[2]  # the two models can be told apart by their answers
+    return dirs, answers
+
+
+def test_a_config_is_parsed_and_checked_as_tensorflow_serving_checks_it(tmp_path):
+    models = parse_model_config(_config(("a", "/m/a", "specific { versions: 2 versions: 1 }", {"stable": 1}),
+                                        ("b", "/m/b", "all {}", {}), ("c", "/m/c", "", {})))
+    assert models == [
+        ModelConfig("a", "/m/a", VersionPolicy("specific", versions=(1, 2)), (("stable", 1),)),
+        ModelConfig("b", "/m/b", VersionPolicy("all")),
+        ModelConfig("c", "/m/c", VersionPolicy("latest", 1)),
+    ]
+    assert parse_model_config("") is None  # neither field: TensorFlow Serving takes no action
+    for text, error in (
+        (_config(("a", "/m/a", "", {}), ("a", "/m/b", "", {})), "Illegal to list model a multiple times"),
+        (_config(("a", "relative/a", "", {})), "absolute path"),
+        (_config(("a", "/m/a", "latest { num_versions: 0 }", {})), None),  # 0 is unset: one version
+        ('model_config_list { config { name: "a" base_path: "/m" model_platform: "tflite" } }', "tensorflow"),
+        ('model_config_list { config { name: "a" base_pth: "/m" } }', "base_pth"),
+        ("custom_model_config { }", "custom_model_config"),
+        (_config(("", "/m/a", "", {})), "non-empty name"),
+    ):
+        if error is None:
+            assert parse_model_config(text)[0].policy == VersionPolicy("latest", 1)
+            continue
+        with pytest.raises(ValueError, match=error):
+            parse_model_config(text)
+    # At the start no version is available yet: a label needs the flag (server_core.cc
+    # checks labels before it loads), and the error names it.
+    with pytest.raises(ValueError, match="allow_version_labels_for_unavailable_models"):
+        ServerCore(models)
+    ServerCore(models, allow_version_labels_for_unavailable_models=True)
+    config = tmp_path / "models.config"
+    config.write_text(_config(("a", str(tmp_path), "", {"stable": 1})))
+    with pytest.raises(SystemExit):
+        server_main([f"--model_config_file={config}", "--port=0", "--rest_api_port=0"])
+    with pytest.raises(SystemExit):
+        server_main(["--port=0"])  # neither a base path nor a config file
+
+
+def test_version_policies_serve_the_versions_they_name(model_dirs, tmp_path):
+    dirs, answers = model_dirs
+    three = tmp_path / "three"
+    for version in (1, 2, 3):
+        shutil.copytree(os.path.join(dirs["a"], str(min(version, 2))), three / str(version))
+    for policy, served in ((VersionPolicy("latest", 2), [2, 3]), (VersionPolicy("all"), [1, 2, 3]),
+                           (VersionPolicy("specific", versions=(1, 3, 7)), [1, 3])):
+        core = ServerCore([ModelConfig("m", str(three), policy)], poll_seconds=0)
+        core.start()
+        try:
+            assert core.available("m") == served
+            with core.serve("m") as loaded:
+                assert loaded.version == served[-1]  # no version asked: the largest available
+            for version in (1, 2, 3):
+                if version in served:
+                    with core.serve("m", version) as loaded:
+                        assert loaded.version == version
+                else:
+                    with pytest.raises(ServingError, match=f"Specific\\(m, {version}\\)"):
+                        core.serve("m", version).__enter__()
+            states = {v: s for v, s, _ in core.status("m")}
+            assert {v for v, s in states.items() if s == 30} == set(served)  # AVAILABLE
+        finally:
+            core.stop()
+
+
+def _predict_stub(address):
+    channel = grpc.insecure_channel(address)
+    return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def _ask(stub, model, version=None, label=None):
+    """(the version that answered, its translation) of SENTENCE."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    if label is not None:
+        request.model_spec.version_label = label
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto([SENTENCE]))
+    response = stub.Predict(request, timeout=60)
+    assert response.model_spec.name == model
+    return response.model_spec.version.value, tf.make_ndarray(response.outputs["translation"])[0].decode()
+
+
+def _until(condition, seconds=60):
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+
+
+def test_two_models_with_labels_relabelled_and_added_under_16_clients(model_dirs, tmp_path):
+    dirs, answers = model_dirs
+    config = tmp_path / "models.config"
+    labels = {"stable": 1, "canary": 2}
+    _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", labels),
+                           ("b", dirs["b"], "", {})))
+    server = ServerProcess(dirs["a"], f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+                           "--allow_version_labels_for_unavailable_models")
+    channel, stub = _predict_stub(server.address)
+    # What each label may answer with now: a label being moved may give its old or new version
+    # until the reload is applied, never any other.
+    allowed = {"stable": {1}, "canary": {2}}
+    asks = [("a", None, "stable"), ("a", None, "canary"), ("a", 1, None), ("a", 2, None), ("b", None, None)]
+    failures, answered, stop = [], [], threading.Event()
+    lock = threading.Lock()
+
+    def client(index):
+        n = index
+        while not stop.is_set():
+            model, version, label = asks[n % len(asks)]
+            n += 1
+            with lock:
+                may = set(allowed[label]) if label else {version or (2 if model == "a" else 1)}
+            try:
+                got, text = _ask(stub, model, version, label)
+            except grpc.RpcError as error:
+                failures.append((model, version, label, error.code(), error.details()))
+                continue
+            if got not in may or text != answers[(model, got)]:
+                failures.append((model, version, label, got, text))
+            with lock:
+                answered.append((model, label, got))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        _until(lambda: len(answered) > 40)
+        # By REST too, by label.
+        rest = RestClient(f"localhost:{server.rest_port}", "a", version_label="canary", retries=0)
+        assert rest.translate([SENTENCE])[0] == [answers[("a", 2)]]
+
+        # 1. Move "stable" to version 2 (both available): applied by the next poll.
+        with lock:
+            allowed["stable"] = {1, 2}
+        _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", {"stable": 2, "canary": 2}),
+                               ("b", dirs["b"], "", {})))
+        _until(lambda: _ask(stub, "a", label="stable")[0] == 2)
+        with lock:
+            allowed["stable"] = {2}
+            mark = len(answered)
+        _until(lambda: len(answered) > mark + 40)
+
+        # 2. A label moved to a version that is not available: refused whole, nothing changes
+        # (the model "c" added in the same file is not added either).
+        _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", {"stable": 7, "canary": 2}),
+                               ("b", dirs["b"], "", {}), ("c", dirs["c"], "", {})))
+        _until(lambda: any("version 7 of model a, which is not currently available" in line for line in server.log))
+        with pytest.raises(grpc.RpcError) as error:
+            _ask(stub, "c")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+        # 3. Add model "c" (the label back where it was): it loads, and answers.
+        _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", {"stable": 2, "canary": 2}),
+                               ("b", dirs["b"], "", {}), ("c", dirs["c"], "", {})))
+        _until(lambda: _answers(stub, "c"))
+        assert _ask(stub, "c") == (1, answers[("c", 1)])
+        with lock:
+            asks.append(("c", None, None))
+            mark = len(answered)
+        _until(lambda: len(answered) > mark + 40)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    try:
+        assert failures == []
+        assert {(m, label, v) for m, label, v in answered} >= {("a", "stable", 1), ("a", "stable", 2),
+                                                                ("a", "canary", 2), ("b", None, 1), ("c", None, 1)}
+        # 4. Remove "b": it stops answering; the others go on.
+        _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", {"stable": 2}),
+                               ("c", dirs["c"], "", {})))
+        _until(lambda: not _answers(stub, "b"))
+        assert _ask(stub, "a", label="stable")[0] == 2
+        with pytest.raises(grpc.RpcError) as error:
+            _ask(stub, "a", label="canary")  # the label is gone with the config
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Unrecognized servable version label: canary" in error.value.details()
+    finally:
+        channel.close()
+        server.stop()
+
+
+def _answers(stub, model) -> bool:
+    try:
+        _ask(stub, model)
+        return True
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+        return False
+
+
+def test_health_and_reload_over_grpc(model_dirs, tmp_path):
+    dirs, answers = model_dirs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # A model with no version on disk yet: the server starts (TensorFlow Serving waits only
+    # for versions it finds) but is not SERVING until every model has an available version.
+    server = ModelServer(ServerConfig(models=(ModelConfig("a", dirs["a"]), ModelConfig("late", str(empty))),
+                                      port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2))
+    health = None
+    try:
+        server.start()
+        channel = grpc.insecure_channel(f"localhost:{server.port}")
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(service=""):
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        shutil.copytree(os.path.join(dirs["c"], "1"), empty / "1")
+        _until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 60)
+        assert status("tensorflow.serving.PredictionService") == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as error:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+        # HandleReloadConfigRequest: all or nothing.
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.model_config_list.config.add(name="a", base_path=dirs["a"]).version_labels["x"] = 9
+        with pytest.raises(grpc.RpcError) as error:
+            models.HandleReloadConfigRequest(request, timeout=60)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert server.manager.names() == ["a", "late"]
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.model_config_list.config.add(name="a", base_path=dirs["a"]).version_labels["x"] = 2
+        assert models.HandleReloadConfigRequest(request, timeout=60).status.error_code == 0
+        assert server.manager.names() == ["a"]
+        with server.manager.serve("a", label="x") as loaded:
+            assert loaded.version == 2
+        with pytest.raises(grpc.RpcError) as error:
+            models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=60)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        # A drain turns NOT_SERVING before it waits for the requests in flight:
+        # a watcher (a load balancer) hears it while the server still drains.
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stopper = threading.Thread(target=server.stop, args=(2.0,))
+        stopper.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stopper.join(30)
+        channel.close()
+    finally:
+        server.stop(0)
