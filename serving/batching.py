@@ -126,9 +126,11 @@ class Batcher:
     RECENT_BATCHES = 1000
 
     def __init__(
-        self, fn: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: BatchingParameters, name=""
+        self, fn: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: BatchingParameters, name="",
+        metrics=None,
     ):
         self.fn = fn
+        self.metrics = metrics  # a serving.metrics.ServingMetrics (its batching metrics), or None
         self.params = params
         self.name = name
         self._queue: List[_Task] = []
@@ -247,6 +249,7 @@ class Batcher:
 
     def _run(self, batch: List[_Task]):
         bisect = False
+        started = time.monotonic()
         try:
             outputs = self.fn(self._merge(batch))
         except ServingError as error:
@@ -266,7 +269,13 @@ class Batcher:
             self._run(batch[:half])
             self._run(batch[half:])
             return
-        self.batch_sizes.append(sum(t.rows for t in batch))
+        total = sum(t.rows for t in batch)
+        self.batch_sizes.append(total)
+        if self.metrics is not None:
+            # TensorFlow Serving's default pool name (batching_session.cc: "batch_threads").
+            self.metrics.record_batch([t.rows for t in batch], total,
+                                      _allowed_size(total, self.params.allowed_batch_sizes), "batch_threads",
+                                      [t.arrived for t in batch], started)
         start = 0
         for task in batch:
             task.outputs = {k: v[start:start + task.rows] for k, v in outputs.items()}

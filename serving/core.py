@@ -296,6 +296,12 @@ class ServerCore:
             return rows
         raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
 
+    def available_all(self) -> Dict[str, List[int]]:
+        """{model name: its available versions} for every configured model."""
+        with self._lock:
+            managers = dict(self._managers)
+        return {name: manager.loaded_versions() for name, manager in managers.items()}
+
     def available(self, model_name: str) -> List[int]:
         with self._lock:
             manager = self._managers.get(model_name)

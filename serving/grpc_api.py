@@ -22,6 +22,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.errors import StatusCode  # noqa: E402
 from serving.servables import DEFAULT_SIGNATURE  # noqa: E402
+from serving import request_log  # noqa: E402
 from serving.core import models_from_proto  # noqa: E402
 
 log = logging.getLogger("serving")
@@ -99,10 +100,15 @@ def _grpc_method(method):
         metrics = getattr(self, "metrics", None)
         if counted and metrics is not None:
             metrics.record_request(request.model_spec.name, method.__name__, "GRPC", status, started)
+        log_to = getattr(self, "request_log", None)
+        if log_to is not None:
+            spec = getattr(request, "model_spec", None)
+            log_to.write(spec.name if spec is not None else "", method.__name__, "GRPC", status, started)
 
     @functools.wraps(method)
     def handler(self, request, context):
         started = time.monotonic()
+        request_log.begin()
         try:
             response = method(self, request, context)
         except ServingError as error:
@@ -128,9 +134,10 @@ def _answered_by(model_spec, loaded, signature=None):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager, metrics=None):
+    def __init__(self, manager, metrics=None, request_log=None):
         self.manager = manager
         self.metrics = metrics  # a serving.metrics.ServingMetrics, or None
+        self.request_log = request_log  # a serving.request_log.RequestLog, or None
 
     @_grpc_method
     def Predict(self, request, context):
@@ -166,8 +173,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager, reload=None):
+    def __init__(self, manager, reload=None, request_log=None):
         self.manager = manager
+        self.request_log = request_log
         self.reload = reload  # fn(models): applies a new model config; None: reloads are refused
 
     @_grpc_method

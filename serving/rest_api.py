@@ -28,6 +28,7 @@ from serving.servables import DEFAULT_SIGNATURE  # noqa: E402
 from serving.servables import STATE_NAMES  # noqa: E402
 from serving.json_tensor import from_json  # noqa: E402
 from serving.json_tensor import json_value  # noqa: E402
+from serving import request_log  # noqa: E402
 from serving.json_tensor import to_json  # noqa: E402
 from serving.metrics import CONTENT_TYPE  # noqa: E402
 
@@ -224,9 +225,10 @@ _STATUS_NAMES = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEA
 
 
 def make_rest_handler(manager, max_body_bytes: int, timeout_seconds: float = 30.0, metrics=None,
-                      metrics_path: Optional[str] = None):
+                      metrics_path: Optional[str] = None, log_to=None):
     """The REST handler class; with `metrics` (a `serving.metrics.ServingMetrics`), it counts and
-    times requests, and answers GET `metrics_path` with the Prometheus text."""
+    times requests, and answers GET `metrics_path` with the Prometheus text; with `log_to`
+    (a `serving.request_log.RequestLog`), it logs each request to a /v1/ path."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -377,10 +379,10 @@ def make_rest_handler(manager, max_body_bytes: int, timeout_seconds: float = 30.
         def _route(self, method: str):
             if method == "GET" and not self._arrived():
                 return self._reply(408, {})
-            if metrics is None:
+            if metrics is None and log_to is None:
                 return self._serve(method)
             path = urllib.parse.urlsplit(self.path).path
-            if path == metrics_path:
+            if metrics is not None and path == metrics_path:
                 # TensorFlow Serving's own handler for this path, for any method (http_server.cc): not counted.
                 if method == "POST":
                     self.close_connection = True  # its body is not read
@@ -389,10 +391,15 @@ def make_rest_handler(manager, max_body_bytes: int, timeout_seconds: float = 30.
                 return self._serve(method)  # TensorFlow Serving's REST handler takes /v1/ paths only
             started, self._method, self._status, self._model_name = time.monotonic(), "", None, ""
 
+            request_log.begin()
+
             def record():
                 self._record = lambda: None  # once per request
                 status = self._error_code or _STATUS_NAMES.get(self._status or 500, "INTERNAL")
-                metrics.record_request(self._model_name, self._method, "REST", status, started)
+                if metrics is not None:
+                    metrics.record_request(self._model_name, self._method, "REST", status, started)
+                if log_to is not None:
+                    log_to.write(self._model_name, self._method, "REST", status, started)
 
             self._record = record
             try:

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from serving import request_log
 from serving.batching import Batcher
 from serving.batching import BatchingParameters
 from serving.errors import ServingError
@@ -76,7 +77,8 @@ class LoadedVersion:
                 # TensorFlow Serving batches every signature.
                 specs = list(self.inputs[key].values()) + list(self.outputs[key].values())
                 if all(spec.shape.rank and spec.shape[0] is None for spec in specs):
-                    self.runners[key] = Batcher(self.runners[key], batching, name=f"{name}/{version}/{key}")
+                    self.runners[key] = Batcher(self.runners[key], batching, name=f"{name}/{version}/{key}",
+                                                metrics=metrics)
         self._in_flight = 0
         self._idle = threading.Condition()
 
@@ -162,6 +164,8 @@ class LoadedVersion:
                 f"output_filter names unknown output(s) {unknown}; signature \"{signature_name}\" has "
                 f"{sorted(self.outputs[signature_name])}",
             )
+        rows = next((np.shape(v)[0] for v in inputs.values() if np.ndim(v)), None)
+        request_log.note(version=self.version, signature=signature_name, batch_size=rows, inputs=inputs)
         started = time.monotonic()
         outputs = self.runners[signature_name](inputs)
         if self.metrics is not None and not warm_up:
@@ -372,11 +376,14 @@ class ModelManager:
             self._status[target] = (LOADING, "")
         log.info("loading %s version %d from %s", self.name, target, base_path)
         loaded = None
+        path = os.path.join(base_path, str(target))
+        started = time.monotonic()
         try:
-            loaded = LoadedVersion(self.name, target, os.path.join(base_path, str(target)), self.batching,
-                                   self.metrics)
+            loaded = LoadedVersion(self.name, target, path, self.batching, self.metrics)
             warmed = loaded.warm_up()
         except Exception as error:
+            if self.metrics is not None:
+                self.metrics.record_load(path, False, started)
             # Reported; the versions serving now go on serving.
             if loaded is not None:
                 loaded.close()  # its batch threads would keep it in memory
@@ -389,6 +396,8 @@ class ModelManager:
                 self._status[target] = (END if final else LOADING, f"failed to load: {_short(str(error))}")
             return False
         self._failed.pop(target, None)
+        if self.metrics is not None:
+            self.metrics.record_load(path, True, started)
         with self._lock:
             stopped = self._stop.is_set()
             if stopped:  # stop() ran during the load: nothing is served after it

@@ -47,6 +47,7 @@ from serving.grpc_api import parse_channel_arguments  # noqa: E402
 from serving.metrics import ServingMetrics  # noqa: E402
 from serving.metrics import check_metrics_path  # noqa: E402
 from serving.metrics import parse_monitoring_config  # noqa: E402
+from serving.request_log import RequestLog  # noqa: E402
 from serving.rest_api import BoundedHTTPServer  # noqa: E402
 from serving.rest_api import make_rest_handler  # noqa: E402
 from serving.core import ModelConfig  # noqa: E402
@@ -72,6 +73,8 @@ class ServerConfig:
         model_config_file: a `ModelServerConfig` file (read for `models` when they are not given).
         model_config_file_poll_wait_seconds: how often to read that file again and apply it (0: never).
         allow_version_labels_for_unavailable_models: a new label may name a version still to load.
+        request_log_file: append one JSON line per request there (`serving.request_log`), or None.
+        request_log_include_text: the lines hold the requests' text too (off: never written).
         port, rest_api_port: gRPC and REST ports (0 for gRPC: a free one; 0 for REST: no REST).
         batching: `BatchingParameters`, or None to run each request alone.
         file_system_poll_wait_seconds: how often to look for new versions (0: only at start).
@@ -104,6 +107,8 @@ class ServerConfig:
     model_config_file: Optional[str] = None
     model_config_file_poll_wait_seconds: float = 0.0
     allow_version_labels_for_unavailable_models: bool = False
+    request_log_file: Optional[str] = None
+    request_log_include_text: bool = False
 
     def __post_init__(self):
         # The same limits as the flags', so a config built in code cannot
@@ -152,7 +157,8 @@ class ModelServer:
             log.warning("monitoring_path=%r: no REST port (rest_api_port=0), so no metrics are served",
                         c.monitoring_path)
         elif c.monitoring_path:
-            self.metrics = ServingMetrics(known_model=lambda name: self.manager.knows(name))
+            self.metrics = ServingMetrics(known_model=lambda name: self.manager.knows(name),
+                                          available_versions=lambda: self.manager.available_all())
         models = c.models
         if models is None and c.model_config_file:
             with open(c.model_config_file, encoding="utf-8") as f:
@@ -166,6 +172,12 @@ class ModelServer:
             batching=c.batching, max_num_load_retries=c.max_num_load_retries,
             load_retry_interval=c.load_retry_interval_seconds, metrics=self.metrics,
         )
+        self.request_log = None
+        if c.request_log_file:
+            try:
+                self.request_log = RequestLog(c.request_log_file, c.request_log_include_text)
+            except OSError as error:
+                raise ValueError(f"--request_log_file={c.request_log_file}: {error}") from None
         self.health = health.HealthServicer()
         self._set_health(False)
         self._config_poller = None
@@ -181,9 +193,10 @@ class ModelServer:
         options = [("grpc.so_reuseport", 0), *c.grpc_channel_arguments]
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=c.grpc_max_threads), options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, self.metrics), self.grpc
+            PredictionService(self.manager, self.metrics, self.request_log), self.grpc
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.reload), self.grpc)
+        model_service = ModelService(self.manager, self.reload, self.request_log)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         try:
             if c.ssl:
@@ -199,7 +212,7 @@ class ModelServer:
                 raise OSError(f"cannot listen for gRPC on port {c.port}")
             if c.rest_api_port:
                 handler = make_rest_handler(self.manager, c.max_body_bytes, c.rest_api_timeout_seconds,
-                                            self.metrics, c.monitoring_path)
+                                            self.metrics, c.monitoring_path, self.request_log)
                 self.rest = BoundedHTTPServer(("0.0.0.0", c.rest_api_port), handler, c.rest_api_num_threads)
                 self.rest_api_port = self.rest.server_address[1]
         except BaseException:
@@ -316,6 +329,8 @@ class ModelServer:
         finally:
             done.wait()
             self.manager.stop()
+            if self.request_log is not None:
+                self.request_log.close()
 
     def _close(self):
         """Closes whatever is open, at once: for a server that is not serving.
@@ -337,6 +352,8 @@ class ModelServer:
                     self.rest.server_close()
             finally:
                 self.manager.stop()
+                if self.request_log is not None:
+                    self.request_log.close()
 
 
 def _bool_flag(text: str) -> bool:
@@ -405,6 +422,9 @@ def main(argv=None) -> int:
     p.add_argument("--ssl_config_file", help="SSLConfig in protobuf text format: serve gRPC over TLS")
     p.add_argument("--monitoring_config_file",
                    help="MonitoringConfig in protobuf text format: Prometheus metrics on the REST port")
+    p.add_argument("--request_log_file", help="append one JSON line per request to this file (off by default)")
+    p.add_argument("--request_log_include_text", nargs="?", const=True, default=False, type=_bool_flag,
+                   metavar="true|false", help="write each request's text into the request log too")
     p.add_argument("--drain_seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="a REST client that stalls this long mid-request is answered 408 or dropped")
@@ -449,6 +469,8 @@ def main(argv=None) -> int:
         model_config_file=args.model_config_file and os.path.abspath(args.model_config_file),
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        request_log_file=args.request_log_file,
+        request_log_include_text=args.request_log_include_text,
         model_name=args.model_name,
         model_base_path=args.model_base_path and os.path.abspath(args.model_base_path),
         port=args.port,
@@ -466,7 +488,7 @@ def main(argv=None) -> int:
     try:
         server = ModelServer(config)
     except ValueError as error:  # a label the start cannot give (server_core.cc refuses it before loading)
-        p.error(f"--model_config_file: {error}")
+        p.error(str(error) if str(error).startswith("--") else f"--model_config_file: {error}")
     stop = threading.Event()
 
     def on_signal(*_):

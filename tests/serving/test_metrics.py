@@ -8,6 +8,7 @@ http_server.cc (where each is recorded: latency only for requests that
 succeeded), and util/prometheus_exporter.cc (the path, and '/' written ':').
 """
 
+import os
 import re
 import urllib.error
 import urllib.request
@@ -171,3 +172,67 @@ def test_a_bad_monitoring_config_stops_the_start_naming_the_flag_and_the_line(tm
     with pytest.raises(SystemExit):
         server_main([f"--model_base_path={tmp_path}", f"--monitoring_config_file={tmp_path / 'missing'}"])
     assert "--monitoring_config_file" in capsys.readouterr().err
+
+
+def test_batching_load_and_availability_metrics(serving_exports, tmp_path):
+    # TensorFlow Serving's batching metrics (batching/batching_util.h): each request's rows,
+    # each batch's size after allowed_batch_sizes padding, the padding, the queue wait; and
+    # TensorFlow's SavedModel load counters (tensorflow/cc/saved_model/loader.cc).
+    import shutil
+    import threading
+
+    from serving.batching import BatchingParameters
+    from serving.server import ModelServer
+    from serving.server import ServerConfig
+    from tests.serving.conftest import free_port
+
+    base, _, _ = serving_exports
+    models = tmp_path / "models"
+    shutil.copytree(os.path.join(base, "1"), models / "1")
+    (models / "2").mkdir()
+    (models / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")  # fails its one attempt
+    batching = BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000, allowed_batch_sizes=(4, 8))
+    server = ModelServer(ServerConfig("toy", str(models), port=0, rest_api_port=free_port(), batching=batching,
+                                      monitoring_path="/metrics", max_num_load_retries=0,
+                                      file_system_poll_wait_seconds=0))
+    server.start()
+    try:
+        with server.manager.serve("toy") as loaded:
+            warm_up = list(loaded.runners["serving_default"].batch_sizes)  # the warm-up requests' batches
+        before = _scrape(server.rest_api_port, "/metrics")
+        client = GrpcClient(f"localhost:{server.port}", "toy", retries=0)
+        sizes = [1, 2, 2, 1, 3]
+        threads = [threading.Thread(target=client.translate, args=(["A man."] * n,)) for n in sizes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        client.close()
+        with server.manager.serve("toy") as loaded:
+            ran = list(loaded.runners["serving_default"].batch_sizes)[len(warm_up):]
+        families = _scrape(server.rest_api_port, "/metrics")
+    finally:
+        server.stop(5)
+    assert sum(ran) == sum(sizes) and len(ran) < len(sizes)  # batched together, at least once
+
+    def delta(name, **labels):
+        new, old = _histogram(families, name, **labels), _histogram(before, name, **labels)
+        return new["count"] - old.get("count", 0), new["sum"] - old.get("sum", 0)
+
+    # Warm-up requests run through the batcher too: what the clients sent is the difference.
+    assert delta(":tensorflow:serving:batching_session:input_batch_size") == (len(sizes), sum(sizes))
+    processed = _histogram(families, ":tensorflow:serving:batching_session:processed_batch_size")
+    padded = [4 if n <= 4 else 8 for n in ran]
+    assert delta(":tensorflow:serving:batching_session:processed_batch_size") == (len(ran), sum(padded))
+    assert [le for le, _ in processed["buckets"]][:3] == [1.0, 2.0, 4.0]
+    padding = [sum(s.value for s in f[":tensorflow:serving:batching_session:padding_size"].samples
+                   if s.name.endswith("_sum")) for f in (families, before)]
+    assert padding[0] - padding[1] == sum(padded) - sum(ran)
+    count, micros = delta(":tensorflow:serving:batching_session:queuing_latency", thread_pool_name="batch_threads")
+    assert count == len(sizes) and micros > 0
+    attempts = {(s.labels["model_path"], s.labels["status"]): s.value
+                for s in families[":tensorflow:cc:saved_model:load_attempt_count"].samples}
+    assert attempts == {(str(models / "1"), "success"): 1, (str(models / "2"), "fail"): 1}
+    assert [s.value for s in families[":tensorflow:cc:saved_model:load_latency"].samples][0] > 0
+    available = families[":keras_transformer:serving:available_versions"].samples
+    assert [(s.labels["model_name"], s.value) for s in available] == [("toy", 1)]
