@@ -26,6 +26,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from keras_transformer.export.saved_model import export_saved_model
 from serving.client import RestClient
 from serving.core import ModelConfig
 from serving.core import ServerCore
@@ -37,6 +38,7 @@ from serving.server import main as server_main
 from serving.servables import VersionPolicy
 from tests.serving.conftest import SENTENCES
 from tests.serving.conftest import ServerProcess
+from tests.serving.conftest import toy_model
 
 SENTENCE = SENTENCES[0]
 
@@ -65,18 +67,23 @@ def _write(path, text):
 def model_dirs(serving_exports, tmp_path_factory):
     """{"a": base with versions 1 and 2, "b": base whose version 1 is the seed-2 model,
     "c": base with version 1}, and {(model, version): translation of SENTENCE}."""
-    base, staging, _ = serving_exports
+    # Exports of their own: other tests move the shared staging version away.
+    _, _, tokenizer = serving_exports
     root = tmp_path_factory.mktemp("models")
+    options = dict(beam_size=2, max_extra_length=6, warmup_sentences=SENTENCES[:2])
+    sources = {}
+    for seed in (1, 2):
+        export_saved_model(toy_model(tokenizer, seed), tokenizer.vocab, str(root / f"seed{seed}"), version=1, **options)
+        sources[seed] = str(root / f"seed{seed}" / "1")
     dirs = {}
-    for name, versions in (("a", {1: os.path.join(base, "1"), 2: os.path.join(staging, "2")}),
-                           ("b", {1: os.path.join(staging, "2")}), ("c", {1: os.path.join(base, "1")})):
+    for name, versions in (("a", {1: sources[1], 2: sources[2]}), ("b", {1: sources[2]}), ("c", {1: sources[1]})):
         dirs[name] = str(root / name)
         for version, source in versions.items():
             shutil.copytree(source, os.path.join(dirs[name], str(version)))
     expected = {}
-    for key, path in (((1,), os.path.join(base, "1")), ((2,), os.path.join(staging, "2"))):
+    for seed, path in sources.items():
         out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant([SENTENCE]))
-        expected[key[0]] = out["translation"].numpy()[0].decode()
+        expected[seed] = out["translation"].numpy()[0].decode()
     answers = {("a", 1): expected[1], ("a", 2): expected[2], ("b", 1): expected[2], ("c", 1): expected[1]}
     assert expected[1] != expected[2]  # the two models can be told apart by their answers
     return dirs, answers
