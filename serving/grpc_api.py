@@ -108,7 +108,8 @@ def _grpc_method(method):
     @functools.wraps(method)
     def handler(self, request, context):
         started = time.monotonic()
-        request_log.begin()
+        if getattr(self, "request_log", None) is not None:
+            request_log.begin()  # (without a log nothing is noted: no thread keeps a request's inputs)
         try:
             response = method(self, request, context)
         except ServingError as error:

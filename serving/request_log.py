@@ -14,12 +14,14 @@ before a version held it). The request's text is never written unless asked
 
 import datetime
 import json
+import logging
 import threading
 import time
 
 import numpy as np
 
 _local = threading.local()
+log = logging.getLogger("serving")
 
 
 def begin():
@@ -48,6 +50,7 @@ class RequestLog:
         self.include_text = include_text
         self._file = open(path, "a", encoding="utf-8")
         self._lock = threading.Lock()
+        self.dropped = 0  # lines lost to write errors
 
     def write(self, model: str, api: str, entrypoint: str, status: str, started: float):
         """The request this thread handled, begun at `started` (`time.monotonic()`), ended now with `status`."""
@@ -68,9 +71,15 @@ class RequestLog:
             }
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self._lock:
-            if self._file is not None:
+            if self._file is None:
+                return
+            try:
                 self._file.write(line)
                 self._file.flush()
+            except OSError as error:  # a full disk never fails the request it logs
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.error("request log %s: %s; lines are dropped until writes succeed", self.path, error)
 
     def close(self):
         with self._lock:

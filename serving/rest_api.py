@@ -391,7 +391,8 @@ def make_rest_handler(manager, max_body_bytes: int, timeout_seconds: float = 30.
                 return self._serve(method)  # TensorFlow Serving's REST handler takes /v1/ paths only
             started, self._method, self._status, self._model_name = time.monotonic(), "", None, ""
 
-            request_log.begin()
+            if log_to is not None:
+                request_log.begin()
 
             def record():
                 self._record = lambda: None  # once per request

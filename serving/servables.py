@@ -165,7 +165,8 @@ class LoadedVersion:
                 f"{sorted(self.outputs[signature_name])}",
             )
         rows = next((np.shape(v)[0] for v in inputs.values() if np.ndim(v)), None)
-        request_log.note(version=self.version, signature=signature_name, batch_size=rows, inputs=inputs)
+        if not warm_up:
+            request_log.note(version=self.version, signature=signature_name, batch_size=rows, inputs=inputs)
         started = time.monotonic()
         outputs = self.runners[signature_name](inputs)
         if self.metrics is not None and not warm_up:

@@ -179,6 +179,7 @@ class ModelServer:
             except OSError as error:
                 raise ValueError(f"--request_log_file={c.request_log_file}: {error}") from None
         self.health = health.HealthServicer()
+        self._health_lock = threading.Lock()
         self._set_health(False)
         self._config_poller = None
         self.rest = None
@@ -252,9 +253,14 @@ class ModelServer:
             print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
 
     def _set_health(self, serving: bool):
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in _HEALTH_SERVICES:
-            self.health.set(service, status)
+        # Only on a change: each set() writes to every Watch stream, under the servicer's lock.
+        with self._health_lock:
+            if getattr(self, "_health_now", None) == serving:
+                return
+            self._health_now = serving
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for service in _HEALTH_SERVICES:
+                self.health.set(service, status)
 
     def _update_health(self):
         """SERVING while the server serves and every configured model has an available version."""
