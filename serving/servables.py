@@ -324,9 +324,14 @@ class ModelManager:
             return sorted(self._loaded)
 
     def reconfigure(self, base_path: str, policy: VersionPolicy):
-        """Follows a new base path or version policy from the next poll on (a config reload)."""
-        with self._lock:
-            self.base_path, self.policy = base_path, policy
+        """Follows a new base path or version policy from the next poll on (a
+        config reload). Failed loads counted at another base path are forgotten:
+        its directories are not the new one's."""
+        with self._poll_lock:  # not while a poll reads or counts them
+            with self._lock:
+                if base_path != self.base_path:
+                    self._failed = {}
+                self.base_path, self.policy = base_path, policy
 
     def _loadable(self, versions):
         return [v for v in versions if self._failed.get(v, (0, 0.0))[0] <= self.max_num_load_retries]
@@ -357,12 +362,18 @@ class ModelManager:
                 continue  # not yet time to retry
             if self._load(base_path, version):
                 added.append(version)
+        # Again: a version that failed its last retry in this poll is passed over now.
+        aspired = policy.select(self._loadable(versions))
         with self._lock:
             keep = {v for v in self._loaded if v in aspired}
             if not keep:
-                # Availability preserving: until a version the policy names
-                # loads, the newest one serving that is still on disk goes on.
-                survivors = [v for v in self._loaded if v in versions]
+                # Availability preserving (availability_preserving_policy.cc): while
+                # a version the policy names is still to load (loading, or to be
+                # retried), the newest one serving goes on, on disk or not (a base
+                # path changed, a version replaced); with none still to load, the
+                # newest one serving that is still on disk.
+                pending = [v for v in aspired if v not in self._loaded]
+                survivors = [v for v in self._loaded if pending or v in versions]
                 keep = {max(survivors)} if survivors else set()
             retired = [self._loaded.pop(v) for v in sorted(self._loaded) if v not in keep]
             for old in retired:

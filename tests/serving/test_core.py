@@ -1,0 +1,117 @@
+"""`ServerCore` and `ModelManager` in process: which versions serve while others
+load or fail, reloads, readiness, and the answers for models with nothing loaded.
+
+What each should do is read from TensorFlow Serving's source (named at each test).
+Polls are called by hand (poll_seconds=0), so no test depends on a poller's timing.
+"""
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from serving.core import ModelConfig
+from serving.core import ServerCore
+from serving.errors import ServingError
+from serving.errors import StatusCode
+from serving.servables import ModelManager
+from serving.servables import VersionPolicy
+
+
+def _copy(serving_exports, base, version):
+    """The shared export's version 1 as `base/version`."""
+    shutil.copytree(os.path.join(serving_exports[0], "1"), os.path.join(base, str(version)))
+
+
+def _broken(base, version):
+    """A version directory whose saved_model.pb does not parse: every load of it fails."""
+    os.makedirs(os.path.join(base, str(version)))
+    with open(os.path.join(base, str(version), "saved_model.pb"), "wb") as f:
+        f.write(b"not a SavedModel")
+
+
+def _mend(serving_exports, base, version):
+    shutil.rmtree(os.path.join(base, str(version)))
+    _copy(serving_exports, base, version)
+
+
+def _manager(core, name):
+    return core._managers[name]  # to poll by hand
+
+
+def _served(core, name):
+    with core.serve(name) as loaded:
+        return loaded.version
+
+
+def _until(condition, seconds=60):
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_a_base_path_change_keeps_the_old_version_serving_while_the_new_one_is_retried(serving_exports, tmp_path):
+    # TensorFlow Serving's AvailabilityPreservingPolicy (core/availability_preserving_policy.cc):
+    # while no aspired version is ready, the one loaded version that is no longer aspired stays.
+    # Here the old base path's version 1 was unloaded as soon as the new base path's version 2
+    # failed its first load, and the model answered NOT_FOUND until the retry.
+    old, new = tmp_path / "old", tmp_path / "new"
+    _copy(serving_exports, old, 1)
+    _broken(new, 2)
+    core = ServerCore([ModelConfig("m", str(old))], poll_seconds=0, max_num_load_retries=3, load_retry_interval=0)
+    core.start()
+    try:
+        core.reload([ModelConfig("m", str(new))])  # version 2's first attempt fails: it will be retried
+        assert [s for v, s, _ in core.status("m", 2)] == [20]  # LOADING, with its error
+        assert _served(core, "m") == 1
+        _manager(core, "m").poll()  # the second attempt fails too
+        assert _served(core, "m") == 1
+        _mend(serving_exports, new, 2)
+        _manager(core, "m").poll()
+        assert _served(core, "m") == 2
+        assert core.available_all() == {"m": [2]}
+    finally:
+        core.stop()
+
+
+def test_a_version_replaced_by_a_newer_one_keeps_serving_until_the_newer_one_loads(serving_exports, tmp_path):
+    # A deployment deletes version 1 and writes version 2, which fails its first load (still being
+    # copied): version 1, loaded though no longer on disk, serves until version 2 loads
+    # (availability_preserving_policy.cc). It was unloaded at once, being off disk.
+    base = tmp_path / "m"
+    _copy(serving_exports, base, 1)
+    manager = ModelManager("m", str(base), poll_seconds=0, max_num_load_retries=3, load_retry_interval=0)
+    manager.start()
+    try:
+        shutil.rmtree(base / "1")
+        _broken(base, 2)
+        manager.poll()
+        assert manager.loaded_versions() == [1]
+        with manager.serve("m") as loaded:
+            assert loaded.version == 1
+        _mend(serving_exports, base, 2)
+        manager.poll()
+        assert manager.loaded_versions() == [2]
+    finally:
+        manager.stop()
+
+
+def test_failures_at_the_old_base_path_are_not_counted_at_the_new_one(serving_exports, tmp_path):
+    # Version 2 failed every retry at the old base path and was given up; at a new base path it
+    # is another directory, and loads (the failure count was kept: it was never tried there).
+    old, new = tmp_path / "old", tmp_path / "new"
+    _copy(serving_exports, old, 1)
+    _broken(old, 2)
+    _copy(serving_exports, new, 2)
+    core = ServerCore([ModelConfig("m", str(old))], poll_seconds=0, max_num_load_retries=1, load_retry_interval=0)
+    core.start()  # version 2 fails twice and is passed over: version 1 serves
+    try:
+        assert core.available_all() == {"m": [1]}
+        core.reload([ModelConfig("m", str(new))])
+        assert core.available_all() == {"m": [2]}
+    finally:
+        core.stop()
