@@ -1,5 +1,7 @@
 """Batched beam search with the GNMT length penalty, on the shared decoding loop."""
 
+import numbers
+
 from keras import ops
 
 from keras_transformer.decoding.strategy import DecodingStrategy
@@ -36,19 +38,29 @@ class BeamSearch(DecodingStrategy):
     rows [B, K, L, S], or [B, K, L, num_heads, S].
     """
 
-    def __init__(self, beam_size, alpha, start_id=START_ID, end_id=END_ID, attention=None, num_heads=None):
-        self.width = validation.check_positive_int("beam_size", beam_size)
+    def __init__(self, beam_size, alpha, start_id=START_ID, end_id=END_ID, attention=None, num_heads=None,
+                 beam_sizes=None):
+        if isinstance(beam_size, numbers.Number):
+            beam_size = validation.check_positive_int("beam_size", beam_size)
+        self.width = beam_size
         if attention not in (None, "mean", "heads"):
             raise ValueError(f"`attention` must be None, 'mean' or 'heads'. Received: attention={attention!r}")
         if attention == "heads":
             num_heads = validation.check_positive_int("num_heads", num_heads)
-        self.alpha = ops.convert_to_tensor(alpha, "float32")
+        self.alpha = alpha
+        self.beam_sizes = beam_sizes
         self.start_id, self.end_id = start_id, end_id
         self.attention = attention
         self.num_heads = num_heads
 
     def initial_state(self, batch, max_length, source_length):
         k = self.width
+        # Each sentence's own settings: its length-penalty exponent and beam size (<= K).
+        settings = {
+            "alpha": ops.broadcast_to(ops.convert_to_tensor(self.alpha, "float32"), [batch]),
+            "beams": ops.broadcast_to(ops.convert_to_tensor(k if self.beam_sizes is None else self.beam_sizes,
+                                                            "int32"), [batch]),
+        }
         # Only beam 0 is live at the start.
         first = ops.arange(k) == 0
         live_log_probs = ops.where(first[None, :], 0.0, ops.full([batch, k], NEG_INF, "float32"))
@@ -61,15 +73,17 @@ class BeamSearch(DecodingStrategy):
             heads = [self.num_heads] if self.attention == "heads" else []
             live["attention"] = ops.zeros([batch, k, max_length, *heads, source_length], "float32")
             done["attention"] = ops.zeros([batch, k, max_length, *heads, source_length], "float32")
-        return live, done
+        return live, done, settings
 
     def prefix(self, rows, i):
         live_ids = rows[0]["ids"]  # [n, K, L]
         return ops.reshape(live_ids[:, :, :i], [ops.shape(live_ids)[0] * self.width, i])
 
     def step(self, i, logits, attention, rows, limits, at_limit):
-        live, done = rows
+        live, done, settings = rows
         n, k = ops.shape(logits)[0], self.width
+        alpha = settings["alpha"][:, None]  # [n, 1]
+        beams = settings["beams"][:, None]  # [n, 1]: this sentence's beam size; slots past it stay empty
         vocab, max_length = ops.shape(logits)[-1], ops.shape(live["ids"])[-1]
         log_probs = never_generated(ops.log_softmax(logits, axis=-1), self.start_id)
         if at_limit is not None:
@@ -93,11 +107,12 @@ class BeamSearch(DecodingStrategy):
             cand["attention"] = cand_attention + step_rows * row_place
         ended = ops.equal(token, self.end_id)
         valid = cand_log_probs > NEG_INF / 2
-        in_top_k = ops.arange(2 * k) < k  # top_k sorts, so rank < K is the best K
+        in_top_k = ops.arange(2 * k)[None, :] < beams  # top_k sorts, so rank < K is the best K
 
         # Live: the best K candidates that did not end.
         live_key = ops.where(ended | ~valid, NEG_INF, cand_log_probs)
         live_log_probs, pick = ops.top_k(live_key, k)
+        live_log_probs = ops.where(ops.arange(k)[None, :] < beams, live_log_probs, NEG_INF)
         pick = ops.cast(pick, "int32")
         new_live = {key: _gather_beams(value, pick) for key, value in cand.items()}
         new_live["log_probs"] = live_log_probs
@@ -105,25 +120,28 @@ class BeamSearch(DecodingStrategy):
         last = _gather_beams(token, pick)
 
         # Finished: merge the candidates that ended with the kept ones.
-        finish = ended & valid & in_top_k[None]
+        finish = ended & valid & in_top_k
         ended_cand = {
             **cand,
-            "scores": ops.where(finish, cand_log_probs / length_penalty(i + 1, self.alpha), NEG_INF),
+            "scores": ops.where(finish, cand_log_probs / length_penalty(i + 1, alpha), NEG_INF),
             "log_probs": ops.where(finish, cand_log_probs, NEG_INF),
         }
         _, best = ops.top_k(ops.concatenate([done["scores"], ended_cand["scores"]], axis=1), k)
         best = ops.cast(best, "int32")
         new_done = {key: _gather_beams(ops.concatenate([done[key], ended_cand[key]], axis=1), best) for key in done}
+        for key in ("scores", "log_probs"):  # a sentence keeps its own beam size of finished hypotheses
+            new_done[key] = ops.where(ops.arange(k)[None, :] < beams, new_done[key], NEG_INF)
 
         # A live hypothesis's score can rise to at most its log-probability
         # over the largest penalty its sentence can still reach (at its own
         # length limit); once that is below the worst kept finished score,
         # the sentence cannot improve: it is done.
-        sentence_done = new_done["scores"][:, -1] >= live_log_probs[:, 0] / length_penalty(limits, self.alpha)
-        return last, parents, (new_live, new_done), sentence_done
+        worst_kept = ops.take_along_axis(new_done["scores"], beams - 1, axis=1)[:, 0]
+        sentence_done = worst_kept >= live_log_probs[:, 0] / length_penalty(limits, alpha[:, 0])
+        return last, parents, (new_live, new_done, settings), sentence_done
 
     def finish(self, state, length):
-        live, done = state
+        live, done, settings = state
         # A sentence that finished nothing by max_length returns its live beams.
         none_done = done["scores"][:, 0] <= NEG_INF / 2  # [B]
 
@@ -133,7 +151,7 @@ class BeamSearch(DecodingStrategy):
 
         outputs = {
             "ids": pick(live["ids"], done["ids"]),
-            "scores": pick(live["log_probs"] / length_penalty(length, self.alpha), done["scores"]),
+            "scores": pick(live["log_probs"] / length_penalty(length, settings["alpha"][:, None]), done["scores"]),
             "log_probs": pick(live["log_probs"], done["log_probs"]),
         }
         if self.attention is not None:

@@ -156,7 +156,7 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
     max_length = check_max_length(model, max_length)
     source = tf.convert_to_tensor(source)
     batch = tf.shape(source)[0]
-    k = strategy.width
+    k = strategy.width  # a Python int, or a scalar int32 tensor chosen in the graph
     limits = sentence_limits(source, max_length, max_extra_length)
 
     encoder_output, source_mask = encode_for_search(model, source, k)  # [B * K, S, D]
@@ -217,7 +217,7 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
             parents = tf.reshape(parents + tf.range(n)[:, None] * k, [-1])  # rows of the caches
         if compact:
             keep = tf.where(~sentence_done)[:, 0]
-            kept_rows = tf.reshape(keep[:, None] * k + tf.range(k, dtype=keep.dtype), [-1])
+            kept_rows = tf.reshape(keep[:, None] * tf.cast(k, keep.dtype) + tf.range(k, dtype=keep.dtype), [-1])
             active, sentence_done = tf.gather(active, keep), tf.gather(sentence_done, keep)
             last = tf.gather(last, kept_rows)
             # Rows of per-sentence tensors change only when a sentence leaves;

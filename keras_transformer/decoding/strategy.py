@@ -105,7 +105,7 @@ def encode_for_search(model, source, width):
     """The encoder's output and source mask of `source`, each sentence's rows
     repeated `width` times (one per hypothesis): [B * K, S, D] and its mask."""
     encoder_output, source_mask = model.encode(source)
-    if width > 1:
+    if not isinstance(width, int) or width > 1:  # (a tensor width is repeated as it is)
         encoder_output = ops.repeat(encoder_output, width, axis=0)
         source_mask = ops.repeat(source_mask, width, axis=0)
     return encoder_output, source_mask

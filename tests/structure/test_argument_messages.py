@@ -21,7 +21,7 @@ def _calls():
         ("max_extra_length", 1.5, lambda: beam_search(None, [[2, 3]], 4, max_extra_length=1.5)),
         ("max_extra_length", -1, lambda: beam_search(None, [[2, 3]], 4, max_extra_length=np.int32(-1))),
         ("max_extra_length", 1.5, lambda: greedy_decode(None, [[2, 3]], 4, max_extra_length=np.float32(1.5))),
-        ("beam_size", 0, lambda: Translator(None, None, beam_size=0)),
+        ("beam_size", -1, lambda: Translator(None, None, beam_size=-1)),
         ("max_extra_length", -1, lambda: Translator(None, None, max_extra_length=-1)),
         ("text_processing", "'spacy'", lambda: Translator(None, None, text_processing="spacy")),
         ("overlong", "'cut'", lambda: pipeline.tokenized_pairs(None, ["a"], ["b"], 8, overlong="cut")),
