@@ -41,7 +41,7 @@ def _export(args) -> int:
         model, vocab, args.base_dir, version=args.version, beam_size=args.beam_size,
         alpha=args.alpha, max_extra_length=args.max_extra_length,
         text_processing=args.text_processing, source_lang=args.source_lang, target_lang=args.target_lang,
-        lowercase=args.lowercase,
+        lowercase=args.lowercase, max_beam_size=args.max_beam_size, max_num_return=args.max_num_return,
     )
     print(f"exported {path}")
     return 0
@@ -63,6 +63,10 @@ def main(argv=None) -> int:
     export.add_argument("--beam-size", type=int, default=4)
     export.add_argument("--alpha", type=float, default=0.6)
     export.add_argument("--max-extra-length", type=int, default=50)
+    export.add_argument("--max-beam-size", type=int, default=8,
+                        help="the largest beam_size a request to the translate signature may ask for")
+    export.add_argument("--max-num-return", type=int, default=4,
+                        help="the largest num_return of the translate signature: its outputs' width")
     export.add_argument("--text-processing", default="moses", choices=["moses", "none"],
                         help="moses: raw text in and out (Moses tokenization in the graph)")
     export.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=None,

@@ -1,5 +1,6 @@
 """A TensorFlow Serving SavedModel: text in, translation out, core ops only."""
 
+import math
 import os
 import re
 import shutil
@@ -13,6 +14,10 @@ from keras_transformer.text import is_lowercase_vocabulary
 from keras_transformer.text import moses_tokenize
 from keras_transformer.text import add_start_end
 from keras_transformer.decoding.beam_search import beam_search
+from keras_transformer.decoding.per_sentence import CONTROLS
+from keras_transformer.decoding.per_sentence import Limits
+from keras_transformer.decoding.per_sentence import check_controls
+from keras_transformer.decoding.per_sentence import decode_per_sentence
 from keras_transformer.text.tokens import END_ID
 from keras_transformer.text.tokens import START_ID
 from keras_transformer.export.core_tokenizer import CoreWordPiece
@@ -35,6 +40,15 @@ class TranslationModule(tf.Module):
         attention: text str [B] -> translation str [B], source_tokens and
             target_tokens str [B, S] / [B, L], attention float32 [B, L, S]
             (last decoder layer, mean over heads).
+        translate: decoding chosen per sentence. text str [B] and one value
+            per sentence of each control: beam_size int32, alpha float32,
+            max_extra_length int32, num_return int32, temperature float32,
+            top_k int32, top_p float32, seed int64 (all [B]; see
+            `keras_transformer.decoding.per_sentence`) -> translations str
+            [B, R] and log_probs float32 [B, R], R = `max_num_return`,
+            best first; slots past a sentence's num_return are "" with
+            log-probability -inf. A control out of bounds is refused
+            (INVALID_ARGUMENT) naming it.
 
     Args:
         model: a trained `Transformer`.
@@ -50,11 +64,15 @@ class TranslationModule(tf.Module):
             first. Default None: lowercase exactly when the vocabulary has
             no uppercase piece (`is_lowercase_vocabulary`), i.e. when the
             model was trained on lowercased text.
+        max_beam_size: int, the largest beam_size `translate` takes.
+        max_num_return: int, the largest num_return `translate` takes: its
+            outputs' width.
     """
 
     def __init__(
         self, model, vocab: Sequence[str], beam_size=4, alpha=0.6, max_extra_length=50,
-        text_processing="moses", source_lang="en", target_lang="de", lowercase=None,
+        text_processing="moses", source_lang="en", target_lang="de", lowercase=None, max_beam_size=8,
+        max_num_return=4,
     ):
         super().__init__(name="translation")
         self.model = model
@@ -69,6 +87,10 @@ class TranslationModule(tf.Module):
         self.source_lang = source_lang
         self.target_lang = target_lang
         self.lowercase = is_lowercase_vocabulary(vocab) if lowercase is None else bool(lowercase)
+        self.limits = Limits(
+            max_beam_size=validation.check_positive_int("max_beam_size", max_beam_size),
+            max_num_return=validation.check_positive_int("max_num_return", max_num_return),
+        )
 
     def _prepare(self, text, lang, name="text"):
         # Invalid UTF-8 comes back from decode-with-replacement changed.
@@ -157,6 +179,23 @@ class TranslationModule(tf.Module):
         }
 
 
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name="text"),
+        *[tf.TensorSpec([None], dtype, name=name) for name, (dtype, _) in CONTROLS.items()],
+    ])
+    def translate(self, text, beam_size, alpha, max_extra_length, num_return, temperature, top_k, top_p, seed):
+        controls = check_controls(
+            dict(beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length, num_return=num_return,
+                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed),
+            tf.shape(text)[0], self.limits,
+        )
+        width = self.limits.max_num_return
+        ids, log_probs = decode_per_sentence(self.model, self._source_ids(text), controls, width)
+        texts = self._finish(self.tokenizer.detokenize(tf.reshape(ids, [-1, tf.shape(ids)[2]])))
+        translations = tf.where(log_probs > -math.inf, tf.reshape(texts, [-1, width]), "")
+        return {"translations": translations, "log_probs": log_probs}
+
+
 TEXT_PROCESSING = ("moses", "none")
 
 
@@ -181,6 +220,8 @@ def export_saved_model(
     source_lang: str = "en",
     target_lang: str = "de",
     lowercase: Optional[bool] = None,
+    max_beam_size: int = 8,
+    max_num_return: int = 4,
 ) -> str:
     """Writes `base_dir/<version>/`, a SavedModel TensorFlow Serving loads as it is.
 
@@ -194,6 +235,7 @@ def export_saved_model(
     Raises:
         FileExistsError: `version` already exists.
     """
+    from keras_transformer.export.warmup import translate_warmup_settings
     from keras_transformer.export.warmup import write_warmup_requests
 
     os.makedirs(base_dir, exist_ok=True)
@@ -202,7 +244,8 @@ def export_saved_model(
     if os.path.exists(final):
         raise FileExistsError(f"{final} already exists; choose another version")
     module = TranslationModule(
-        model, vocab, beam_size, alpha, max_extra_length, text_processing, source_lang, target_lang, lowercase
+        model, vocab, beam_size, alpha, max_extra_length, text_processing, source_lang, target_lang, lowercase,
+        max_beam_size, max_num_return,
     )
     # A plain mkdir (not mkdtemp's 0700): the umask decides, as for any
     # directory, so a server running as another user can read the version.
@@ -216,9 +259,11 @@ def export_saved_model(
                 "translate_ids": module.translate_ids,
                 "score": module.score,
                 "attention": module.attention,
+                "translate": module.translate,
             },
         )
-        write_warmup_requests(tmp, warmup_sentences)
+        write_warmup_requests(tmp, warmup_sentences, translate_warmup_settings(
+            beam_size, alpha, max_extra_length, module.limits.max_beam_size, module.limits.max_num_return))
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

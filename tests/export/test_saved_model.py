@@ -112,7 +112,7 @@ def test_fresh_process_without_tensorflow_text_matches_translator(exported):
 def test_signatures_and_bad_inputs(exported):
     _, tokenizer, _, path = exported
     loaded = tf.saved_model.load(path)
-    assert set(loaded.signatures) == {"serving_default", "translate_ids", "score", "attention"}
+    assert set(loaded.signatures) == {"serving_default", "translate_ids", "score", "attention", "translate"}
     default = loaded.signatures["serving_default"]
     out = default(text=tf.constant(["", "a bike"]))
     assert out["translation"].shape == (2,) and out["log_prob"].dtype == tf.float32
@@ -158,6 +158,63 @@ def test_a_sentence_of_a_million_short_words_is_refused_before_it_costs_memory(e
     assert int(grown_mb) < 200, f"peak memory grew by {grown_mb} MB"
 
 
+def _controls(n, **values):
+    """The translate signature's control inputs for n sentences: the given values, else its defaults."""
+    from keras_transformer.decoding.per_sentence import CONTROLS
+
+    return {name: tf.constant(values.get(name, [default] * n), dtype) for name, (dtype, default) in CONTROLS.items()}
+
+
+def test_translate_signature_takes_decoding_per_sentence(exported):
+    model, tokenizer, _, path = exported
+    loaded = tf.saved_model.load(path)
+    translate = loaded.signatures["translate"]
+    specs = translate.structured_input_signature[1]
+    assert {k: (v.dtype.name, v.shape.as_list()) for k, v in specs.items()} == {
+        "text": ("string", [None]), "beam_size": ("int32", [None]), "alpha": ("float32", [None]),
+        "max_extra_length": ("int32", [None]), "num_return": ("int32", [None]), "temperature": ("float32", [None]),
+        "top_k": ("int32", [None]), "top_p": ("float32", [None]), "seed": ("int64", [None]),
+    }
+    assert {k: v.shape.as_list() for k, v in translate.structured_outputs.items()} == {
+        "translations": [None, 4], "log_probs": [None, 4]}  # 4: the export's max_num_return
+
+    # The export's own settings (beam 2, alpha 0.6, 6 extra tokens) give serving_default's answer.
+    n = len(TEXTS)
+    out = translate(text=tf.constant(TEXTS), **_controls(n, beam_size=[2] * n, max_extra_length=[6] * n))
+    default = loaded.signatures["serving_default"](text=tf.constant(TEXTS))
+    assert [t.decode() for t in out["translations"].numpy()[:, 0]] == [t.decode() for t in
+                                                                       default["translation"].numpy()]
+    np.testing.assert_allclose(out["log_probs"].numpy()[:, 0], default["log_prob"].numpy(), atol=1e-5)
+    assert (out["translations"].numpy()[:, 1:] == b"").all() and np.isneginf(out["log_probs"].numpy()[:, 1:]).all()
+
+    # One request, three kinds of decoding: each sentence as the Translator decodes it alone.
+    rows = dict(beam_size=[3, 0, 1], num_return=[3, 1, 4], temperature=[0.0, 0.0, 1.0], top_k=[0, 0, 5],
+                top_p=[1.0, 1.0, 0.9], seed=[0, 0, 77], alpha=[1.0, 0.6, 0.6], max_extra_length=[4, 6, 5])
+    out = translate(text=tf.constant(TEXTS), **_controls(n, **rows))
+    translator = Translator(model, tokenizer)
+    for b, text in enumerate(TEXTS):
+        settings = {name: values[b] for name, values in rows.items() if name != "num_return"}
+        expected = translator.hypotheses([text], rows["num_return"][b], **settings)[0]
+        got = [(t.decode(), float(p)) for t, p in zip(out["translations"].numpy()[b], out["log_probs"].numpy()[b])]
+        assert [t for t, _ in got[: len(expected)]] == [t for t, _ in expected]
+        np.testing.assert_allclose([p for _, p in got[: len(expected)]], [p for _, p in expected], atol=1e-4)
+        assert all(t == "" and p == -np.inf for t, p in got[len(expected):])
+
+
+def test_translate_refuses_a_control_out_of_the_exports_limits(exported):
+    _, _, _, path = exported
+    translate = tf.saved_model.load(path).signatures["translate"]
+    for bad, message in ((dict(beam_size=[9]), "`beam_size` must be between 0 and 8"),
+                         (dict(num_return=[5], beam_size=[8]), "`num_return` must be between 1 and 4"),
+                         (dict(top_p=[0.0]), "`top_p` must be above 0")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            translate(text=tf.constant(["a bike"]), **_controls(1, **bad))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`seed` has 2 values for 1 sentences"):
+        translate(text=tf.constant(["a bike"]), **_controls(1, seed=[1, 2]))
+    empty = translate(text=tf.constant([], tf.string), **_controls(0))
+    assert empty["translations"].shape == (0, 4)
+
+
 def test_only_core_ops_and_warmup_records(exported):
     _, _, _, path = exported
     check = subprocess.run(
@@ -170,9 +227,28 @@ def test_only_core_ops_and_warmup_records(exported):
 
     records = list(tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)).as_numpy_iterator())
     assert records
+    loaded = tf.saved_model.load(path)
+    signatures = set()
     for record in records:
-        log = prediction_log_pb2.PredictionLog.FromString(record)
-        assert log.predict_log.request.inputs["text"].dtype == tf.string.as_datatype_enum
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        assert request.inputs["text"].dtype == tf.string.as_datatype_enum
+        signatures.add(request.model_spec.signature_name)
+        # Each record runs as it is: within the export's limits (warm-up that fails fails the load).
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        loaded.signatures[request.model_spec.signature_name](**{k: tf.constant(v) for k, v in inputs.items()})
+        if request.model_spec.signature_name == "translate":
+            kind = "sampled" if inputs["temperature"][0] > 0 else "beam"
+            signatures.add(("translate", kind, int(inputs["beam_size"][0])))
+    assert {"serving_default", "attention", ("translate", "beam", 2), ("translate", "sampled", 1)} <= signatures
+
+
+def test_warmup_stays_within_the_limits_the_export_sets():
+    from keras_transformer.export.warmup import translate_warmup_settings
+
+    beam, sampled = translate_warmup_settings(beam_size=12, max_beam_size=3, max_num_return=1)
+    assert beam["beam_size"] == 3 and sampled["num_return"] == 1
+    beam, _ = translate_warmup_settings(beam_size=1, max_beam_size=1)
+    assert beam["beam_size"] == 1  # no beam search allowed: the greedy path
 
 
 def test_check_fails_on_an_op_outside_core_tensorflow_and_names_it(exported, tmp_path):
@@ -250,7 +326,7 @@ def test_saved_model_cli_lists_the_signatures(exported):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     result = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("serving_default", "translate_ids", "score", "attention"):
+    for name in ("serving_default", "translate_ids", "score", "attention", "translate"):
         assert f"signature_def['{name}']" in result.stdout
     assert "inputs['text'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in result.stdout
     assert "outputs['log_prob'] tensor_info:\n        dtype: DT_FLOAT" in result.stdout
