@@ -5,6 +5,13 @@ Works unchanged against `tensorflow_model_server` and against `serving.server`.
     python -m serving.client --server localhost:8500 --model_name transformer "A man rides a bike."
     python -m serving.client --server localhost:8500 --model_name transformer --input sentences.txt
     python -m serving.client --rest --server localhost:8501 --model_name transformer "A man rides a bike."
+    python -m serving.client --server localhost:8500 --model_name transformer --beam_size 5 --num_return 3 "A man."
+    python -m serving.client --server localhost:8500 --model_name transformer --beam_size 1 --temperature 0.8 \
+        --top_p 0.9 --seed 7 --num_return 2 "A man rides a bike."
+
+With any decoding control (--beam_size, --alpha, --max_extra_length, --num_return,
+--temperature, --top_k, --top_p, --seed) the client calls the export's `translate`
+signature, each sentence with those controls; without, `serving_default`.
 """
 
 import argparse
@@ -22,6 +29,7 @@ import grpc
 import numpy as np
 
 DEFAULT_SIGNATURE = "serving_default"
+TRANSLATE_SIGNATURE = "translate"
 # Sentences per request: the max_batch_size of serving/batching.config (`make
 # serve`); a server with batching refuses requests of more rows.
 DEFAULT_BATCH_SIZE = 32
@@ -170,6 +178,22 @@ class GrpcClient(_Retrying):
             scores += [float(s) for s in out["log_prob"]]
         return texts, scores
 
+    def hypotheses(
+        self, sentences: Sequence[str], num_return: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, **controls
+    ) -> List[List[Tuple[str, float]]]:
+        """Each sentence's `num_return` translations with their log-probabilities,
+        best first, from the `translate` signature; `controls` (beam_size,
+        alpha, max_extra_length, temperature, top_k, top_p, seed) apply to
+        every sentence, and those not given take the library's defaults."""
+        out = []
+        for chunk in _chunks(list(sentences), batch_size):
+            inputs = {"text": np.array([s.encode("utf-8") for s in chunk], dtype=object),
+                      **_control_columns(len(chunk), num_return, controls)}
+            result = self.predict(inputs, TRANSLATE_SIGNATURE, ("translations", "log_probs"))
+            out += [[(t.decode("utf-8"), float(p)) for t, p in zip(texts[:num_return], scores[:num_return])]
+                    for texts, scores in zip(result["translations"], result["log_probs"])]
+        return out
+
     def metadata(self) -> Dict[str, dict]:
         """{signature name: {"inputs": {name: (dtype, shape)}, "outputs": {...}}}."""
         from tensorflow_serving.apis import get_model_metadata_pb2
@@ -269,6 +293,20 @@ class RestClient(_Retrying):
                 scores.append(float(prediction["log_prob"]))
         return texts, scores
 
+    def hypotheses(
+        self, sentences: Sequence[str], num_return: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, **controls
+    ) -> List[List[Tuple[str, float]]]:
+        """As `GrpcClient.hypotheses`, in the row format: one instance per
+        sentence holding its text and its controls."""
+        out = []
+        for chunk in _chunks(list(sentences), batch_size):
+            columns = _control_columns(len(chunk), num_return, controls)
+            instances = [{"text": s, **{k: v[i].item() for k, v in columns.items()}} for i, s in enumerate(chunk)]
+            for prediction in self.predict(instances, TRANSLATE_SIGNATURE):
+                pairs = zip(prediction["translations"][:num_return], prediction["log_probs"][:num_return])
+                out.append([(_text(t), float(p)) for t, p in pairs])
+        return out
+
     def metadata(self) -> dict:
         return self._request(self.url + "/metadata")["metadata"]["signature_def"]
 
@@ -276,6 +314,17 @@ class RestClient(_Retrying):
         rows = self._request(self.url)["model_version_status"]
         return [{"version": int(r["version"]), "state": r["state"], "error": r["status"].get("error_message", "")}
                 for r in rows]
+
+
+def _control_columns(rows: int, num_return: int, controls: dict) -> Dict[str, np.ndarray]:
+    """The `translate` signature's controls, one value per sentence, as arrays of their dtypes."""
+    from keras_transformer.decoding.per_sentence import CONTROLS
+
+    unknown = sorted(set(controls) - set(CONTROLS) - {"num_return"})
+    if unknown:
+        raise ValueError(f"unknown decoding control(s) {unknown}; the controls are {sorted(CONTROLS)}")
+    values = {**{name: default for name, (_, default) in CONTROLS.items()}, **controls, "num_return": num_return}
+    return {name: np.full([rows], values[name], dtype.as_numpy_dtype) for name, (dtype, _) in CONTROLS.items()}
 
 
 def _text(value) -> str:
@@ -301,7 +350,19 @@ def main(argv=None) -> int:
     p.add_argument("--scores", action="store_true", help="print each translation's log-probability before it")
     p.add_argument("--status", action="store_true", help="print the model's version status and exit")
     p.add_argument("--metadata", action="store_true", help="print the model's signatures and exit")
+    decoding = p.add_argument_group("decoding controls (the translate signature; defaults: the library's)")
+    decoding.add_argument("--beam_size", type=int, help="2 or more: beam search; 0 or 1: greedy or sampled (4)")
+    decoding.add_argument("--alpha", type=float, help="the length-penalty exponent (0.6)")
+    decoding.add_argument("--max_extra_length", type=int, help="at most source length + this many tokens (50)")
+    decoding.add_argument("--num_return", type=int, help="hypotheses per sentence, best first (1)")
+    decoding.add_argument("--temperature", type=float, help="above 0, with --beam_size 0 or 1: sample (0)")
+    decoding.add_argument("--top_k", type=int, help="sample from the k most likely tokens (0: all)")
+    decoding.add_argument("--top_p", type=float, help="sample from the most likely tokens of this mass (1: all)")
+    decoding.add_argument("--seed", type=int, help="the sampling seed: the same seed, the same samples (0)")
     args = p.parse_args(argv)
+    names = ("beam_size", "alpha", "max_extra_length", "temperature", "top_k", "top_p", "seed")
+    controls = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    per_sentence = bool(controls) or args.num_return is not None
     if args.model_version is not None and args.model_version_label is not None:
         p.error("give --model_version or --model_version_label, not both")
     if args.batch_size < 1:
@@ -328,12 +389,21 @@ def main(argv=None) -> int:
                 sentences += [line.rstrip("\n") for line in stream]
         if not sentences:
             p.error("give sentences as arguments or --input FILE")
-        texts, scores = client.translate(sentences, args.batch_size)
+        if per_sentence:
+            num_return = 1 if args.num_return is None else args.num_return
+            hypotheses = client.hypotheses(sentences, num_return, args.batch_size, **controls)
+        else:
+            texts, scores = client.translate(sentences, args.batch_size)
     except ServingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for text, score in zip(texts, scores):
-        print(f"{score:.4f}\t{text}" if args.scores else text)
+    if not per_sentence:
+        hypotheses = [[pair] for pair in zip(texts, scores)]
+    for i, sentence in enumerate(hypotheses):
+        for text, score in sentence:
+            line = f"{score:.4f}\t{text}" if args.scores else text
+            # Several hypotheses a sentence: each line starts with the sentence's index.
+            print(f"{i}\t{line}" if len(sentence) > 1 else line)
     return 0
 
 

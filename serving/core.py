@@ -36,7 +36,7 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -129,13 +129,17 @@ class ServerCore:
         models: `ModelConfig`s.
         allow_version_labels_for_unavailable_models: TensorFlow Serving's flag
             of that name (see the module docstring).
+        on_change: called (without arguments, holding no lock) whenever what
+            `ready` answers may have changed: a version starts or stops serving,
+            a model is removed. None: nothing is called.
         manager_kwargs: what every `ModelManager` is made with (poll_seconds,
             batching, retries, metrics).
     """
 
     def __init__(self, models: List[ModelConfig], allow_version_labels_for_unavailable_models: bool = False,
-                 **manager_kwargs):
+                 on_change: Optional[Callable[[], None]] = None, **manager_kwargs):
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self.on_change = on_change
         self._manager_kwargs = manager_kwargs
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one config change at a time
@@ -143,6 +147,7 @@ class ServerCore:
         self._managers: Dict[str, ModelManager] = {}
         self._labels: Dict[str, Dict[str, int]] = {}
         self._retired: Dict[str, List[tuple]] = {}  # a removed model's last version states
+        self._joining = set()  # models added by a reload (they count for `ready` once they have served)
         self._stopped = False
         try:
             # Before anything loads, as at TensorFlow Serving's start: without the flag a label
@@ -161,10 +166,22 @@ class ServerCore:
             return name in self._managers
 
     def ready(self) -> bool:
-        """Every configured model has an available version (the health check's SERVING)."""
+        """Every model that counts has an available version (the health check's SERVING).
+
+        The models of the start count; a model added by a reload counts once a
+        version of it has served, so that a config push adding a model does not
+        take every replica out of rotation while it loads (nor for ever, if it
+        never loads).
+        """
         with self._lock:
-            managers = list(self._managers.values())
-        return bool(managers) and not self._stopped and all(m.loaded_versions() for m in managers)
+            if self._stopped:
+                return False
+            counted = [m for name, m in self._managers.items() if name not in self._joining or m.has_served]
+        return bool(counted) and all(m.loaded_versions() for m in counted)
+
+    def _changed(self):
+        if self.on_change is not None:
+            self.on_change()
 
     def _check(self, models: List[ModelConfig], current: Optional[Dict[str, ModelManager]] = None):
         """Raises ServingError for a config that cannot be applied (before anything changes)."""
@@ -202,14 +219,17 @@ class ServerCore:
         for model in self._initial:
             self._add(model)
 
-    def _add(self, model: ModelConfig):
-        manager = ModelManager(model.name, model.base_path, policy=model.policy, **self._manager_kwargs)
+    def _add(self, model: ModelConfig, joining: bool = False):
+        manager = ModelManager(model.name, model.base_path, policy=model.policy, listener=self._changed,
+                               **self._manager_kwargs)
         with self._lock:
             if self._stopped:
                 raise RuntimeError(f"model {model.name!r}: stopped while it loaded")
             self._managers[model.name] = manager
             self._configs[model.name] = model
             self._retired.pop(model.name, None)
+            if joining:
+                self._joining.add(model.name)
         try:
             manager.start()
         except RuntimeError:
@@ -240,6 +260,7 @@ class ServerCore:
                         del self._managers[name]
                         self._configs.pop(name, None)
                         self._labels.pop(name, None)
+                        self._joining.discard(name)
                     log.info("removing model %s", name)
                     manager.stop()  # waits for the requests that hold it
                     self._retired[name] = manager.status(name)
@@ -250,7 +271,7 @@ class ServerCore:
                 if manager is None:
                     log.info("adding model %s from %s", model.name, model.base_path)
                     try:
-                        self._add(model)
+                        self._add(model, joining=True)
                     except RuntimeError as error:
                         log.error("%s", error)  # it goes on being polled, and answers NOT_FOUND meanwhile
                 elif (model.base_path, model.policy) != (manager.base_path, manager.policy):
@@ -258,6 +279,7 @@ class ServerCore:
                     manager.poll()
                     with self._lock:
                         self._configs[model.name] = model
+            self._changed()  # models removed
 
     def version_for_label(self, name: str, label: str) -> int:
         with self._lock:

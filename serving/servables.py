@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -297,11 +297,13 @@ class ModelManager:
             / 1e6, default 60).
         metrics: a `serving.metrics.ServingMetrics` that times each signature's runs, or None.
         policy: a `VersionPolicy` (default: the latest version).
+        listener: called (without arguments, and holding no lock of this
+            manager) each time a version starts or stops serving, or None.
     """
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0, batching=None,
                  max_num_load_retries: int = 5, load_retry_interval: float = 60.0, metrics=None,
-                 policy: Optional[VersionPolicy] = None):
+                 policy: Optional[VersionPolicy] = None, listener: Optional[Callable[[], None]] = None):
         self.name = name
         self.metrics = metrics
         self.base_path = base_path
@@ -310,6 +312,8 @@ class ModelManager:
         self.batching = batching
         self.max_num_load_retries = max_num_load_retries
         self.load_retry_interval = load_retry_interval
+        self.listener = listener
+        self.has_served = False  # a version has been available
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()  # one poll at a time (the poller, a config reload)
         self._loaded: Dict[int, LoadedVersion] = {}
@@ -381,6 +385,8 @@ class ModelManager:
         for old in retired:
             log.info("stopped serving %s version %d", self.name, old.version)
             threading.Thread(target=self._unload, args=(old,), daemon=True).start()
+        if retired:
+            self._changed()
         return added
 
     def _load(self, base_path: str, target: int) -> bool:
@@ -417,11 +423,17 @@ class ModelManager:
             else:
                 self._loaded[target] = loaded
                 self._status[target] = (AVAILABLE, "")
+                self.has_served = True
         if stopped:
             loaded.close()
             return False
         log.info("serving %s version %d (%d warm-up requests)", self.name, target, warmed)
+        self._changed()
         return True
+
+    def _changed(self):
+        if self.listener is not None:
+            self.listener()
 
     def _unload(self, old: LoadedVersion):
         old.wait_idle()  # requests already holding it finish first
@@ -487,6 +499,8 @@ class ModelManager:
             loaded, self._loaded = list(self._loaded.values()), {}
             for old in loaded:
                 self._status[old.version] = (UNLOADING, "")
+        if loaded:
+            self._changed()
         for old in loaded:
             old.wait_idle()
             old.close()

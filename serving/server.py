@@ -58,8 +58,9 @@ from serving.tls import parse_ssl_config  # noqa: E402
 
 log = logging.getLogger("serving")
 
-# The health service answers for the whole server ("") and for each service it offers.
-_HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# The health service answers for the whole server ("") and for its two services, under the
+# names TensorFlow Serving gives them (model_servers/server.cc, SetServingStatus).
+_HEALTH_SERVICES = ("", "ModelService", "PredictionService")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,7 @@ class ServerConfig:
         rest_api_num_threads: REST connections handled at once.
         max_num_load_retries, load_retry_interval_seconds: retries of a failed version load.
         monitoring_path: the REST path of the Prometheus metrics (`serving.metrics`), or None for none.
+        enable_grpc_healthcheck_service: serve gRPC's standard health service (grpc.health.v1.Health).
     """
 
     model_name: str = "default"
@@ -109,6 +111,7 @@ class ServerConfig:
     allow_version_labels_for_unavailable_models: bool = False
     request_log_file: Optional[str] = None
     request_log_include_text: bool = False
+    enable_grpc_healthcheck_service: bool = False
 
     def __post_init__(self):
         # The same limits as the flags', so a config built in code cannot
@@ -166,11 +169,13 @@ class ModelServer:
         elif models is None:
             models = [ModelConfig(c.model_name, os.path.abspath(c.model_base_path))]
         self._applied = list(models)
-        # Every model's versions, their labels and the requests that hold them (serving.core).
+        # Every model's versions, their labels and the requests that hold them (serving.core);
+        # the health follows its versions as they change.
         self.manager = ServerCore(
-            models, c.allow_version_labels_for_unavailable_models, poll_seconds=c.file_system_poll_wait_seconds,
-            batching=c.batching, max_num_load_retries=c.max_num_load_retries,
-            load_retry_interval=c.load_retry_interval_seconds, metrics=self.metrics,
+            models, c.allow_version_labels_for_unavailable_models, on_change=self._update_health,
+            poll_seconds=c.file_system_poll_wait_seconds, batching=c.batching,
+            max_num_load_retries=c.max_num_load_retries, load_retry_interval=c.load_retry_interval_seconds,
+            metrics=self.metrics,
         )
         self.request_log = None
         if c.request_log_file:
@@ -178,14 +183,15 @@ class ModelServer:
                 self.request_log = RequestLog(c.request_log_file, c.request_log_include_text)
             except OSError as error:
                 raise ValueError(f"--request_log_file={c.request_log_file}: {error}") from None
-        self.health = health.HealthServicer()
+        self.health = health.HealthServicer() if c.enable_grpc_healthcheck_service else None
         self._health_lock = threading.Lock()
-        self._set_health(False)
+        self._health_now = None
         self._config_poller = None
         self.rest = None
         self.rest_api_port = None  # the REST port bound, when REST is on
         self._lock = threading.Lock()
         self._state = "new"  # then "starting", "serving"; "stopped" from any
+        self._update_health()
         self._grpc_started = False  # the REST thread starts with gRPC
         self._start_done = threading.Event()
         self._stopping = threading.Event()
@@ -198,7 +204,8 @@ class ModelServer:
         )
         model_service = ModelService(self.manager, self.reload, self.request_log)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        if self.health is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         try:
             if c.ssl:
                 credentials = grpc.ssl_server_credentials(
@@ -252,32 +259,30 @@ class ModelServer:
         if self.rest is not None:
             print(f"Exporting HTTP/REST API at:localhost:{self.rest_api_port} ...", flush=True)
 
-    def _set_health(self, serving: bool):
-        # Only on a change: each set() writes to every Watch stream, under the servicer's lock.
+    def _update_health(self):
+        """SERVING while the server serves and its models are ready (`ServerCore.ready`).
+
+        Called at each change (a version loaded or unloaded, a model removed, the
+        start), from the thread that made it; the state is read and set under one
+        lock, so an older reading never overwrites a newer one. Set only when it
+        changes: each set writes to every Watch stream, under the servicer's lock.
+        """
+        if self.health is None:
+            return
         with self._health_lock:
-            if getattr(self, "_health_now", None) == serving:
+            serving = self._state == "serving" and self.manager.ready()
+            if serving == self._health_now:
                 return
             self._health_now = serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for service in _HEALTH_SERVICES:
                 self.health.set(service, status)
 
-    def _update_health(self):
-        """SERVING while the server serves and every configured model has an available version."""
-        self._set_health(self._state == "serving" and self.manager.ready())
-
     def _start_watchers(self):
-        # Versions come and go with the model directories: the health follows them.
-        threading.Thread(target=self._watch_health, name="health", daemon=True).start()
         c = self.config
         if c.model_config_file and c.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config, name="config-poll", daemon=True)
             self._config_poller.start()
-
-    def _watch_health(self):
-        while self._state == "serving":
-            self._update_health()
-            self._stopping.wait(0.2)
 
     def _poll_config(self):
         """Reads `model_config_file` again every poll and applies what changed
@@ -317,8 +322,9 @@ class ModelServer:
         with self._lock:
             state, self._state = self._state, "stopped"
         self._stopping.set()
-        # NOT_SERVING from now on, whatever a watcher sets: a load balancer stops sending before the drain.
-        self.health.enter_graceful_shutdown()
+        # NOT_SERVING from now on, whatever a change sets: a load balancer stops sending before the drain.
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
         if state == "stopped":
             return
         if state == "new":
@@ -431,6 +437,8 @@ def main(argv=None) -> int:
     p.add_argument("--request_log_file", help="append one JSON line per request to this file (off by default)")
     p.add_argument("--request_log_include_text", nargs="?", const=True, default=False, type=_bool_flag,
                    metavar="true|false", help="write each request's text into the request log too")
+    p.add_argument("--enable_grpc_healthcheck_service", nargs="?", const=True, default=False, type=_bool_flag,
+                   metavar="true|false", help="serve gRPC's standard health service (grpc.health.v1.Health)")
     p.add_argument("--drain_seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
     p.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
                    help="a REST client that stalls this long mid-request is answered 408 or dropped")
@@ -477,6 +485,7 @@ def main(argv=None) -> int:
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         request_log_file=args.request_log_file,
         request_log_include_text=args.request_log_include_text,
+        enable_grpc_healthcheck_service=args.enable_grpc_healthcheck_service,
         model_name=args.model_name,
         model_base_path=args.model_base_path and os.path.abspath(args.model_base_path),
         port=args.port,

@@ -10,14 +10,10 @@ import shutil
 import threading
 import time
 
-import pytest
 
 from serving.core import ModelConfig
 from serving.core import ServerCore
-from serving.errors import ServingError
-from serving.errors import StatusCode
 from serving.servables import ModelManager
-from serving.servables import VersionPolicy
 
 
 def _copy(serving_exports, base, version):
@@ -113,5 +109,40 @@ def test_failures_at_the_old_base_path_are_not_counted_at_the_new_one(serving_ex
         assert core.available_all() == {"m": [1]}
         core.reload([ModelConfig("m", str(new))])
         assert core.available_all() == {"m": [2]}
+    finally:
+        core.stop()
+
+
+def _raises(fn, *args):
+    try:
+        fn(*args)
+    except Exception as error:  # noqa: BLE001 - the test looks at it
+        return error
+    return None
+
+
+def test_a_model_being_added_leaves_the_server_ready_until_it_has_served(serving_exports, tmp_path):
+    # A config push that adds a model reaches every replica at once: counting the model while it
+    # loads took every replica out of rotation (NOT_SERVING) for the whole load, and for ever
+    # when it never loads. A model counts once it has served; the models of the start do.
+    a, b = tmp_path / "a", tmp_path / "b"
+    _copy(serving_exports, a, 1)
+    _broken(b, 1)
+    core = ServerCore([ModelConfig("a", str(a))], poll_seconds=0, max_num_load_retries=2, load_retry_interval=0.5)
+    core.start()
+    try:
+        assert core.ready()
+        errors = []
+        adding = threading.Thread(target=lambda: errors.append(
+            _raises(core.reload, [ModelConfig("a", str(a)), ModelConfig("b", str(b))])))
+        adding.start()
+        _until(lambda: core.knows("b"))
+        assert core.ready()  # "b" is loading (a retry every 0.5 s)
+        adding.join(60)
+        assert not adding.is_alive()
+        assert core.ready() and core.available_all() == {"a": [1], "b": []}  # "b" never loaded
+        shutil.rmtree(a / "1")
+        _manager(core, "a").poll()
+        assert not core.ready()  # "a", which has served, has no version now
     finally:
         core.stop()

@@ -280,6 +280,46 @@ def _answers(stub, model) -> bool:
         return False
 
 
+def test_the_health_service_only_with_its_flag_under_tensorflow_servings_names(model_dirs, tmp_path):
+    # model_servers/server.cc: gRPC's default health service only with --enable_grpc_healthcheck_service
+    # (main.cc), which sets "ModelService" and "PredictionService"; "" is the whole server.
+    dirs, _ = model_dirs
+    base = tmp_path / "a"
+    shutil.copytree(os.path.join(dirs["a"], "1"), base / "1")
+    for enabled in (False, True):
+        server = ModelServer(ServerConfig(models=(ModelConfig("a", str(base)),), port=0, rest_api_port=0,
+                                          file_system_poll_wait_seconds=0, enable_grpc_healthcheck_service=enabled))
+        server.start()
+        channel = grpc.insecure_channel(f"localhost:{server.port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service=""):
+                return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+            if not enabled:
+                with pytest.raises(grpc.RpcError) as error:
+                    status()
+                assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                continue
+            for service in ("", "ModelService", "PredictionService"):
+                assert status(service) == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as error:
+                status("tensorflow.serving.PredictionService")
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+            # Set by the change itself, not by a timer: NOT_SERVING as soon as the poll that
+            # unloads the last version returns, SERVING as soon as the one that loads one does.
+            shutil.rmtree(base / "1")
+            server.manager._managers["a"].poll()
+            assert status() == status("PredictionService") == health_pb2.HealthCheckResponse.NOT_SERVING
+            shutil.copytree(os.path.join(dirs["a"], "1"), base / "1")
+            server.manager._managers["a"].poll()
+            assert status() == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            channel.close()
+            server.stop(0)
+
+
 def test_health_and_reload_over_grpc(model_dirs, tmp_path):
     dirs, answers = model_dirs
     empty = tmp_path / "empty"
@@ -287,7 +327,8 @@ def test_health_and_reload_over_grpc(model_dirs, tmp_path):
     # A model with no version on disk yet: the server starts (TensorFlow Serving waits only
     # for versions it finds) but is not SERVING until every model has an available version.
     server = ModelServer(ServerConfig(models=(ModelConfig("a", dirs["a"]), ModelConfig("late", str(empty))),
-                                      port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2))
+                                      port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2,
+                                      enable_grpc_healthcheck_service=True))
     health = None
     try:
         server.start()
@@ -300,7 +341,7 @@ def test_health_and_reload_over_grpc(model_dirs, tmp_path):
         assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
         shutil.copytree(os.path.join(dirs["c"], "1"), empty / "1")
         _until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 60)
-        assert status("tensorflow.serving.PredictionService") == health_pb2.HealthCheckResponse.SERVING
+        assert status("PredictionService") == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as error:
             health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
