@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 import keras_transformer as kt  # noqa: E402
 from keras_transformer.data import WordPieceTokenizer  # noqa: E402
 from keras_transformer.data import read_lines  # noqa: E402
+from keras_transformer.decoding import sample_tokens  # noqa: E402
 from keras_transformer.text import add_start_end  # noqa: E402
 
 PAD_ID, START_ID, END_ID = WordPieceTokenizer.pad_id, WordPieceTokenizer.start_id, WordPieceTokenizer.end_id
@@ -116,17 +117,17 @@ def decode_step(model: keras.Model, ids, cache, cache_index, positions=None, slo
     return embedding(x, reverse=True), new_cache
 
 
-def _next_token(logits, temperature, seed):
-    """Logits [B, V] -> int32 [B]: arg-max when `temperature` is 0, else a
-    sample; [PAD] and [START] are never chosen."""
-    vocab = tf.shape(logits)[-1]
-    logits = logits - 1e9 * (tf.one_hot(PAD_ID, vocab) + tf.one_hot(START_ID, vocab))
-    if temperature == 0:
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.cast(tf.random.stateless_categorical(logits / temperature, 1, seed)[:, 0], tf.int32)
+def _next_token(logits, temperature=0.0, seed=0, step=0, top_k=0, top_p=1.0):
+    """Logits [B, V] -> int32 [B]: the arg-max when `temperature` is 0, else a
+    sample (`keras_transformer.decoding.sample_tokens`: top-k, then top-p,
+    reproducible from each row's seed and the step); [PAD] and [START] are
+    never chosen."""
+    ids = tf.range(tf.shape(logits)[-1])
+    allowed = tf.broadcast_to((ids != PAD_ID) & (ids != START_ID), tf.shape(logits))
+    return sample_tokens(logits, seed, step, temperature, top_k, top_p, mask=allowed)
 
 
-def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0.0, seed: int = 0):
+def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0.0, seed=0, top_k=0, top_p=1.0):
     """Continues each prompt until [END] or `max_length` tokens, with the cache.
 
     Prompts of unequal length come right-padded with 0s. All prompts fill
@@ -143,7 +144,11 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
             model's positional-encoding length.
         temperature: float, 0 for greedy decoding, else the sampling
             temperature. Default 0.
-        seed: int, the sampling seed.
+        seed: int, or int [B] (each row's own): the sampling seed. The same
+            prompt and seed give the same continuation, in any batch.
+        top_k: int, sample from the k most likely tokens (0: all).
+        top_p: float, sample from the most likely tokens whose probability
+            adds up to this (1: all).
 
     Returns:
         int32 [B, max_length]: each prompt without its padding, the
@@ -180,7 +185,8 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
 
     def step(s, logits, cache, tokens, done):
         slot = prompt_length + s
-        token = _next_token(logits[:, -1], temperature, tf.stack([seed, slot]))
+        # Step by position, so a row's draws do not depend on the longest prompt of its batch.
+        token = _next_token(logits[:, -1], temperature, seed, lengths + s, top_k, top_p)
         token = tf.where(done, PAD_ID, token)
         column = tf.one_hot(lengths + s, max_length, dtype=tf.int32)  # [B, max_length]; 0 past the end
         tokens += token[:, None] * column
@@ -207,7 +213,7 @@ def generate_uncached(model: keras.Model, prompt, max_length: int) -> np.ndarray
         tokens, token = row[row != PAD_ID][None], None
         while tokens.shape[1] < max_length and token != END_ID:
             logits = model(tokens, training=False)[:, -1]
-            token = int(_next_token(logits, 0.0, None)[0])
+            token = int(_next_token(logits)[0])
             tokens = np.concatenate([tokens, [[token]]], axis=1)
         rows.append(np.pad(tokens[0], [0, max_length - tokens.shape[1]]))
     return np.stack(rows)
@@ -242,6 +248,8 @@ def main(argv=None):
                         help="none by default: two short epochs underfit rather than overfit")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=0.8, help="for the sampled continuations")
+    parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="sample from this much probability mass (1: all)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -277,8 +285,8 @@ def main(argv=None):
     ids = tf.TensorSpec([None, None], tf.int32)
     greedy_fn = tf.function(lambda prompt: generate(model, prompt, args.max_length), input_signature=[ids])
     sample_fn = tf.function(
-        lambda prompt, seed: generate(model, prompt, args.max_length, args.temperature, seed),
-        input_signature=[ids, tf.TensorSpec([], tf.int32)],
+        lambda prompt, seed: generate(model, prompt, args.max_length, args.temperature, seed, args.top_k, args.top_p),
+        input_signature=[ids, tf.TensorSpec([None], tf.int32)],
     )
     prompts = [add_start_end(tokenizer.tokenize([p]), START_ID, END_ID)[:, :-1].to_tensor() for p in PROMPTS]
     alone = []
@@ -295,10 +303,11 @@ def main(argv=None):
         raise AssertionError("greedy output of the padded prompt batch differs from each prompt alone")
     print(f"the {len(prompts)} prompts right-padded into one batch give the same output as each alone")
 
-    print("\ngreedy | sampled at temperature", args.temperature)
+    print(f"\ngreedy | two samples at temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}")
     for i, prompt in enumerate(prompts):
         greedy = greedy_fn(prompt)
-        sampled = sample_fn(tf.repeat(prompt, 2, axis=0), tf.constant(args.seed + i))
+        # One seed a row: the same prompt twice, two different samples.
+        sampled = sample_fn(tf.repeat(prompt, 2, axis=0), tf.constant([2 * (args.seed + i), 2 * (args.seed + i) + 1]))
         texts = tokenizer.detokenize(tf.concat([greedy, sampled], axis=0)).numpy()
         print("  " + " | ".join(t.decode("utf-8") for t in texts))
     return model, tokenizer

@@ -131,6 +131,25 @@ def test_prompts_of_unequal_length_are_continued_as_if_alone():
         assert row[len(p)] != 0  # generation did happen right after the prompt
 
 
+def test_sampled_generation_is_reproducible_per_row_in_any_batch():
+    # The library's sampler (keras_transformer.decoding.sample_tokens) in the language model's own
+    # loop: a prompt with its seed gives the same continuation alone or padded into a batch, another
+    # seed another one, and top-k 1 is greedy.
+    model = _context_sensitive_language_model()
+    prompts = [[START, 5, 6, 7, 8], [START, 30], [START, 7, 8, 9]]
+    padded = np.array([p + [0] * (5 - len(p)) for p in prompts], np.int32)
+    generate = tf.function(lambda p, seed, top_k: language_model.generate(model, p, 20, 1.0, seed, top_k, 0.9))
+    seeds = tf.constant([4, 5, 6])
+    batched = generate(tf.constant(padded), seeds, 0).numpy()
+    for b, p in enumerate(prompts):
+        alone = generate(tf.constant([p], tf.int32), seeds[b : b + 1], 0).numpy()
+        np.testing.assert_array_equal(alone[0], batched[b])
+    assert not np.array_equal(generate(tf.constant(padded), seeds + 10, 0).numpy(), batched)
+    greedy = tf.function(lambda p: language_model.generate(model, p, 20))(tf.constant(padded)).numpy()
+    np.testing.assert_array_equal(generate(tf.constant(padded), seeds, 1).numpy(), greedy)
+    assert not np.isin(batched[:, 1:], [START]).any()
+
+
 def test_prompt_with_padding_inside_is_refused():
     model = _random_language_model()
     with pytest.raises(tf.errors.InvalidArgumentError, match="padding .0. only at the end"):
