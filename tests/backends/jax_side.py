@@ -100,7 +100,14 @@ def decode_under_jit(model, data):
         assert "Python integer" in str(error), error
     else:
         raise AssertionError("a max_length of no integer type was taken")
-    return dict(greedy=greedy, beam_ids=np.asarray(beam["ids"]), beam_scores=np.asarray(beam["scores"]))
+    # Sampling under jit, settings per sentence: the counter-based noise draws what TensorFlow draws.
+    from keras_transformer.decoding import sample
+
+    settings = dict(temperature=np.array([1.0, 0.7, 1.3, 1.0, 0.0, 2.0], "float32"), top_k=5,
+                    top_p=np.full([6], 0.95, "float32"), seed=np.arange(6, dtype="int32") * 1000 - 2000)
+    sampled = jax.jit(lambda s: sample(model, s, 32, num_samples=3, max_extra_length=4, **settings))(source)
+    return dict(greedy=greedy, beam_ids=np.asarray(beam["ids"]), beam_scores=np.asarray(beam["scores"]),
+                sample_ids=np.asarray(sampled["ids"]), sample_log_probs=np.asarray(sampled["log_probs"]))
 
 
 def check_distributed_training_equals_one_device():

@@ -16,6 +16,7 @@ import tensorflow as tf
 import keras_transformer as kt
 from keras_transformer.decoding import beam_search
 from keras_transformer.decoding import greedy_decode
+from keras_transformer.decoding import sample
 from keras_transformer.export.__main__ import main as export_main
 from keras_transformer.text.tokens import END_ID
 from keras_transformer.text.tokens import RESERVED_TOKENS
@@ -94,6 +95,16 @@ def test_a_model_round_trips_between_tensorflow_and_jax(tmp_path):
     beam = beam_search(trained, source, 32, beam_size=4, alpha=0.6, max_extra_length=50)
     np.testing.assert_array_equal(beam["ids"].numpy()[:, 0], jax_side["beam_ids"][:, 0])
     np.testing.assert_allclose(beam["scores"].numpy(), jax_side["beam_scores"], atol=1e-4)
+
+    # Samples drawn on JAX under jit, each sentence with its own temperature and seed (negative
+    # ones too), are TensorFlow's: the noise is a hash of (seed, sample, step, token), not a draw
+    # from either backend's generator.
+    settings = dict(temperature=np.array([1.0, 0.7, 1.3, 1.0, 0.0, 2.0], "float32"), top_k=5,
+                    top_p=np.full([6], 0.95, "float32"), seed=np.arange(6, dtype="int64") * 1000 - 2000)
+    sampled = sample(trained, source, 32, num_samples=3, max_extra_length=4, **settings)
+    np.testing.assert_array_equal(sampled["ids"].numpy(), jax_side["sample_ids"])
+    np.testing.assert_allclose(sampled["log_probs"].numpy(), jax_side["sample_log_probs"], atol=1e-4)
+    assert len({tuple(row) for row in sampled["ids"].numpy().reshape(-1, 32)}) > len(source)  # samples differ
 
     # Exported from the command line, raw text in: the SavedModel translates
     # as JAX's beam search (the export's settings: beam 4, alpha 0.6, 50 extra).
