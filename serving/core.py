@@ -122,6 +122,15 @@ def models_from_proto(proto, what: str = "ModelServerConfig") -> Optional[List[M
     return models
 
 
+def _why_unavailable(manager: ModelManager) -> str:
+    """A model that did not load, as server_core.cc names one: its newest version
+    that failed, with the error ("{name: NAME version: V} due to error: ...")."""
+    failed = [(version, error) for version, _, error in manager.states() if error]
+    if failed:
+        return f"{{name: {manager.name} version: {failed[0][0]}}} due to error: {failed[0][1]}"
+    return f"{{name: {manager.name}}} no version found under base path {manager.base_path}"
+
+
 class ServerCore:
     """The models a server serves, by name, with their version labels.
 
@@ -219,7 +228,7 @@ class ServerCore:
         for model in self._initial:
             self._add(model)
 
-    def _add(self, model: ModelConfig, joining: bool = False):
+    def _add(self, model: ModelConfig, joining: bool = False) -> ModelManager:
         manager = ModelManager(model.name, model.base_path, policy=model.policy, listener=self._changed,
                                **self._manager_kwargs)
         with self._lock:
@@ -237,13 +246,17 @@ class ServerCore:
                 raise
             manager.start_polling()  # it may load later; the start (or reload) reports the failure
             raise
+        return manager
 
     def reload(self, models: List[ModelConfig]):
         """Moves to a new config: models added (loaded before this returns),
         removed (unloaded once idle) or changed (policy, base path, labels).
 
         Raises:
-            ServingError: the config fails a check; nothing has changed.
+            ServingError: the config fails a check (nothing has changed); or,
+                UNKNOWN, models added did not become available (the config is
+                applied all the same: they go on being polled), as
+                server_core.cc's WaitUntilModelsAvailable reports it.
         """
         with self._reload_lock:
             with self._lock:
@@ -266,20 +279,29 @@ class ServerCore:
                     self._retired[name] = manager.status(name)
             with self._lock:
                 self._labels = {m.name: m.label_map for m in models if m.labels}
+            unavailable = []
             for model in models:
                 manager = current.get(model.name)
                 if manager is None:
                     log.info("adding model %s from %s", model.name, model.base_path)
                     try:
-                        self._add(model, joining=True)
+                        added = self._add(model, joining=True)
                     except RuntimeError as error:
+                        if self._stopped:
+                            raise ServingError(StatusCode.UNAVAILABLE, "the server is stopping") from None
                         log.error("%s", error)  # it goes on being polled, and answers NOT_FOUND meanwhile
+                        added = self._managers[model.name]
+                    if not added.loaded_versions():
+                        unavailable.append(added)
                 elif (model.base_path, model.policy) != (manager.base_path, manager.policy):
                     manager.reconfigure(model.base_path, model.policy)
                     manager.poll()
                     with self._lock:
                         self._configs[model.name] = model
             self._changed()  # models removed
+            if unavailable:
+                raise ServingError(StatusCode.UNKNOWN, f"{len(unavailable)} model(s) did not become available: {{"
+                                   + "".join(f"{{{_why_unavailable(m)}}}, " for m in unavailable) + "}")
 
     def version_for_label(self, name: str, label: str) -> int:
         with self._lock:

@@ -533,12 +533,16 @@ class ModelManager:
         finally:
             held.__exit__(None, None, None)
 
+    def states(self) -> List[tuple]:
+        """[(version, state, error message)] for every version seen, newest first."""
+        with self._lock:
+            return sorted(((v, s, e) for v, (s, e) in self._status.items()), reverse=True)
+
     def status(self, model_name: str, version: Optional[int] = None) -> List[tuple]:
         """[(version, state, error message)] for every version seen, newest first."""
         if model_name != self.name:
             raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
-        with self._lock:
-            rows = sorted(((v, s, e) for v, (s, e) in self._status.items()), reverse=True)
+        rows = self.states()
         if version is not None:
             rows = [row for row in rows if row[0] == version]
             if not rows:

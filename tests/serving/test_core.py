@@ -10,9 +10,12 @@ import shutil
 import threading
 import time
 
+import pytest
 
 from serving.core import ModelConfig
 from serving.core import ServerCore
+from serving.errors import ServingError
+from serving.errors import StatusCode
 from serving.servables import ModelManager
 
 
@@ -144,5 +147,29 @@ def test_a_model_being_added_leaves_the_server_ready_until_it_has_served(serving
         shutil.rmtree(a / "1")
         _manager(core, "a").poll()
         assert not core.ready()  # "a", which has served, has no version now
+    finally:
+        core.stop()
+
+
+def test_a_reload_whose_added_models_do_not_become_available_fails_as_tensorflow_servings(serving_exports, tmp_path):
+    # model_servers/server_core.cc, WaitUntilModelsAvailable: UNKNOWN "N model(s) did not become
+    # available: {{{name: b version: 1} due to error: ...}, }", the config applied all the same (the
+    # model stays configured and polled). The reload answered OK. An added model with no version
+    # on disk is reported at once (TensorFlow Serving would wait for one without limit).
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _copy(serving_exports, a, 1)
+    _broken(b, 1)
+    c.mkdir()
+    core = ServerCore([ModelConfig("a", str(a))], poll_seconds=0, max_num_load_retries=0)
+    core.start()
+    try:
+        with pytest.raises(ServingError) as error:
+            core.reload([ModelConfig("a", str(a)), ModelConfig("b", str(b)), ModelConfig("c", str(c))])
+        assert error.value.code == StatusCode.UNKNOWN
+        message = error.value.message
+        assert message.startswith("2 model(s) did not become available: {{{name: b version: 1} due to error: "
+                                  "failed to load: "), message
+        assert message.endswith(f"}}, {{{{name: c}} no version found under base path {c}}}, }}"), message
+        assert core.names() == ["a", "b", "c"] and _served(core, "a") == 1
     finally:
         core.stop()

@@ -328,7 +328,7 @@ def test_health_and_reload_over_grpc(model_dirs, tmp_path):
     # for versions it finds) but is not SERVING until every model has an available version.
     server = ModelServer(ServerConfig(models=(ModelConfig("a", dirs["a"]), ModelConfig("late", str(empty))),
                                       port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2,
-                                      enable_grpc_healthcheck_service=True))
+                                      enable_grpc_healthcheck_service=True, max_num_load_retries=0))
     health = None
     try:
         server.start()
@@ -363,6 +363,21 @@ def test_health_and_reload_over_grpc(model_dirs, tmp_path):
         with pytest.raises(grpc.RpcError) as error:
             models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=60)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A model added that does not load: UNKNOWN, as model_service_impl.cc passes on
+        # ServerCore::ReloadConfig's error (server_core.cc, WaitUntilModelsAvailable); it was OK.
+        broken = tmp_path / "broken"
+        (broken / "1").mkdir(parents=True)
+        (broken / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.model_config_list.config.add(name="a", base_path=dirs["a"])
+        request.config.model_config_list.config.add(name="broken", base_path=str(broken))
+        with pytest.raises(grpc.RpcError) as error:
+            models.HandleReloadConfigRequest(request, timeout=60)
+        assert error.value.code() == grpc.StatusCode.UNKNOWN
+        assert error.value.details().startswith(
+            "1 model(s) did not become available: {{{name: broken version: 1} due to error: failed to load: ")
+        assert server.manager.names() == ["a", "broken"]  # applied all the same, as in TensorFlow Serving
+        assert status() == health_pb2.HealthCheckResponse.SERVING  # "broken" has never served: it does not count
 
         # A drain turns NOT_SERVING before it waits for the requests in flight:
         # a watcher (a load balancer) hears it while the server still drains.
