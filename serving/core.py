@@ -29,7 +29,8 @@ model_servers/server_core.cc does:
 
 One difference, where TensorFlow Serving would apply part of a bad config:
 a config that fails a check (a duplicate name, a relative base path, a label
-at an unavailable version) changes nothing, and the error names the check.
+at an unavailable version, a new base path that cannot be listed) changes
+nothing, and the error names the check.
 """
 
 import dataclasses
@@ -46,6 +47,7 @@ from serving.errors import StatusCode
 from serving.servables import END
 from serving.servables import ModelManager
 from serving.servables import VersionPolicy
+from serving.servables import versions_on_disk
 
 log = logging.getLogger("serving")
 
@@ -217,6 +219,18 @@ class ServerCore:
                            "still to load)"),
                     )
 
+    @staticmethod
+    def _check_base_paths(models: List[ModelConfig], current: Dict[str, ModelManager]):
+        """Raises ServingError for a new base path that cannot be listed (before anything changes)."""
+        for model in models:
+            manager = current.get(model.name)
+            if manager is None or manager.base_path != model.base_path:
+                try:
+                    versions_on_disk(model.base_path)
+                except OSError as error:
+                    raise ServingError(StatusCode.INVALID_ARGUMENT, f"Could not list base path {model.base_path} "
+                                       f"for servable {model.name} with error {error}") from None
+
     def start(self):
         """Loads every model (each version its policy names) before returning.
 
@@ -266,6 +280,7 @@ class ServerCore:
             # Labels are checked against the versions available now, before the new
             # config loads anything (as server_core.cc, ReloadConfig, orders it).
             self._check(models, current)
+            self._check_base_paths(models, current)
             wanted = {m.name: m for m in models}
             for name, manager in current.items():
                 if name not in wanted:
@@ -295,7 +310,10 @@ class ServerCore:
                         unavailable.append(added)
                 elif (model.base_path, model.policy) != (manager.base_path, manager.policy):
                     manager.reconfigure(model.base_path, model.policy)
-                    manager.poll()
+                    try:
+                        manager.poll()
+                    except Exception:  # the directory changed since the check: its poller tries again
+                        log.exception("model %s: polling %s failed", model.name, model.base_path)
                     with self._lock:
                         self._configs[model.name] = model
             self._changed()  # models removed

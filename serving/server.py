@@ -286,8 +286,9 @@ class ModelServer:
 
     def _poll_config(self):
         """Reads `model_config_file` again every poll and applies what changed
-        (server.cc, PollFilesystemAndReloadConfig); a file that does not parse
-        or a config that fails a check is logged, and nothing changes."""
+        (server.cc, PollFilesystemAndReloadConfig); a file that does not parse,
+        a config that fails a check (nothing changes) or a reload that fails
+        otherwise is logged, and the next poll tries again."""
         path, wait = self.config.model_config_file, self.config.model_config_file_poll_wait_seconds
         while not self._stopping.wait(wait):
             try:
@@ -302,6 +303,8 @@ class ModelServer:
                 self.reload(models)
             except ServingError as error:
                 log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
+            except Exception:  # logged; the next poll tries again
+                log.exception("PollFilesystemAndReloadConfig failed to ReloadConfig")
 
     def reload(self, models):
         """Applies a new list of `ModelConfig`s (see `serving.core.ServerCore.reload`)."""

@@ -11,6 +11,7 @@ status request ignores the label) and model_servers/model_service_impl.cc
 (HandleReloadConfigRequest).
 """
 
+import logging
 import os
 import shutil
 import threading
@@ -318,6 +319,52 @@ def test_the_health_service_only_with_its_flag_under_tensorflow_servings_names(m
         finally:
             channel.close()
             server.stop(0)
+
+
+def test_a_reload_that_fails_changes_nothing_and_the_config_poll_goes_on(model_dirs, tmp_path, monkeypatch, caplog):
+    # model_servers/server.cc, PollFilesystemAndReloadConfig: a reload that fails is logged, and the
+    # next poll tries again. A base path that could not be listed (PermissionError) was found after
+    # model "b" had been removed and the labels swapped, and its error ended the poll thread.
+    dirs, _ = model_dirs
+    forbidden = tmp_path / "forbidden"
+    shutil.copytree(os.path.join(dirs["a"], "1"), forbidden / "1")
+    listdir = os.listdir
+
+    def refusing_listdir(path="."):
+        if os.fspath(path) == str(forbidden):
+            raise PermissionError(13, "Permission denied", str(forbidden))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing_listdir)
+    config = tmp_path / "models.config"
+    _write(config, _config(("a", dirs["a"], "", {}), ("b", dirs["b"], "", {})))
+    server = ModelServer(ServerConfig(model_config_file=str(config), model_config_file_poll_wait_seconds=0.1,
+                                      port=0, rest_api_port=0, file_system_poll_wait_seconds=0))
+    server.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="serving"):
+            _write(config, _config(("a", str(forbidden), "", {"x": 2}), ("c", dirs["c"], "", {})))
+            _until(lambda: any("failed to ReloadConfig" in r.getMessage() for r in caplog.records))
+        assert any(f"Could not list base path {forbidden} for servable a" in r.getMessage() for r in caplog.records)
+        assert server.manager.names() == ["a", "b"]  # nothing changed
+        assert server.manager._managers["a"].base_path == dirs["a"]
+        with pytest.raises(ServingError, match="Unrecognized servable version label: x"):
+            server.manager.serve("a", label="x")
+        # An error no check foresees is logged too, and the poll goes on.
+        reload, failures = server.manager.reload, []
+
+        def failing_once(models):
+            if not failures:
+                failures.append(models)
+                raise RuntimeError("an error no check foresees")
+            return reload(models)
+
+        monkeypatch.setattr(server.manager, "reload", failing_once)
+        _write(config, _config(("a", dirs["a"], "", {}), ("c", dirs["c"], "", {})))
+        _until(lambda: server.manager.names() == ["a", "c"])
+        assert failures
+    finally:
+        server.stop(0)
 
 
 def test_health_and_reload_over_grpc(model_dirs, tmp_path):
