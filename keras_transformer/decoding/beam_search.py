@@ -55,12 +55,12 @@ class BeamSearch(DecodingStrategy):
 
     def initial_state(self, batch, max_length, source_length):
         k = self.width
-        # Each sentence's own settings: its length-penalty exponent and beam size (<= K).
-        settings = {
-            "alpha": ops.broadcast_to(ops.convert_to_tensor(self.alpha, "float32"), [batch]),
-            "beams": ops.broadcast_to(ops.convert_to_tensor(k if self.beam_sizes is None else self.beam_sizes,
-                                                            "int32"), [batch]),
-        }
+        # Each sentence's own settings: its length-penalty exponent and, when they differ, its beam size (<= K).
+        settings = {}
+        if not isinstance(self.alpha, numbers.Number):  # a tensor: per sentence, or one for all
+            settings["alpha"] = ops.broadcast_to(ops.convert_to_tensor(self.alpha, "float32"), [batch])
+        if self.beam_sizes is not None:
+            settings["beams"] = ops.broadcast_to(ops.convert_to_tensor(self.beam_sizes, "int32"), [batch])
         # Only beam 0 is live at the start.
         first = ops.arange(k) == 0
         live_log_probs = ops.where(first[None, :], 0.0, ops.full([batch, k], NEG_INF, "float32"))
@@ -82,8 +82,11 @@ class BeamSearch(DecodingStrategy):
     def step(self, i, logits, attention, rows, limits, at_limit):
         live, done, settings = rows
         n, k = ops.shape(logits)[0], self.width
-        alpha = settings["alpha"][:, None]  # [n, 1]
-        beams = settings["beams"][:, None]  # [n, 1]: this sentence's beam size; slots past it stay empty
+        # The length-penalty exponent: [n] and [n, 1] per sentence, or a number for all.
+        sentence_alpha = settings.get("alpha", self.alpha)
+        alpha = sentence_alpha[:, None] if "alpha" in settings else sentence_alpha
+        # [n, 1]: each sentence's beam size, whose slots past it stay empty; or K for every sentence.
+        beams = settings["beams"][:, None] if "beams" in settings else None
         vocab, max_length = ops.shape(logits)[-1], ops.shape(live["ids"])[-1]
         log_probs = never_generated(ops.log_softmax(logits, axis=-1), self.start_id)
         if at_limit is not None:
@@ -107,12 +110,13 @@ class BeamSearch(DecodingStrategy):
             cand["attention"] = cand_attention + step_rows * row_place
         ended = ops.equal(token, self.end_id)
         valid = cand_log_probs > NEG_INF / 2
-        in_top_k = ops.arange(2 * k)[None, :] < beams  # top_k sorts, so rank < K is the best K
+        in_top_k = ops.arange(2 * k)[None, :] < (k if beams is None else beams)  # top_k sorts: rank < K, the best K
 
         # Live: the best K candidates that did not end.
         live_key = ops.where(ended | ~valid, NEG_INF, cand_log_probs)
         live_log_probs, pick = ops.top_k(live_key, k)
-        live_log_probs = ops.where(ops.arange(k)[None, :] < beams, live_log_probs, NEG_INF)
+        if beams is not None:
+            live_log_probs = ops.where(ops.arange(k)[None, :] < beams, live_log_probs, NEG_INF)
         pick = ops.cast(pick, "int32")
         new_live = {key: _gather_beams(value, pick) for key, value in cand.items()}
         new_live["log_probs"] = live_log_probs
@@ -129,19 +133,24 @@ class BeamSearch(DecodingStrategy):
         _, best = ops.top_k(ops.concatenate([done["scores"], ended_cand["scores"]], axis=1), k)
         best = ops.cast(best, "int32")
         new_done = {key: _gather_beams(ops.concatenate([done[key], ended_cand[key]], axis=1), best) for key in done}
-        for key in ("scores", "log_probs"):  # a sentence keeps its own beam size of finished hypotheses
-            new_done[key] = ops.where(ops.arange(k)[None, :] < beams, new_done[key], NEG_INF)
+        if beams is not None:  # a sentence keeps its own beam size of finished hypotheses
+            for key in ("scores", "log_probs"):
+                new_done[key] = ops.where(ops.arange(k)[None, :] < beams, new_done[key], NEG_INF)
 
         # A live hypothesis's score can rise to at most its log-probability
         # over the largest penalty its sentence can still reach (at its own
         # length limit); once that is below the worst kept finished score,
         # the sentence cannot improve: it is done.
-        worst_kept = ops.take_along_axis(new_done["scores"], beams - 1, axis=1)[:, 0]
-        sentence_done = worst_kept >= live_log_probs[:, 0] / length_penalty(limits, alpha[:, 0])
+        if beams is None:
+            worst_kept = new_done["scores"][:, -1]
+        else:
+            worst_kept = ops.take_along_axis(new_done["scores"], beams - 1, axis=1)[:, 0]
+        sentence_done = worst_kept >= live_log_probs[:, 0] / length_penalty(limits, sentence_alpha)
         return last, parents, (new_live, new_done, settings), sentence_done
 
     def finish(self, state, length):
         live, done, settings = state
+        alpha = settings["alpha"][:, None] if "alpha" in settings else self.alpha
         # A sentence that finished nothing by max_length returns its live beams.
         none_done = done["scores"][:, 0] <= NEG_INF / 2  # [B]
 
@@ -151,7 +160,7 @@ class BeamSearch(DecodingStrategy):
 
         outputs = {
             "ids": pick(live["ids"], done["ids"]),
-            "scores": pick(live["log_probs"] / length_penalty(length, settings["alpha"][:, None]), done["scores"]),
+            "scores": pick(live["log_probs"] / length_penalty(length, alpha), done["scores"]),
             "log_probs": pick(live["log_probs"], done["log_probs"]),
         }
         if self.attention is not None:
