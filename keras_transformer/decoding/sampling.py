@@ -15,6 +15,7 @@ rows a decoding loop has dropped because they were done.
 
 import numbers
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -84,7 +85,7 @@ def _is_static(value, neutral):
     return _is_python_number(value) and value == neutral
 
 
-def filter_mask(log_probs, top_k=0, top_p=1.0):
+def filter_mask(log_probs, top_k=0, top_p=1.0, width=None):
     """bool [..., V]: the tokens that survive top-k, then top-p filtering.
 
     Top-k keeps the `top_k` most likely tokens (0: all). Top-p then keeps the
@@ -97,12 +98,19 @@ def filter_mask(log_probs, top_k=0, top_p=1.0):
             temperature already applied).
         top_k: int, broadcastable to [...]; 0 turns it off.
         top_p: float in (0, 1], broadcastable to [...]; 1 turns it off.
+        width: int (or a scalar int tensor on TensorFlow): how many of the
+            most likely tokens the filters look at, at least every row's
+            top_k (a row without one needs V). Default None: V, a full sort.
     """
     vocab = ops.shape(log_probs)[-1]
     top_k = ops.expand_dims(ops.convert_to_tensor(top_k, "int32"), -1)  # [..., 1]
     top_p = ops.expand_dims(ops.convert_to_tensor(top_p, "float32"), -1)
-    ordered = ops.flip(ops.sort(log_probs, axis=-1), axis=-1)  # [..., V], most likely first
-    rank = ops.arange(vocab, dtype="int32")
+    if width is None:
+        ordered = ops.flip(ops.sort(log_probs, axis=-1), axis=-1)  # [..., V], most likely first
+        width = vocab
+    else:
+        ordered, _ = ops.top_k(log_probs, width)  # [..., width]: the rest is past every row's top_k
+    rank = ops.arange(width, dtype="int32")
     in_top_k = (top_k <= 0) | (rank < top_k)
     ordered = ops.where(in_top_k, ordered, -np.inf)
     probs = ops.softmax(ordered, axis=-1)  # renormalized over the top k
@@ -111,6 +119,23 @@ def filter_mask(log_probs, top_k=0, top_p=1.0):
     # The least likely value kept, and every token at least as likely.
     threshold = ops.min(ops.where(kept, ordered, np.inf), axis=-1, keepdims=True)
     return log_probs >= threshold
+
+
+def _filter_width(top_k, vocab):
+    """How many of the most likely tokens the filters must see: every row's
+    top_k when each has one, else None (all V, a full sort). A top_k known
+    only in the graph narrows it on TensorFlow outside XLA, where `top_k`
+    takes a size computed at run time."""
+    if _is_python_number(top_k):
+        return min(int(top_k), vocab) if top_k > 0 else None
+    if keras.backend.backend() != "tensorflow" or not isinstance(vocab, int):
+        return None
+    from keras_transformer.decoding.loop import _tracing_for_xla
+
+    if _tracing_for_xla():
+        return None
+    top_k = ops.convert_to_tensor(top_k, "int32")
+    return ops.where(ops.all(top_k > 0), ops.minimum(ops.max(top_k), vocab), vocab)
 
 
 def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sample=0, mask=None):
@@ -157,7 +182,9 @@ def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sampl
         # The filters read the tempered distribution (a 0 temperature keeps only the arg-max anyway).
         tempered = ops.log_softmax(logits, axis=-1) / ops.maximum(temperature, 1e-6)
         needed = ops.any(ops.convert_to_tensor(top_k) > 0) | ops.any(ops.convert_to_tensor(top_p) < 1.0)
-        kept = ops.cond(needed, lambda: filter_mask(tempered, top_k, top_p), lambda: ops.ones_like(tempered, "bool"))
+        width = _filter_width(top_k, ops.shape(logits)[-1])
+        kept = ops.cond(needed, lambda: filter_mask(tempered, top_k, top_p, width),
+                        lambda: ops.ones_like(tempered, "bool"))
         candidates = ops.where(kept, candidates, -np.inf)
     if mask is not None:
         candidates = ops.where(mask, candidates, -np.inf)

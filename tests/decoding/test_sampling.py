@@ -59,6 +59,22 @@ def test_filter_mask_takes_one_setting_per_row_and_keeps_ties():
     np.testing.assert_array_equal(kept, [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
 
 
+def test_filtering_the_top_tokens_only_equals_filtering_all():
+    # With a top_k in every row, the filters look at the max(top_k) most likely tokens (a partial
+    # sort, computed in the graph on TensorFlow) instead of sorting the whole vocabulary.
+    rng = np.random.default_rng(3)
+    log_probs = np.log(rng.dirichlet(np.ones(40) * 0.3, size=8)).astype("float32")
+    top_k, top_p = rng.integers(1, 12, size=8), rng.uniform(0.3, 1.0, size=8).astype("float32")
+    full = keras.ops.convert_to_numpy(filter_mask(log_probs, top_k, top_p))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(filter_mask(log_probs, top_k, top_p, width=11)), full)
+    logits = np.tile(log_probs, (50, 1))
+    seeds = np.arange(400)
+    as_tensor = tf.function(lambda k: sample_tokens(logits, seeds, 0, 1.0, k, np.tile(top_p, 50)))(np.tile(top_k, 50))
+    plain = [int(sample_tokens(logits[i], seeds[i], 0, 1.0, int(np.tile(top_k, 50)[i]), float(np.tile(top_p, 50)[i])))
+             for i in range(0, 400, 37)]
+    np.testing.assert_array_equal(as_tensor.numpy()[::37], plain)
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.6, 0, 1.0), (2.0, 4, 1.0), (1.0, 0, 0.7),
                                                      (0.8, 5, 0.8)])
 def test_drawn_tokens_follow_the_filtered_tempered_distribution(temperature, top_k, top_p):
