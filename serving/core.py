@@ -44,7 +44,6 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import ServingError
 from serving.errors import StatusCode
-from serving.servables import END
 from serving.servables import ModelManager
 from serving.servables import VersionPolicy
 from serving.servables import versions_on_disk
@@ -154,10 +153,10 @@ class ServerCore:
         self._manager_kwargs = manager_kwargs
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one config change at a time
-        self._configs: Dict[str, ModelConfig] = {}
         self._managers: Dict[str, ModelManager] = {}
         self._labels: Dict[str, Dict[str, int]] = {}
-        self._retired: Dict[str, List[tuple]] = {}  # a removed model's last version states
+        self._retired: Dict[str, ModelManager] = {}  # removed models, stopped (asked for their last states)
+        self._draining: List[threading.Thread] = []  # removed models' stops, each waiting for its requests
         self._joining = set()  # models added by a reload (they count for `ready` once they have served)
         self._stopped = False
         try:
@@ -166,7 +165,7 @@ class ServerCore:
             self._check(models)
         except ServingError as error:
             raise ValueError(error.message) from None
-        self._initial = list(models)
+        self._applied = list(models)  # the config applied (changed only under the reload lock)
 
     def names(self) -> List[str]:
         with self._lock:
@@ -238,8 +237,8 @@ class ServerCore:
             RuntimeError: a model has versions on disk and none loaded.
         """
         with self._lock:
-            self._labels = {m.name: m.label_map for m in self._initial if m.labels}
-        for model in self._initial:
+            self._labels = {m.name: m.label_map for m in self._applied if m.labels}
+        for model in self._applied:
             self._add(model)
 
     def _add(self, model: ModelConfig, joining: bool = False) -> ModelManager:
@@ -249,7 +248,6 @@ class ServerCore:
             if self._stopped:
                 raise RuntimeError(f"model {model.name!r}: stopped while it loaded")
             self._managers[model.name] = manager
-            self._configs[model.name] = model
             self._retired.pop(model.name, None)
             if joining:
                 self._joining.add(model.name)
@@ -264,7 +262,9 @@ class ServerCore:
 
     def reload(self, models: List[ModelConfig]):
         """Moves to a new config: models added (loaded before this returns),
-        removed (unloaded once idle) or changed (policy, base path, labels).
+        removed (they stop taking requests at once, and are unloaded once the
+        requests that hold them finish, without holding up the reload) or
+        changed (policy, base path, labels). The config applied now does nothing.
 
         Raises:
             ServingError: the config fails a check (nothing has changed); or,
@@ -277,23 +277,29 @@ class ServerCore:
                 if self._stopped:
                     raise ServingError(StatusCode.UNAVAILABLE, "the server is stopping")
                 current = dict(self._managers)
+            if models == self._applied:
+                return
             # Labels are checked against the versions available now, before the new
             # config loads anything (as server_core.cc, ReloadConfig, orders it).
             self._check(models, current)
             self._check_base_paths(models, current)
-            wanted = {m.name: m for m in models}
-            for name, manager in current.items():
-                if name not in wanted:
-                    with self._lock:
-                        del self._managers[name]
-                        self._configs.pop(name, None)
-                        self._labels.pop(name, None)
-                        self._joining.discard(name)
-                    log.info("removing model %s", name)
-                    manager.stop()  # waits for the requests that hold it
-                    self._retired[name] = manager.status(name)
+            wanted = {m.name for m in models}
+            removed = {name: manager for name, manager in current.items() if name not in wanted}
             with self._lock:
+                for name, manager in removed.items():
+                    del self._managers[name]
+                    self._retired[name] = manager
+                    self._joining.discard(name)
                 self._labels = {m.name: m.label_map for m in models if m.labels}
+                self._applied = list(models)
+                self._draining = [t for t in self._draining if t.is_alive()]
+                for name, manager in removed.items():
+                    log.info("removing model %s", name)
+                    # Unloaded once the requests that hold it finish (stop waits for them).
+                    drain = threading.Thread(target=manager.stop, name=f"unload-{name}", daemon=True)
+                    drain.start()
+                    self._draining.append(drain)
+            self._changed()  # models removed
             unavailable = []
             for model in models:
                 manager = current.get(model.name)
@@ -314,9 +320,6 @@ class ServerCore:
                         manager.poll()
                     except Exception:  # the directory changed since the check: its poller tries again
                         log.exception("model %s: polling %s failed", model.name, model.base_path)
-                    with self._lock:
-                        self._configs[model.name] = model
-            self._changed()  # models removed
             if unavailable:
                 raise ServingError(StatusCode.UNKNOWN, f"{len(unavailable)} model(s) did not become available: {{"
                                    + "".join(f"{{{_why_unavailable(m)}}}, " for m in unavailable) + "}")
@@ -342,21 +345,13 @@ class ServerCore:
         return manager.serve(model_name, version)
 
     def status(self, model_name: str, version: Optional[int] = None) -> List[tuple]:
-        """[(version, state, error message)] of a model's versions, newest first."""
+        """[(version, state, error message)] of a model's versions, newest first;
+        a removed model's as its stopped manager has them (END once unloaded)."""
         with self._lock:
-            manager = self._managers.get(model_name)
-            retired = self._retired.get(model_name)
-        if manager is not None:
-            return manager.status(model_name, version)
-        if retired:
-            rows = [(v, END, e) for v, _, e in retired]
-            if version is not None:
-                rows = [row for row in rows if row[0] == version]
-                if not rows:
-                    raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model "
-                                       f"{model_name}")
-            return rows
-        raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
+            manager = self._managers.get(model_name) or self._retired.get(model_name)
+        if manager is None:
+            raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
+        return manager.status(model_name, version)
 
     def available_all(self) -> Dict[str, List[int]]:
         """{model name: its available versions} for every configured model."""
@@ -370,9 +365,13 @@ class ServerCore:
         return [] if manager is None else manager.loaded_versions()
 
     def stop(self):
-        """Stops every model (each waits for the requests that hold it)."""
+        """Stops every model (each waits for the requests that hold it), and
+        waits for the removed models still draining."""
         with self._lock:
             self._stopped = True
             managers = list(self._managers.values())
+            draining = list(self._draining)
         for manager in managers:
             manager.stop()
+        for drain in draining:
+            drain.join()

@@ -168,7 +168,6 @@ class ModelServer:
                 models = parse_model_config(f.read(), c.model_config_file) or []
         elif models is None:
             models = [ModelConfig(c.model_name, os.path.abspath(c.model_base_path))]
-        self._applied = list(models)
         # Every model's versions, their labels and the requests that hold them (serving.core);
         # the health follows its versions as they change.
         self.manager = ServerCore(
@@ -297,8 +296,8 @@ class ModelServer:
             except (OSError, ValueError) as error:
                 log.error("Failed to read ModelServerConfig file: %s", error)
                 continue
-            if models is None or models == self._applied:
-                continue  # (an empty config: "Taking no action for empty config", server_core.cc)
+            if models is None:
+                continue  # "Taking no action for empty config" (server_core.cc); the config applied is the core's
             try:
                 self.reload(models)
             except ServingError as error:
@@ -309,8 +308,6 @@ class ModelServer:
     def reload(self, models):
         """Applies a new list of `ModelConfig`s (see `serving.core.ServerCore.reload`)."""
         self.manager.reload(models)
-        self._applied = list(models)
-        self._update_health()
 
     @property
     def serving(self) -> bool:
@@ -343,9 +340,15 @@ class ModelServer:
                 self.rest.drain(grace)
         finally:
             done.wait()
-            self.manager.stop()
+            self.manager.stop()  # a reload under way in the config poll ends (UNAVAILABLE)
+            self._join_config_poller()
             if self.request_log is not None:
                 self.request_log.close()
+
+    def _join_config_poller(self):
+        poller = self._config_poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join()
 
     def _close(self):
         """Closes whatever is open, at once: for a server that is not serving.
@@ -367,6 +370,7 @@ class ModelServer:
                     self.rest.server_close()
             finally:
                 self.manager.stop()
+                self._join_config_poller()
                 if self.request_log is not None:
                     self.request_log.close()
 

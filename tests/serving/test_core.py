@@ -173,3 +173,34 @@ def test_a_reload_whose_added_models_do_not_become_available_fails_as_tensorflow
         assert core.names() == ["a", "b", "c"] and _served(core, "a") == 1
     finally:
         core.stop()
+
+
+def test_removing_a_model_waits_neither_for_its_requests_nor_holds_up_the_rest_of_the_reload(serving_exports,
+                                                                                             tmp_path):
+    # server_core.cc, ReloadConfig: the new source config tears down removed models, which the
+    # manager unloads on its own threads once their handles are released
+    # (aspired_versions_manager.cc); the reload waits only for models added. Here the reload
+    # waited for the request holding the removed model before it applied anything else.
+    a, b = tmp_path / "a", tmp_path / "b"
+    _copy(serving_exports, a, 1)
+    _copy(serving_exports, b, 1)
+    core = ServerCore([ModelConfig("a", str(a)), ModelConfig("b", str(b))], poll_seconds=0)
+    core.start()
+    held = core.serve("b")
+    held.__enter__()
+    try:
+        reloaded = threading.Event()
+        reloading = threading.Thread(target=lambda: (
+            core.reload([ModelConfig("a", str(a), labels=(("stable", 1),))]), reloaded.set()), daemon=True)
+        reloading.start()
+        assert reloaded.wait(30), "the reload waited for the removed model's request"
+        assert core.names() == ["a"] and core.version_for_label("a", "stable") == 1
+        assert core.status("b") == [(1, 40, "")]  # UNLOADING: a request still holds it
+        with pytest.raises(ServingError, match=r"Servable not found for request: Latest\(b\)"):
+            core.serve("b").__enter__()
+    finally:
+        held.__exit__(None, None, None)
+    try:
+        _until(lambda: core.status("b") == [(1, 50, "")])  # END once idle
+    finally:
+        core.stop()

@@ -367,6 +367,46 @@ def test_a_reload_that_fails_changes_nothing_and_the_config_poll_goes_on(model_d
         server.stop(0)
 
 
+def test_the_config_poll_compares_the_file_with_the_config_applied_and_stop_waits_for_it(model_dirs, tmp_path,
+                                                                                        monkeypatch):
+    # A reload over gRPC and the config poll could interleave so that ModelServer's own copy of the
+    # applied config (assigned after ServerCore.reload returned) named another config than the one
+    # applied; the poll then took the file for applied and skipped it for good. Here the core is
+    # moved to another config behind the poll's back, as that interleaving left it: the next poll
+    # applies the file again (server.cc, PollFilesystemAndReloadConfig, reloads it every period).
+    dirs, _ = model_dirs
+    config = tmp_path / "models.config"
+    _write(config, _config(("a", dirs["a"], "", {})))
+    server = ModelServer(ServerConfig(model_config_file=str(config), model_config_file_poll_wait_seconds=0.1,
+                                      port=0, rest_api_port=0, file_system_poll_wait_seconds=0))
+    server.start()
+    stopper, entered, release = None, threading.Event(), threading.Event()
+    try:
+        server.manager.reload([ModelConfig("a", dirs["a"]), ModelConfig("c", dirs["c"])])
+        _until(lambda: server.manager.names() == ["a"])
+        # stop() waits for the poll thread, here in a reload (the poll thread was left running).
+        reload = server.manager.reload
+
+        def held_reload(models):
+            entered.set()
+            release.wait(60)
+            return reload(models)
+
+        monkeypatch.setattr(server.manager, "reload", held_reload)
+        _write(config, _config(("a", dirs["a"], "", {}), ("c", dirs["c"], "", {})))
+        _until(entered.is_set)
+        stopper = threading.Thread(target=server.stop, args=(0,), daemon=True)
+        stopper.start()
+        stopper.join(2)
+        assert stopper.is_alive(), "stop() returned while the poll thread was in a reload"
+    finally:
+        release.set()
+        if stopper is None:
+            server.stop(0)
+    stopper.join(60)
+    assert not stopper.is_alive() and not server._config_poller.is_alive()
+
+
 def test_health_and_reload_over_grpc(model_dirs, tmp_path):
     dirs, answers = model_dirs
     empty = tmp_path / "empty"
