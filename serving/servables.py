@@ -514,8 +514,10 @@ class ModelManager:
             raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_name})")
         with self._lock:
             if not self._loaded:
-                # As TensorFlow Serving answers for a model with no available version.
-                raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({self.name})")
+                # As TensorFlow Serving answers for a model with no available version
+                # (core/basic_manager.cc; the request as manager.h's ServableRequest::DebugString).
+                what = f"Latest({self.name})" if version is None else f"Specific({self.name}, {version})"
+                raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: {what}")
             if version is None:
                 current = self._loaded[max(self._loaded)]
             elif version in self._loaded:
@@ -542,9 +544,10 @@ class ModelManager:
         """[(version, state, error message)] for every version seen, newest first."""
         if model_name != self.name:
             raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
-        rows = self.states()
-        if version is not None:
-            rows = [row for row in rows if row[0] == version]
-            if not rows:
-                raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model {model_name}")
+        # As get_model_status_impl.cc answers: NOT_FOUND for a version, or a model, with no state.
+        rows = [row for row in self.states() if version is None or row[0] == version]
+        if not rows and version is not None:
+            raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model {model_name}")
+        if not rows:
+            raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
         return rows

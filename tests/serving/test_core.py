@@ -204,3 +204,32 @@ def test_removing_a_model_waits_neither_for_its_requests_nor_holds_up_the_rest_o
         _until(lambda: core.status("b") == [(1, 50, "")])  # END once idle
     finally:
         core.stop()
+
+
+def test_a_model_with_nothing_loaded_is_not_found_as_tensorflow_serving_answers(serving_exports, tmp_path):
+    # core/basic_manager.cc: "Servable not found for request: " and the request as manager.h's
+    # ServableRequest::DebugString writes it, Specific(name, version) when a version was asked (it
+    # said Latest(c)); model_servers/get_model_status_impl.cc: NOT_FOUND "Could not find any
+    # versions of model c" for a model with no version state (it answered OK with no versions).
+    a, c = tmp_path / "a", tmp_path / "c"
+    _copy(serving_exports, a, 1)
+    c.mkdir()
+    core = ServerCore([ModelConfig("a", str(a))], poll_seconds=0)
+    core.start()
+    try:
+        with pytest.raises(ServingError, match="did not become available"):
+            core.reload([ModelConfig("a", str(a)), ModelConfig("c", str(c))])  # configured, nothing on disk
+        for model, version, request in (("c", 3, "Specific(c, 3)"), ("c", None, "Latest(c)"),
+                                        ("nope", 3, "Specific(nope, 3)"), ("nope", None, "Latest(nope)")):
+            with pytest.raises(ServingError) as error:
+                core.serve(model, version).__enter__()
+            assert (error.value.code, error.value.message) == (
+                StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+        for model, version, message in (("c", None, "Could not find any versions of model c"),
+                                        ("c", 3, "Could not find version 3 of model c"),
+                                        ("nope", None, "Could not find any versions of model nope")):
+            with pytest.raises(ServingError) as error:
+                core.status(model, version)
+            assert (error.value.code, error.value.message) == (StatusCode.NOT_FOUND, message)
+    finally:
+        core.stop()
