@@ -203,7 +203,7 @@ def decode(model, source, max_length, strategy, use_cache=True, max_extra_length
             outputs = model.decode(prefix, encoder_output, source_mask, return_attention_scores=with_scores)
             logits, *scores = outputs if with_scores else (outputs,)
             logits = logits[:, -1:]
-        logits = tf.reshape(logits, [n, k, -1])  # [n, K, V]
+        logits = tf.reshape(logits, [n, k, logits.shape[-1] or -1])  # [n, K, V], V kept static
         attention = None
         if with_scores:
             last_layer = scores[0][-1][:, :, -1:]  # [n * K, N, 1, S]

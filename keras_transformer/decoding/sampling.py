@@ -126,9 +126,11 @@ def _filter_width(top_k, vocab):
     top_k when each has one, else None (all V, a full sort). A top_k known
     only in the graph narrows it on TensorFlow outside XLA, where `top_k`
     takes a size computed at run time."""
+    if not isinstance(vocab, int):  # unknown until the graph runs: sort it all
+        return None
     if _is_python_number(top_k):
         return min(int(top_k), vocab) if top_k > 0 else None
-    if keras.backend.backend() != "tensorflow" or not isinstance(vocab, int):
+    if keras.backend.backend() != "tensorflow":
         return None
     from keras_transformer.decoding.loop import _tracing_for_xla
 

@@ -214,6 +214,14 @@ def test_every_loop_draws_the_same_samples(model, source, cache):
                                atol=1e-4)
 
 
+def test_sampling_runs_in_a_tf_function_with_python_settings(model, source):
+    # Traced, the loop's logits once lost their static vocabulary size, and a Python top_k then
+    # failed ("Using a symbolic tf.Tensor as a Python bool").
+    settings = dict(num_samples=2, temperature=0.9, top_k=6, top_p=0.8, seed=9, max_extra_length=4)
+    traced = tf.function(lambda s: sample(model, s, 10, **settings)["ids"])
+    np.testing.assert_array_equal(traced(source).numpy(), sample(model, source, 10, **settings)["ids"].numpy())
+
+
 def test_sampling_runs_compiled_by_xla_with_tensor_settings(model, source):
     fn = tf.function(
         lambda s, t, k, p, seed: sample(model, s, 10, 2, t, k, p, seed, max_extra_length=4, cache_chunk=None)["ids"],
