@@ -231,10 +231,14 @@ class ServerCore:
                                        f"for servable {model.name} with error {error}") from None
 
     def start(self):
-        """Loads every model (each version its policy names) before returning.
+        """Loads every model (each version its policy names) before returning,
+        waiting for a model with no version on disk until one appears, as
+        TensorFlow Serving waits for every model before it opens its ports
+        (server_core.cc, ConnectAdaptersToManagerAndAwaitModelLoads).
 
         Raises:
-            RuntimeError: a model has versions on disk and none loaded.
+            RuntimeError: a model has versions on disk and none loaded, or none
+                on disk and polling off (see `ModelManager.start`).
         """
         with self._lock:
             self._labels = {m.name: m.label_map for m in self._applied if m.labels}
@@ -252,7 +256,9 @@ class ServerCore:
             if joining:
                 self._joining.add(model.name)
         try:
-            manager.start()
+            # A model of the start is waited for until it has a version, as in TensorFlow
+            # Serving; one added by a reload with no version on disk is reported by the reload.
+            manager.start(wait_for_a_version=not joining)
         except RuntimeError:
             if self._stopped:
                 raise

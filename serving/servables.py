@@ -449,20 +449,36 @@ class ModelManager:
             base_path, policy, loaded = self.base_path, self.policy, set(self._loaded)
         return [v for v in policy.select(self._loadable(versions_on_disk(base_path))) if v not in loaded]
 
-    def start(self):
+    def start(self, wait_for_a_version: bool = True):
         """Loads the versions the policy names before returning, as TensorFlow
         Serving does before it opens its ports: a version on disk that fails
-        to load is retried (`max_num_load_retries`), whatever `poll_seconds` is.
+        to load is retried (`max_num_load_retries`), whatever `poll_seconds` is;
+        with `wait_for_a_version`, a base path with no version is looked at
+        every `poll_seconds` until one appears (server_core.cc waits for every
+        model at the start).
 
         Raises:
-            RuntimeError: versions are on disk and none became available.
+            RuntimeError: versions are on disk and none became available; or,
+                waiting for a version, there is none and `poll_seconds` (0)
+                never looks again (TensorFlow Serving would wait for ever).
         """
         self.poll()
+        told = False
         while not self._stop.is_set():
             pending = self._pending()
-            if not pending:
+            if pending:
+                self._stop.wait(max(0.0, min(self._failed.get(v, (0, 0.0))[1] for v in pending) - time.monotonic()))
+            elif wait_for_a_version and not self.loaded_versions() and not versions_on_disk(self.base_path):
+                if self.poll_seconds <= 0:
+                    raise RuntimeError(f"model {self.name!r}: no version found under base path {self.base_path}, "
+                                       f"and file_system_poll_wait_seconds={self.poll_seconds} never looks again")
+                if not told:  # as file_system_storage_path_source.cc says it
+                    log.warning("No versions of servable %s found under base path %s. Did you forget to name your "
+                                "leaf directory as a number (eg. '/1/')?", self.name, self.base_path)
+                    told = True
+                self._stop.wait(self.poll_seconds)
+            else:
                 break
-            self._stop.wait(max(0.0, min(self._failed.get(v, (0, 0.0))[1] for v in pending) - time.monotonic()))
             self.poll()
         if self._stop.is_set():
             raise RuntimeError(f"model {self.name!r}: stopped while it loaded")

@@ -227,11 +227,14 @@ class ModelServer:
             raise
 
     def start(self):
-        """Loads the model, then opens the ports; a failed start closes them again.
+        """Loads the models, then opens the ports; a failed start closes them again.
+        A model with no version on disk is waited for until one appears, as in
+        TensorFlow Serving.
 
         Raises:
-            RuntimeError: the model has versions on disk and none loaded, or
-                `stop` was called while the model loaded.
+            RuntimeError: a model has versions on disk and none loaded, or none
+                and `file_system_poll_wait_seconds` is 0, or `stop` was called
+                while the models loaded.
         """
         with self._lock:
             if self._state != "new":

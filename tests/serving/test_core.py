@@ -233,3 +233,31 @@ def test_a_model_with_nothing_loaded_is_not_found_as_tensorflow_serving_answers(
             assert (error.value.code, error.value.message) == (StatusCode.NOT_FOUND, message)
     finally:
         core.stop()
+
+
+def test_the_start_waits_for_every_model_to_have_a_version(serving_exports, tmp_path):
+    # TensorFlow Serving opens its ports once every configured model is available: server_core.cc,
+    # ConnectAdaptersToManagerAndAwaitModelLoads, waits for Latest(name) of each model, a model with
+    # no version on disk included, before server.cc goes on to open them. The start returned with
+    # such a model still empty.
+    a, late = tmp_path / "a", tmp_path / "late"
+    _copy(serving_exports, a, 1)
+    late.mkdir()
+    core = ServerCore([ModelConfig("a", str(a)), ModelConfig("late", str(late))], poll_seconds=0.1)
+    errors = []
+    starting = threading.Thread(target=lambda: errors.append(_raises(core.start)), daemon=True)
+    starting.start()
+    try:
+        _until(lambda: core.available_all() == {"a": [1], "late": []})
+        assert starting.is_alive()  # "late" has no version: the start cannot have returned
+        _copy(serving_exports, late, 3)
+        starting.join(60)
+        assert not starting.is_alive() and errors == [None]
+        assert core.available_all() == {"a": [1], "late": [3]}
+    finally:
+        core.stop()
+    # A poll interval of 0 never looks again: the start fails instead of waiting for ever.
+    core = ServerCore([ModelConfig("late", str(tmp_path / "empty"))], poll_seconds=0)
+    with pytest.raises(RuntimeError, match="no version found under base path"):
+        core.start()
+    core.stop()

@@ -10,6 +10,7 @@ succeeded), and util/prometheus_exporter.cc (the path, and '/' written ':').
 
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -198,22 +199,39 @@ def test_batching_load_and_availability_metrics(serving_exports, tmp_path):
     server.start()
     try:
         with server.manager.serve("toy") as loaded:
-            warm_up = list(loaded.runners["serving_default"].batch_sizes)  # the warm-up requests' batches
+            batcher = loaded.runners["serving_default"]
+            warm_up = list(batcher.batch_sizes)  # the warm-up requests' batches
+        # The first request's batch is held in the signature until the other requests are queued
+        # behind it; they then make one batch, whatever the client threads' timing (the test
+        # asserted a merge of requests that happened to arrive within 0.2 s of each other).
+        run, entered, release = batcher.fn, threading.Event(), threading.Event()
+
+        def held(inputs):
+            entered.set()
+            release.wait(60)
+            return run(inputs)
+
+        batcher.fn = held
         before = _scrape(server.rest_api_port, "/metrics")
         client = GrpcClient(f"localhost:{server.port}", "toy", retries=0)
-        sizes = [1, 2, 2, 1, 3]
+        sizes = [3, 2, 2, 1]
         threads = [threading.Thread(target=client.translate, args=(["A man."] * n,)) for n in sizes]
-        for thread in threads:
+        threads[0].start()
+        assert entered.wait(60)
+        for thread in threads[1:]:
             thread.start()
+        deadline = time.monotonic() + 60
+        while len(batcher._queue) < len(sizes) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
         for thread in threads:
             thread.join(120)
         client.close()
-        with server.manager.serve("toy") as loaded:
-            ran = list(loaded.runners["serving_default"].batch_sizes)[len(warm_up):]
+        ran = list(batcher.batch_sizes)[len(warm_up):]
         families = _scrape(server.rest_api_port, "/metrics")
     finally:
         server.stop(5)
-    assert sum(ran) == sum(sizes) and len(ran) < len(sizes)  # batched together, at least once
+    assert ran == [3, 5]  # the first request alone, then the three queued behind it together
 
     def delta(name, **labels):
         new, old = _histogram(families, name, **labels), _histogram(before, name, **labels)

@@ -179,18 +179,27 @@ def _until(condition, seconds=60):
         time.sleep(0.1)
 
 
-def test_two_models_with_labels_relabelled_and_added_under_16_clients(model_dirs, tmp_path):
+def test_two_models_with_labels_relabelled_added_and_moved_under_16_clients(model_dirs, tmp_path):
     dirs, answers = model_dirs
+    # "b" moves to a base path whose version 2 (the seed-1 model) fails its first load.
+    moved = tmp_path / "b2"
+    shutil.copytree(os.path.join(dirs["a"], "1"), moved / "2")
+    os.replace(moved / "2" / "saved_model.pb", tmp_path / "saved_model.pb")
+    (moved / "2" / "saved_model.pb").write_bytes(b"still being copied")
+    answers = {**answers, ("b", 2): answers[("a", 1)]}
     config = tmp_path / "models.config"
     labels = {"stable": 1, "canary": 2}
     _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", labels),
                            ("b", dirs["b"], "", {})))
     server = ServerProcess(dirs["a"], f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
-                           "--allow_version_labels_for_unavailable_models")
+                           "--allow_version_labels_for_unavailable_models", "--load_retry_interval_micros=1000000",
+                           "--enable_grpc_healthcheck_service")
     channel, stub = _predict_stub(server.address)
-    # What each label may answer with now: a label being moved may give its old or new version
-    # until the reload is applied, never any other.
-    allowed = {"stable": {1}, "canary": {2}}
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    # What each label (and "b", with no version) may answer with now: a label being moved, or a
+    # model being moved, may give its old or new version until the reload is applied, never any other.
+    allowed = {"stable": {1}, "canary": {2}, "b": {1}}
     asks = [("a", None, "stable"), ("a", None, "canary"), ("a", 1, None), ("a", 2, None), ("b", None, None)]
     failures, answered, stop = [], [], threading.Event()
     lock = threading.Lock()
@@ -201,7 +210,10 @@ def test_two_models_with_labels_relabelled_and_added_under_16_clients(model_dirs
             model, version, label = asks[n % len(asks)]
             n += 1
             with lock:
-                may = set(allowed[label]) if label else {version or (2 if model == "a" else 1)}
+                if label or model == "b":
+                    may = set(allowed[label or model])
+                else:
+                    may = {version or (2 if model == "a" else 1)}
             try:
                 got, text = _ask(stub, model, version, label)
             except grpc.RpcError as error:
@@ -250,6 +262,24 @@ def test_two_models_with_labels_relabelled_and_added_under_16_clients(model_dirs
             asks.append(("c", None, None))
             mark = len(answered)
         _until(lambda: len(answered) > mark + 40)
+
+        # 4. Move "b" to another base path, whose version 2 fails its first load: version 1, loaded
+        # from the old base path, answers until version 2 loads at its retry a second later.
+        with lock:
+            allowed["b"] = {1, 2}
+        stays = _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", {"stable": 2, "canary": 2}),
+                        ("b", str(moved), "", {}), ("c", dirs["c"], "", {}))
+        _write(config, stays)
+        _until(lambda: any("b version 2 failed to load (attempt 1" in line for line in server.log))
+        with lock:
+            mark = len(answered)
+        _until(lambda: len(answered) > mark + 40)  # answered, by version 1, while version 2 waits
+        os.replace(tmp_path / "saved_model.pb", moved / "2" / "saved_model.pb")
+        _until(lambda: _ask(stub, "b")[0] == 2)
+        with lock:
+            allowed["b"] = {2}
+            mark = len(answered)
+        _until(lambda: len(answered) > mark + 40)
     finally:
         stop.set()
         for thread in threads:
@@ -257,7 +287,8 @@ def test_two_models_with_labels_relabelled_and_added_under_16_clients(model_dirs
     try:
         assert failures == []
         assert {(m, label, v) for m, label, v in answered} >= {("a", "stable", 1), ("a", "stable", 2),
-                                                                ("a", "canary", 2), ("b", None, 1), ("c", None, 1)}
+                                                                ("a", "canary", 2), ("b", None, 1), ("b", None, 2),
+                                                                ("c", None, 1)}
         # 4. Remove "b": it stops answering; the others go on.
         _write(config, _config(("a", dirs["a"], "specific { versions: 1 versions: 2 }", {"stable": 2}),
                                ("c", dirs["c"], "", {})))
@@ -411,24 +442,28 @@ def test_health_and_reload_over_grpc(model_dirs, tmp_path):
     dirs, answers = model_dirs
     empty = tmp_path / "empty"
     empty.mkdir()
-    # A model with no version on disk yet: the server starts (TensorFlow Serving waits only
-    # for versions it finds) but is not SERVING until every model has an available version.
+    # A model with no version on disk yet: the server opens its ports once it has one, as
+    # TensorFlow Serving waits for every configured model, not only for the versions it finds
+    # (server_core.cc, ConnectAdaptersToManagerAndAwaitModelLoads: Latest(name) of each model).
     server = ModelServer(ServerConfig(models=(ModelConfig("a", dirs["a"]), ModelConfig("late", str(empty))),
                                       port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2,
                                       enable_grpc_healthcheck_service=True, max_num_load_retries=0))
     health = None
     try:
-        server.start()
+        starting = threading.Thread(target=server.start, daemon=True)
+        starting.start()
+        _until(lambda: server.manager.available_all() == {"a": [2], "late": []})
+        assert not server.serving
+        shutil.copytree(os.path.join(dirs["c"], "1"), empty / "1")
+        starting.join(60)
+        assert server.serving
         channel = grpc.insecure_channel(f"localhost:{server.port}")
         health = health_pb2_grpc.HealthStub(channel)
 
         def status(service=""):
             return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
 
-        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
-        shutil.copytree(os.path.join(dirs["c"], "1"), empty / "1")
-        _until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 60)
-        assert status("PredictionService") == health_pb2.HealthCheckResponse.SERVING
+        assert status() == status("PredictionService") == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as error:
             health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
         assert error.value.code() == grpc.StatusCode.NOT_FOUND

@@ -520,7 +520,8 @@ def test_versions_follow_the_directory_as_tensorflow_serving_does(serving_export
 def test_a_model_that_never_loads_stops_the_server_at_startup(tmp_path):
     # TensorFlow Serving retries a failed load (core/loader_harness.cc) before it opens its ports,
     # and exits when the model never becomes available (model_servers/server_core.cc,
-    # WaitUntilModelsAvailable); this server opened its ports and answered NOT_FOUND for ever.
+    # ConnectAdaptersToManagerAndAwaitModelLoads, then core/load_servables_fast.cc: "N servable(s)
+    # did not become available"); this server opened its ports and answered NOT_FOUND for ever.
     import subprocess
     import sys
 
