@@ -348,7 +348,7 @@ class ServerCore:
         if manager is None:
             what = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
             raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: {what}")
-        return manager.serve(model_name, version)
+        return manager.serve(version)
 
     def status(self, model_name: str, version: Optional[int] = None) -> List[tuple]:
         """[(version, state, error message)] of a model's versions, newest first;
@@ -357,18 +357,13 @@ class ServerCore:
             manager = self._managers.get(model_name) or self._retired.get(model_name)
         if manager is None:
             raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
-        return manager.status(model_name, version)
+        return manager.status(version)
 
     def available_all(self) -> Dict[str, List[int]]:
         """{model name: its available versions} for every configured model."""
         with self._lock:
             managers = dict(self._managers)
         return {name: manager.loaded_versions() for name, manager in managers.items()}
-
-    def available(self, model_name: str) -> List[int]:
-        with self._lock:
-            manager = self._managers.get(model_name)
-        return [] if manager is None else manager.loaded_versions()
 
     def stop(self):
         """Stops every model (each waits for the requests that hold it), and

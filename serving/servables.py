@@ -524,10 +524,8 @@ class ModelManager:
                 self._status[old.version] = (END, "")
 
     @contextlib.contextmanager
-    def serve(self, model_name: str, version: Optional[int] = None):
+    def serve(self, version: Optional[int] = None):
         """Holds the requested version (the largest available when None) for one request."""
-        if model_name != self.name:
-            raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model_name})")
         with self._lock:
             if not self._loaded:
                 # As TensorFlow Serving answers for a model with no available version
@@ -556,14 +554,12 @@ class ModelManager:
         with self._lock:
             return sorted(((v, s, e) for v, (s, e) in self._status.items()), reverse=True)
 
-    def status(self, model_name: str, version: Optional[int] = None) -> List[tuple]:
-        """[(version, state, error message)] for every version seen, newest first."""
-        if model_name != self.name:
-            raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
+    def status(self, version: Optional[int] = None) -> List[tuple]:
+        """[(version, state, error message)] for every version seen (or `version`), newest first."""
         # As get_model_status_impl.cc answers: NOT_FOUND for a version, or a model, with no state.
         rows = [row for row in self.states() if version is None or row[0] == version]
         if not rows and version is not None:
-            raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model {model_name}")
+            raise ServingError(StatusCode.NOT_FOUND, f"Could not find version {version} of model {self.name}")
         if not rows:
-            raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {model_name}")
+            raise ServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {self.name}")
         return rows

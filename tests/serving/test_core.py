@@ -90,7 +90,7 @@ def test_a_version_replaced_by_a_newer_one_keeps_serving_until_the_newer_one_loa
         _broken(base, 2)
         manager.poll()
         assert manager.loaded_versions() == [1]
-        with manager.serve("m") as loaded:
+        with manager.serve() as loaded:
             assert loaded.version == 1
         _mend(serving_exports, base, 2)
         manager.poll()

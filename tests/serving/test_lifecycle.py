@@ -229,7 +229,7 @@ def test_a_version_loaded_after_stop_is_closed_not_served(serving_exports):
     assert manager.poll() == []  # a poll after the stop loads nothing
     assert manager._load(base, 1) is False  # and a load the stop overtook is closed
     assert manager.loaded_versions() == []
-    assert manager.status("toy") == [(1, END, "")]
+    assert manager.status() == [(1, END, "")]
     with pytest.raises(RuntimeError, match="stopped while it loaded"):
         manager.start()
 

@@ -136,7 +136,7 @@ def test_version_policies_serve_the_versions_they_name(model_dirs, tmp_path):
         core = ServerCore([ModelConfig("m", str(three), policy)], poll_seconds=0)
         core.start()
         try:
-            assert core.available("m") == served
+            assert core.available_all() == {"m": served}
             with core.serve("m") as loaded:
                 assert loaded.version == served[-1]  # no version asked: the largest available
             for version in (1, 2, 3):
