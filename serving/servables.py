@@ -60,6 +60,7 @@ class LoadedVersion:
         self.metrics = metrics
         self.version = version
         self.path = path
+        self.batching = batching
         self.module = tf.saved_model.load(path)
         self.signatures = dict(self.module.signatures)
         self.inputs = {k: fn.structured_input_signature[1] for k, fn in self.signatures.items()}
@@ -73,8 +74,10 @@ class LoadedVersion:
         self.runners = {key: self._runner(key) for key in self.signatures}
         if batching is not None:
             for key in self.signatures:
-                # Every signature whose tensors are all batch-major, as
-                # TensorFlow Serving batches every signature.
+                # Every signature whose tensors are all batch-major. TensorFlow Serving
+                # batches every signature: a request with a scalar input is refused
+                # under batching whatever its signature (check_inputs), as there; the
+                # signatures left out here run unbatched, where it would batch them.
                 specs = list(self.inputs[key].values()) + list(self.outputs[key].values())
                 if all(spec.shape.rank and spec.shape[0] is None for spec in specs):
                     self.runners[key] = Batcher(self.runners[key], batching, name=f"{name}/{version}/{key}",
@@ -124,6 +127,11 @@ class LoadedVersion:
                 StatusCode.INVALID_ARGUMENT,
                 f"signature \"{signature_name}\": {'; '.join(parts)}; it takes {sorted(specs)}",
             )
+        if self.batching is not None and any(not shapes[key] for key in specs):
+            # Under batching, every request passes the batching session's size check
+            # (batching_session.cc, ComputeInputSize; batching_util.h, ComputeTensorBatchSize).
+            raise ServingError(StatusCode.INVALID_ARGUMENT,
+                               "Batching Run() input tensors must have at least one dimension")
         rows = set()
         for key, spec in specs.items():
             if dtypes[key] != spec.dtype:
@@ -136,7 +144,8 @@ class LoadedVersion:
                     StatusCode.INVALID_ARGUMENT,
                     f"input \"{key}\" must have shape {spec.shape.as_list()} (None: any size), got {list(shapes[key])}",
                 )
-            rows.add(shapes[key][0] if shapes[key] else None)
+            if shapes[key]:  # a scalar has no batch dimension
+                rows.add(shapes[key][0])
         if len(rows) > 1:
             raise ServingError(StatusCode.INVALID_ARGUMENT, f"inputs have different batch sizes: {sorted(rows)}")
         if rows == {0}:

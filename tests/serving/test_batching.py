@@ -276,3 +276,35 @@ def test_tensorflow_error_codes_pass_through_as_grpc_codes():
                                (tf.errors.RESOURCE_EXHAUSTED, StatusCode.RESOURCE_EXHAUSTED),
                                (tf.errors.FAILED_PRECONDITION, StatusCode.FAILED_PRECONDITION)):
         assert _GRPC_CODES[tf_code] == grpc_code
+
+
+def test_a_scalar_input_is_refused_under_batching_as_tensorflow_servings_batching_session_refuses_it(tmp_path):
+    # tensorflow_serving/batching/batching_session.cc, ComputeInputSize, calls batching_util.h's
+    # ComputeTensorBatchSize for every request under --enable_batching, whatever its signature:
+    # INVALID_ARGUMENT "Batching Run() input tensors must have at least one dimension". Without
+    # batching the signature runs. Under batching it ran, unbatched.
+    import tensorflow as tf
+
+    from serving.servables import LoadedVersion
+
+    class Scale(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float32, name="factor"),
+                                      tf.TensorSpec([None], tf.float32, name="x")])
+        def scale(self, factor, x):
+            return {"y": x * factor}
+
+    module = Scale()
+    path = str(tmp_path / "1")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.scale})
+    inputs = {"factor": np.asarray(2.0, np.float32), "x": np.asarray([1.0, 2.0], np.float32)}
+    plain = LoadedVersion("m", 1, path)
+    batched = LoadedVersion("m", 1, path, BatchingParameters(max_batch_size=8))
+    try:
+        assert plain.run("serving_default", inputs)["y"].tolist() == [2.0, 4.0]
+        with pytest.raises(ServingError) as error:
+            batched.run("serving_default", inputs)
+        assert (error.value.code, error.value.message) == (
+            StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have at least one dimension")
+    finally:
+        plain.close()
+        batched.close()
