@@ -24,8 +24,8 @@ model_servers/server_core.cc does:
   canary is labelled in two steps: add the version, then move the label once
   it serves;
 - a model added is loaded before the reload returns; a model removed stops
-  taking requests and is unloaded once those it holds finish; a model that
-  stays keeps serving throughout.
+  taking requests at once and is unloaded once those it holds finish (the
+  reload does not wait for them); a model that stays keeps serving throughout.
 
 One difference, where TensorFlow Serving would apply part of a bad config:
 a config that fails a check (a duplicate name, a relative base path, a label
