@@ -53,7 +53,7 @@ def test_every_signature_metadata_and_status(server, in_process):
         assert set(filtered) == {"log_prob"}
 
         metadata = client.metadata()
-        assert set(metadata) == {"serving_default", "translate_ids", "score", "attention"}
+        assert set(metadata) == {"serving_default", "translate", "translate_ids", "score", "attention"}
         assert metadata["serving_default"]["inputs"] == {"text": ("string", [None])}
         assert metadata["score"]["outputs"]["log_prob"] == ("float32", [None])
         assert client.status() == [{"version": 1, "state": "AVAILABLE", "error": ""}]
@@ -77,7 +77,7 @@ def test_rest_api(server, in_process):
     # printer (tensorflow_serving/model_servers/http_rest_api_util.cc: preserve_proto_field_names,
     # always_print_fields_with_no_presence).
     signatures = client.metadata()["signature_def"]
-    assert set(signatures) == {"serving_default", "translate_ids", "score", "attention"}
+    assert set(signatures) == {"serving_default", "translate", "translate_ids", "score", "attention"}
     default = signatures["serving_default"]
     assert default["method_name"] == "tensorflow/serving/predict"
     text = default["inputs"]["text"]
