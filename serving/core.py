@@ -259,7 +259,7 @@ class ServerCore:
             # A model of the start is waited for until it has a version, as in TensorFlow
             # Serving; one added by a reload with no version on disk is reported by the reload.
             manager.start(wait_for_a_version=not joining)
-        except RuntimeError:
+        except Exception:
             if self._stopped:
                 raise
             manager.start_polling()  # it may load later; the start (or reload) reports the failure
@@ -313,10 +313,10 @@ class ServerCore:
                     log.info("adding model %s from %s", model.name, model.base_path)
                     try:
                         added = self._add(model, joining=True)
-                    except RuntimeError as error:
+                    except Exception as error:
                         if self._stopped:
                             raise ServingError(StatusCode.UNAVAILABLE, "the server is stopping") from None
-                        log.error("%s", error)  # it goes on being polled, and answers NOT_FOUND meanwhile
+                        log.error("adding model %s: %s", model.name, error)  # polled on, NOT_FOUND meanwhile
                         added = self._managers[model.name]
                     if not added.loaded_versions():
                         unavailable.append(added)

@@ -251,7 +251,7 @@ class ModelServer:
                     threading.Thread(target=self.rest.serve_forever, name="rest", daemon=True).start()
                 self._state = "serving"
                 self._update_health()
-                self._start_watchers()
+                self._start_config_poll()
         except BaseException:
             self._close()
             raise
@@ -280,7 +280,7 @@ class ModelServer:
             for service in _HEALTH_SERVICES:
                 self.health.set(service, status)
 
-    def _start_watchers(self):
+    def _start_config_poll(self):
         c = self.config
         if c.model_config_file and c.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config, name="config-poll", daemon=True)
