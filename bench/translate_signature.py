@@ -20,7 +20,9 @@ Contenders (all through the loaded signatures, as a server calls them):
 - translate beam4 n-best 4: the same search, all four hypotheses detokenized;
 - translate greedy, translate sampled (temperature 0.8, top-k 50, top-p 0.9),
   translate sampled x4 (four samples a sentence);
-- translate mixed: half the sentences beam 4, half sampled (both loops run).
+- translate mixed: half the sentences beam 4, half sampled (both loops run);
+- translate beam2, and beam2 with one beam8: one sentence asking for a wider
+  beam widens the whole batch's search.
 
 Prints milliseconds per batch (median) and each contender's time over
 serving_default's.
@@ -98,6 +100,9 @@ def main():
         }
         if half:
             contenders["translate mixed"] = lambda: translate(text=text, **controls(batch, **mixed))
+            contenders["translate beam2"] = lambda: translate(text=text, **controls(batch, **{**beam, "beam_size": 2}))
+            one_wide = {**beam, "beam_size": [8] + [2] * (batch - 1)}
+            contenders["translate beam2, one beam8"] = lambda: translate(text=text, **controls(batch, **one_wide))
         times = median_ms(contenders, args.repeats)
         for name, ms in times.items():
             print(f"| {batch} | {name} | {ms:.1f} | {ms / times['serving_default']:.2f}x |")

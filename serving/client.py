@@ -184,7 +184,9 @@ class GrpcClient(_Retrying):
         """Each sentence's `num_return` translations with their log-probabilities,
         best first, from the `translate` signature; `controls` (beam_size,
         alpha, max_extra_length, temperature, top_k, top_p, seed) apply to
-        every sentence, and those not given take the library's defaults."""
+        every sentence, and those not given take the library's defaults;
+        with a temperature above 0, beam_size defaults to 1 and seed to a
+        new random one each call."""
         out = []
         for chunk in _chunks(list(sentences), batch_size):
             inputs = {"text": np.array([s.encode("utf-8") for s in chunk], dtype=object),
@@ -324,6 +326,12 @@ def _control_columns(rows: int, num_return: int, controls: dict) -> Dict[str, np
     if unknown:
         raise ValueError(f"unknown decoding control(s) {unknown}; the controls are {sorted(CONTROLS)}")
     values = {**{name: default for name, (_, default) in CONTROLS.items()}, **controls, "num_return": num_return}
+    if values["temperature"] > 0:
+        # Sampling: one hypothesis a sample unless a beam size is given (a beam would be refused),
+        # and a fresh seed unless one is given, so two calls draw different samples.
+        values["beam_size"] = controls.get("beam_size", 1)
+        if controls.get("seed") is None:
+            values["seed"] = int(np.random.randint(2**62))
     return {name: np.full([rows], values[name], dtype.as_numpy_dtype) for name, (dtype, _) in CONTROLS.items()}
 
 
@@ -351,14 +359,16 @@ def main(argv=None) -> int:
     p.add_argument("--status", action="store_true", help="print the model's version status and exit")
     p.add_argument("--metadata", action="store_true", help="print the model's signatures and exit")
     decoding = p.add_argument_group("decoding controls (the translate signature; defaults: the library's)")
-    decoding.add_argument("--beam_size", type=int, help="2 or more: beam search; 0 or 1: greedy or sampled (4)")
+    decoding.add_argument("--beam_size", type=int,
+                          help="2 or more: beam search; 0 or 1: greedy or sampled (4; 1 with --temperature)")
     decoding.add_argument("--alpha", type=float, help="the length-penalty exponent (0.6)")
     decoding.add_argument("--max_extra_length", type=int, help="at most source length + this many tokens (50)")
     decoding.add_argument("--num_return", type=int, help="hypotheses per sentence, best first (1)")
     decoding.add_argument("--temperature", type=float, help="above 0, with --beam_size 0 or 1: sample (0)")
     decoding.add_argument("--top_k", type=int, help="sample from the k most likely tokens (0: all)")
     decoding.add_argument("--top_p", type=float, help="sample from the most likely tokens of this mass (1: all)")
-    decoding.add_argument("--seed", type=int, help="the sampling seed: the same seed, the same samples (0)")
+    decoding.add_argument("--seed", type=int,
+                          help="the sampling seed: the same seed, the same samples (default: a new one each run)")
     args = p.parse_args(argv)
     names = ("beam_size", "alpha", "max_extra_length", "temperature", "top_k", "top_p", "seed")
     controls = {name: getattr(args, name) for name in names if getattr(args, name) is not None}

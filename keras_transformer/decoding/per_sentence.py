@@ -18,7 +18,6 @@ does not run.
 """
 
 import dataclasses
-import math
 import numbers
 from typing import Dict, Optional
 
@@ -26,7 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.decoding.beam_search import BeamSearch
+from keras_transformer.decoding.sampling import MAX_TEMPERATURE
 from keras_transformer.decoding.sampling import Sampling
+from keras_transformer.decoding.sampling import source_key
 from keras_transformer.decoding.strategy import decode
 
 # Each control: its dtype and the value `Translator` uses when none is given.
@@ -40,6 +41,12 @@ CONTROLS = {
     "top_p": (tf.float32, 1.0),
     "seed": (tf.int64, 0),
 }
+
+
+# The log-probability of an empty slot (past a sentence's num_return): finite, not -inf, so a REST
+# reply stays standard JSON (TensorFlow Serving writes -inf as -Infinity, which JSON.parse refuses),
+# and far below any real translation's.
+EMPTY_LOG_PROB = -1e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +141,11 @@ def check_controls(controls: Dict[str, tf.Tensor], batch, limits: Limits = Limit
     def between(name, low, high, why=""):
         if high is None:
             return require(name, c[name] >= low, f"at least {low}{why}")
-        return require(name, (c[name] >= low) & (c[name] <= high), f"between {low} and {high}{why}")
+        return require(name, (c[name] >= low) & (c[name] <= high), f"between {low} and {high:g}{why}")
 
     def finite(name, why):
         return require(name, tf.math.is_finite(c[name]) & (c[name] >= 0), f"a finite number of at least 0{why}")
+
 
     at_export = ", the limit fixed at export"
     sampled = c["temperature"] > 0
@@ -148,7 +156,7 @@ def check_controls(controls: Dict[str, tf.Tensor], batch, limits: Limits = Limit
         between("max_extra_length", 0, None, " (more than the model's max_length is its max_length)"),
         between("top_k", 0, None, " (0 keeps every token)"),
         finite("alpha", " (the length-penalty exponent)"),
-        finite("temperature", " (0: beam search or greedy decoding)"),
+        between("temperature", 0, MAX_TEMPERATURE, " (0: beam search or greedy decoding)"),
         require("top_p", (c["top_p"] > 0) & (c["top_p"] <= 1), "above 0 and at most 1 (1 keeps every token)"),
         require("beam_size", ~sampled | (c["beam_size"] <= 1), "0 or 1 when the temperature is above 0 (sampling)"),
         require("num_return", sampled | (c["num_return"] <= tf.maximum(c["beam_size"], 1)),
@@ -160,11 +168,11 @@ def check_controls(controls: Dict[str, tf.Tensor], batch, limits: Limits = Limit
 
 def _fit_width(ids, log_probs, width):
     """[n, K, L] and [n, K] -> [n, width, L] and [n, width]: cut, or padded
-    with empty hypotheses (no ids, log-probability -inf)."""
+    with empty hypotheses (no ids, log-probability EMPTY_LOG_PROB)."""
     ids, log_probs = ids[:, :width], log_probs[:, :width]
     more = tf.maximum(width - tf.shape(ids)[1], 0)
     ids = tf.pad(ids, [[0, 0], [0, more], [0, 0]])
-    log_probs = tf.pad(log_probs, [[0, 0], [0, more]], constant_values=-math.inf)
+    log_probs = tf.pad(log_probs, [[0, 0], [0, more]], constant_values=EMPTY_LOG_PROB)
     return ids, log_probs
 
 
@@ -181,7 +189,7 @@ def _beam_searched(model, source, c, width, cache_chunk):
 
 def _sampled(model, source, c, width, cache_chunk):
     strategy = Sampling(tf.reduce_max(c["num_return"]), c["temperature"], c["top_k"], c["top_p"], c["seed"],
-                        counts=c["num_return"])
+                        counts=c["num_return"], salt=source_key(source))
     out = decode(model, source, _max_length(model, source, c["max_extra_length"]), strategy,
                  max_extra_length=c["max_extra_length"], cache_chunk=cache_chunk)
     return _fit_width(out["ids"], out["log_probs"], width)
@@ -203,7 +211,7 @@ def decode_per_sentence(model, source, controls: Dict[str, tf.Tensor], width, ca
         float32 [B, R], the model's log-probability of each hypothesis,
         best first: in score order for a beam search, by log-probability
         for samples. Slots past a sentence's `num_return` have no ids and a
-        log-probability of -inf.
+        log-probability of EMPTY_LOG_PROB.
     """
     source = tf.convert_to_tensor(source, tf.int32)
     # Past the model's positions a larger limit changes nothing (and source length + it must not wrap).
@@ -232,6 +240,6 @@ def decode_per_sentence(model, source, controls: Dict[str, tf.Tensor], width, ca
     log_probs = tf.dynamic_stitch(stitch_rows, stitch_log_probs)
     asked = tf.range(width)[None, :] < controls["num_return"][:, None]  # [B, R]
     ids = tf.where(asked[:, :, None], ids, 0)
-    log_probs = tf.where(asked, log_probs, -math.inf)
+    log_probs = tf.where(asked, log_probs, EMPTY_LOG_PROB)
     return ids, log_probs
 

@@ -7,10 +7,12 @@ it too. `sample` runs it over a `Transformer` on the shared decoding loop,
 K samples per sentence.
 
 The randomness is counter-based: the Gumbel noise of token v in sample k at
-step i is a hash of (seed, k, i, v), not a draw from a random state. So a
-sample depends only on its own seed and logits: not on the batch it ran in,
-its row there, the backend (TensorFlow and JAX draw the same samples), or the
-rows a decoding loop has dropped because they were done.
+step i is a hash of (seed, k, i, v), not a draw from a random state; `sample`
+also hashes in the sentence's own source ids, so sentences sharing a seed
+draw independent noise. A sample depends only on its seed, its source and
+the logits: not on the batch it ran in, its row there, the padding, the
+backend (TensorFlow and JAX draw the same samples), or the rows a decoding
+loop has dropped because they were done.
 """
 
 import numbers
@@ -27,6 +29,9 @@ from keras_transformer.text.tokens import PAD_ID
 from keras_transformer.text.tokens import START_ID
 
 NEG_INF = -1e9
+# Above it every token is about equally likely (logits 20 apart differ by 0.2 %); far above, the
+# noise times the temperature overflows float32.
+MAX_TEMPERATURE = 1e4
 
 _MASK32 = 0xFFFFFFFF
 
@@ -45,8 +50,16 @@ def _mix(x):
 
 
 def _seed_words(seed):
-    """An integer seed tensor -> (low, high) uint32 words of its 64-bit value
-    (an int32 seed is sign-extended, so 5 and -5 read alike in both dtypes)."""
+    """An integer seed -> (low, high) uint32 words of its 64-bit value. An
+    int32 seed is sign-extended, so 5 and -5 read alike as int32 and int64;
+    Python and NumPy integers are split in NumPy, so a seed past 32 bits keeps
+    its high word on JAX too (whose tensors are 32-bit)."""
+    if isinstance(seed, (numbers.Integral, np.integer)) or (
+            isinstance(seed, np.ndarray) and seed.dtype.kind in "iu"):
+        words = np.asarray(seed).astype(np.int64).astype(np.uint64)
+        low = (words & np.uint64(_MASK32)).astype(np.uint32)
+        high = (words >> np.uint64(32)).astype(np.uint32)
+        return ops.convert_to_tensor(low, "uint32"), ops.convert_to_tensor(high, "uint32")
     seed = ops.convert_to_tensor(seed)
     if seed.dtype in ("int64", "uint64"):
         low = ops.cast(ops.bitwise_and(seed, _MASK32), "uint32")
@@ -56,25 +69,46 @@ def _seed_words(seed):
     return ops.cast(seed, "uint32"), ops.where(seed < 0, _u32(_MASK32), _u32(0))
 
 
-def uniform_noise(seed, sample, step, vocab_size):
-    """float32 [..., V] in (0, 1): the noise of every token of the vocabulary,
-    a hash of (seed, sample, step, token).
+def source_key(source):
+    """uint32 [B]: a hash of each row's non-padding ids and their positions,
+    so padding a row (or trimming it) leaves its key unchanged.
+
+    The per-token hashes are added up in 16-bit halves (int32 sums that
+    cannot overflow below 32,768 tokens), the same on every backend.
+    """
+    source = ops.convert_to_tensor(source, "int32")
+    positions = ops.cast(ops.arange(ops.shape(source)[1], dtype="int32"), "uint32")[None, :]
+    token = _mix(ops.bitwise_xor(_mix(ops.cast(source, "uint32")), _mix(ops.add(positions, _u32(0x85EBCA6B)))))
+    token = ops.where(source != 0, token, _u32(0))  # [B, S]
+    low = ops.sum(ops.cast(ops.bitwise_and(token, _u32(0xFFFF)), "int32"), axis=1)
+    high = ops.sum(ops.cast(ops.right_shift(token, _u32(16)), "int32"), axis=1)
+    return _mix(ops.bitwise_xor(_mix(ops.cast(low, "uint32")), ops.cast(high, "uint32")))
+
+
+def uniform_noise(seed, sample, step, vocab_size, salt=None):
+    """float32 [..., V] strictly inside (0, 1): the noise of every token of
+    the vocabulary, a hash of (seed, salt, sample, step, token).
 
     Args:
-        seed: integer tensor, broadcastable with `sample` and `step` to [...].
+        seed: integer, broadcastable with `sample` and `step` to [...].
         sample: int, the sample's index among those of one sentence.
         step: int, the position of the token drawn.
         vocab_size: V.
+        salt: None, or uint32 broadcastable to [...] (`sample` uses each
+            sentence's `source_key`).
     """
     low, high = _seed_words(seed)
     key = _mix(ops.add(low, _u32(0x9E3779B9)))
     key = _mix(ops.bitwise_xor(key, high))
+    if salt is not None:
+        key = _mix(ops.bitwise_xor(key, ops.convert_to_tensor(salt, "uint32")))
     key = _mix(ops.bitwise_xor(key, ops.cast(sample, "uint32")))
     key = _mix(ops.bitwise_xor(key, ops.cast(step, "uint32")))  # [...]
     tokens = _mix(ops.add(ops.cast(ops.arange(vocab_size, dtype="int32"), "uint32"), _u32(0x632BE5AB)))  # [V]
     bits = _mix(ops.bitwise_xor(ops.expand_dims(key, -1), tokens))  # [..., V]
-    # The top 24 bits, centred in their interval: never 0 or 1.
-    return (ops.cast(ops.right_shift(bits, _u32(8)), "float32") + 0.5) * (2.0 ** -24)
+    # The top 23 bits, centred in their interval: exact in float32, from 2**-24 to 1 - 2**-24,
+    # never 0 or 1. (With 24 bits the largest value rounded to 1.0, and its Gumbel noise was inf.)
+    return (ops.cast(ops.right_shift(bits, _u32(9)), "float32") + 0.5) * (2.0 ** -23)
 
 
 def _is_python_number(value):
@@ -140,17 +174,17 @@ def _filter_width(top_k, vocab):
     return ops.where(ops.all(top_k > 0), ops.minimum(ops.max(top_k), vocab), vocab)
 
 
-def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sample=0, mask=None):
+def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sample=0, mask=None, salt=None):
     """One token per row of `logits`, drawn from softmax(logits / temperature)
     after top-k and top-p filtering; the arg-max where `temperature` is 0.
 
     The draw is the Gumbel-max trick with counter-based noise
-    (`uniform_noise`): it depends only on (seed, sample, step) and the row's
-    logits, so equal inputs give equal tokens on every backend.
+    (`uniform_noise`): it depends only on (seed, salt, sample, step) and the
+    row's logits, so equal inputs give equal tokens on every backend.
 
     Args:
         logits: float [..., V].
-        seed: integer tensor broadcastable to [...]: each row's seed.
+        seed: integer broadcastable to [...]: each row's seed.
         step: int, broadcastable to [...]: the position of the token drawn.
         temperature: float >= 0, broadcastable to [...]. Default 1.
         top_k: int >= 0, broadcastable to [...]; 0 (default) keeps all.
@@ -159,6 +193,8 @@ def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sampl
             this is (each draws its own noise). Default 0.
         mask: bool [..., V], the tokens that may be drawn (default: all);
             the others are impossible and the rest renormalized.
+        salt: None, or uint32 broadcastable to [...]: more of the noise's key
+            (`sample` passes each sentence's `source_key`).
 
     Returns:
         int32 [...].
@@ -178,7 +214,6 @@ def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sampl
     if _is_static(temperature, 0):  # greedy: neither filters nor noise change the arg-max
         return ops.cast(ops.argmax(logits, axis=-1), "int32")
     temperature = ops.expand_dims(ops.convert_to_tensor(temperature, "float32"), -1)  # [..., 1]
-    seed, step, sample = (ops.convert_to_tensor(x) for x in (seed, step, sample))
     candidates = logits
     if not (_is_static(top_k, 0) and _is_static(top_p, 1.0)):
         # The filters read the tempered distribution (a 0 temperature keeps only the arg-max anyway).
@@ -190,21 +225,20 @@ def sample_tokens(logits, seed, step, temperature=1.0, top_k=0, top_p=1.0, sampl
         candidates = ops.where(kept, candidates, -np.inf)
     if mask is not None:
         candidates = ops.where(mask, candidates, -np.inf)
-    shape = ops.shape(logits)[:-1]
-    noise = uniform_noise(
-        ops.broadcast_to(seed, shape), ops.broadcast_to(sample, shape), ops.broadcast_to(step, shape),
-        ops.shape(logits)[-1],
-    )
-    gumbel = -ops.log(-ops.log(noise))
+    # [..., V], or [V] when every row shares seed, salt, sample and step (the noise is theirs).
+    noise = uniform_noise(seed, sample, step, ops.shape(logits)[-1], salt)
+    gumbel = -ops.log(-ops.log(noise))  # finite: the noise is strictly inside (0, 1)
     # argmax(logits / T + g) == argmax(logits + T g): no division, and T = 0 is the arg-max of the logits.
-    return ops.cast(ops.argmax(candidates + temperature * gumbel, axis=-1), "int32")
+    perturbed = ops.where(candidates > -np.inf, candidates + temperature * gumbel, -np.inf)
+    return ops.cast(ops.argmax(perturbed, axis=-1), "int32")
 
 
 class Sampling(DecodingStrategy):
     """K samples per sentence, each drawn token by token (see `sample`).
 
     State, per sentence: ids int32 [B, K, L], log_probs float32 [B, K] (the
-    model's log-probability of each sample so far), done bool [B, K], and the
+    model's log-probability of each sample so far), done bool [B, K], the
+    noise key uint32 [B] (a hash of the sentence's seed and `salt`), and the
     settings given as tensors, [B] each (those given as Python numbers are
     the same for every sentence, and known when the loop is traced).
 
@@ -214,18 +248,20 @@ class Sampling(DecodingStrategy):
             sentence).
         counts: None, or int [B]: sentence b draws counts[b] <= K samples,
             the others stay empty (log-probability NEG_INF, sorted last).
+        salt: None, or uint32 [B] hashed into each sentence's noise
+            (`sample` gives `source_key(source)`).
     """
 
     def __init__(self, num_samples, temperature=1.0, top_k=0, top_p=1.0, seed=0, counts=None,
-                 start_id=START_ID, end_id=END_ID):
+                 start_id=START_ID, end_id=END_ID, salt=None):
         if isinstance(num_samples, numbers.Number):
             num_samples = validation.check_positive_int("num_samples", num_samples)
         self.width = num_samples
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
-        self.counts = counts
+        self.counts, self.salt = counts, salt
         self.start_id, self.end_id = start_id, end_id
 
-    _SETTINGS = {"temperature": "float32", "top_k": "int32", "top_p": "float32", "seed": None}
+    _SETTINGS = {"temperature": "float32", "top_k": "int32", "top_p": "float32"}
 
     def initial_state(self, batch, max_length, source_length):
         k = self.width
@@ -242,6 +278,11 @@ class Sampling(DecodingStrategy):
             name: per_sentence(getattr(self, name), dtype)
             for name, dtype in self._SETTINGS.items() if not _is_python_number(getattr(self, name))
         }
+        low, high = _seed_words(self.seed)  # split before any 32-bit tensor could cut it
+        key = _mix(ops.bitwise_xor(_mix(ops.add(low, _u32(0x9E3779B9))), high))
+        if self.salt is not None:
+            key = _mix(ops.bitwise_xor(key, ops.convert_to_tensor(self.salt, "uint32")))
+        settings["key"] = per_sentence(key, "uint32")
         return {
             "ids": ops.zeros([batch, k, max_length], "int32"),
             "log_probs": ops.where(active, 0.0, ops.full([batch, k], NEG_INF, "float32")),
@@ -267,8 +308,9 @@ class Sampling(DecodingStrategy):
         value = {name: ops.expand_dims(settings[name], -1) if name in settings else getattr(self, name)
                  for name in self._SETTINGS}
         token = sample_tokens(
-            logits, value["seed"], i, value["temperature"], value["top_k"], value["top_p"],
+            logits, 0, i, value["temperature"], value["top_k"], value["top_p"],
             sample=ops.arange(ops.shape(logits)[1], dtype="int32")[None, :], mask=mask,
+            salt=ops.expand_dims(settings["key"], -1),
         )  # [n, K]
         done = rows["done"]
         token = ops.where(done, 0, token)  # a finished or unused sample only pads
@@ -299,9 +341,10 @@ def sample(
     Each sample is drawn token by token from the model's distribution at
     `temperature`, after top-k and top-p filtering (`sample_tokens`), until
     [END]. Samples are independent: sample k of a sentence draws its own
-    noise, from (seed, k, step, token). The same seed and settings give the
-    same samples, whatever batch the sentence is in and on every backend; a
-    `temperature` of 0 is greedy decoding.
+    noise, from (seed, the sentence's source ids, k, step, token), so
+    sentences sharing a seed draw independently too. The same source, seed
+    and settings give the same samples, whatever batch the sentence is in
+    and on every backend; a `temperature` of 0 is greedy decoding.
 
     Args:
         model: a `Transformer`.
@@ -311,7 +354,8 @@ def sample(
         temperature: float >= 0, or float [B]. Default 1.
         top_k: int >= 0 (0: off), or int [B]. Default 0.
         top_p: float in (0, 1] (1: off), or float [B]. Default 1.
-        seed: int, or int [B] (each sentence's own). Default 0.
+        seed: int, or int [B] (each sentence's own), 64 bits on every
+            backend when given as Python or NumPy integers. Default 0.
         start_id, end_id: int, the [START] and [END] ids.
         use_cache, max_extra_length, cache_chunk: as in `greedy_decode`.
 
@@ -322,15 +366,17 @@ def sample(
         model (temperature 1, unfiltered), as `beam_search` reports it.
     """
     _check_sampling_args(temperature, top_k, top_p)
-    strategy = Sampling(num_samples, temperature, top_k, top_p, seed, start_id=start_id, end_id=end_id)
+    strategy = Sampling(num_samples, temperature, top_k, top_p, seed, start_id=start_id, end_id=end_id,
+                        salt=source_key(source))
     return decode(model, source, max_length, strategy, use_cache=use_cache, max_extra_length=max_extra_length,
                   cache_chunk=cache_chunk)
 
 
 def _check_sampling_args(temperature, top_k, top_p):
     """Refuses Python numbers out of range (tensors are the caller's to check)."""
-    if isinstance(temperature, numbers.Real) and not (np.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"`temperature` must be a finite float >= 0. Received: temperature={temperature!r}")
+    if isinstance(temperature, numbers.Real) and not 0 <= temperature <= MAX_TEMPERATURE:  # (NaN fails too)
+        raise ValueError(f"`temperature` must be between 0 and {MAX_TEMPERATURE:g}. Received: "
+                         f"temperature={temperature!r}")
     if isinstance(top_k, numbers.Number):
         validation.check_int_at_least("top_k", top_k, 0, " (0 keeps every token)")
     if isinstance(top_p, numbers.Real) and not 0 < top_p <= 1:

@@ -87,7 +87,10 @@ class Translator:
 
     def _controls(self, num_return, **overrides) -> dict:
         """The call's controls (Python values), checked: ValueError names a bad one."""
-        controls = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        controls = {**self.defaults, **given}
+        if "temperature" in given and given["temperature"] > 0 and "beam_size" not in given:
+            controls["beam_size"] = 1  # sampling asked for in this call: one hypothesis a sample
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             raise TypeError(f"unknown decoding control(s) {unknown}; Translator takes {sorted(self.defaults)}")
@@ -137,7 +140,8 @@ class Translator:
             batch_size: int, sentences decoded at once (grouped by length).
             **controls: beam_size, alpha, max_extra_length, temperature,
                 top_k, top_p, seed: this call's values instead of the
-                constructor's.
+                constructor's (a temperature above 0 without a beam_size
+                samples: beam_size 1).
         """
         return [hypotheses[0][0] for hypotheses in self.hypotheses(texts, 1, batch_size, **controls)]
 

@@ -1,6 +1,5 @@
 """A TensorFlow Serving SavedModel: text in, translation out, core ops only."""
 
-import math
 import os
 import re
 import shutil
@@ -47,7 +46,8 @@ class TranslationModule(tf.Module):
             `keras_transformer.decoding.per_sentence`) -> translations str
             [B, R] and log_probs float32 [B, R], R = `max_num_return`,
             best first; slots past a sentence's num_return are "" with
-            log-probability -inf. A control out of bounds is refused
+            log-probability -1e9 (EMPTY_LOG_PROB: finite, so REST's JSON
+            stays standard). A control out of bounds is refused
             (INVALID_ARGUMENT) naming it.
 
     Args:
@@ -192,7 +192,8 @@ class TranslationModule(tf.Module):
         width = self.limits.max_num_return
         ids, log_probs = decode_per_sentence(self.model, self._source_ids(text), controls, width)
         texts = self._finish(self.tokenizer.detokenize(tf.reshape(ids, [-1, tf.shape(ids)[2]])))
-        translations = tf.where(log_probs > -math.inf, tf.reshape(texts, [-1, width]), "")
+        asked = tf.range(width)[None, :] < controls["num_return"][:, None]
+        translations = tf.where(asked, tf.reshape(texts, [-1, width]), "")
         return {"translations": translations, "log_probs": log_probs}
 
 

@@ -106,7 +106,10 @@ def decode_under_jit(model, data):
     settings = dict(temperature=np.array([1.0, 0.7, 1.3, 1.0, 0.0, 2.0], "float32"), top_k=5,
                     top_p=np.full([6], 0.95, "float32"), seed=np.arange(6, dtype="int32") * 1000 - 2000)
     sampled = jax.jit(lambda s: sample(model, s, 32, num_samples=3, max_extra_length=4, **settings))(source)
-    return dict(greedy=greedy, beam_ids=np.asarray(beam["ids"]), beam_scores=np.asarray(beam["scores"]),
+    # A seed past 32 bits keeps its high word on JAX (whose integers are 32-bit) when given as a Python int.
+    big_seed = jax.jit(lambda s: sample(model, s, 32, num_samples=2, seed=2**40 + 7, max_extra_length=4))(source)
+    return dict(big_seed_ids=np.asarray(big_seed["ids"]),
+                greedy=greedy, beam_ids=np.asarray(beam["ids"]), beam_scores=np.asarray(beam["scores"]),
                 sample_ids=np.asarray(sampled["ids"]), sample_log_probs=np.asarray(sampled["log_probs"]))
 
 

@@ -105,6 +105,10 @@ def test_a_model_round_trips_between_tensorflow_and_jax(tmp_path):
     np.testing.assert_array_equal(sampled["ids"].numpy(), jax_side["sample_ids"])
     np.testing.assert_allclose(sampled["log_probs"].numpy(), jax_side["sample_log_probs"], atol=1e-4)
     assert len({tuple(row) for row in sampled["ids"].numpy().reshape(-1, 32)}) > len(source)  # samples differ
+    big_seed = sample(trained, source, 32, num_samples=2, seed=2**40 + 7, max_extra_length=4)["ids"].numpy()
+    np.testing.assert_array_equal(big_seed, jax_side["big_seed_ids"])
+    low_word = sample(trained, source, 32, num_samples=2, seed=7, max_extra_length=4)["ids"].numpy()
+    assert not np.array_equal(big_seed, low_word)  # the high word counts
 
     # Exported from the command line, raw text in: the SavedModel translates
     # as JAX's beam search (the export's settings: beam 4, alpha 0.6, 50 extra).

@@ -13,6 +13,7 @@ from keras_transformer.decoding import beam_search
 from keras_transformer.decoding import greedy_decode
 from keras_transformer.decoding import sample
 from keras_transformer.decoding.per_sentence import CONTROLS
+from keras_transformer.decoding.per_sentence import EMPTY_LOG_PROB
 from keras_transformer.decoding.per_sentence import Limits
 from keras_transformer.decoding.per_sentence import check_controls
 from keras_transformer.decoding.per_sentence import controls_for
@@ -94,7 +95,7 @@ def test_each_sentence_is_decoded_as_its_own_search_would_decode_it_alone(model,
         if c["beam_size"] >= 2 or c["temperature"] > 0:
             np.testing.assert_allclose(log_probs[b, :n], expected_log_probs[:n], atol=1e-4)
         # Slots past num_return are empty.
-        assert (ids[b, n:] == 0).all() and np.isneginf(log_probs[b, n:]).all()
+        assert (ids[b, n:] == 0).all() and (log_probs[b, n:] == EMPTY_LOG_PROB).all()
         assert np.isfinite(log_probs[b, :n]).all()
 
 
@@ -148,8 +149,10 @@ BAD = [
     (dict(num_return=3, beam_size=2), "`num_return` must be at most beam_size .* Received: num_return=3"),
     (dict(num_return=2, beam_size=1), "`num_return` must be at most beam_size .* Received: num_return=2"),
     (dict(temperature=0.5, beam_size=3), "`beam_size` must be 0 or 1 when the temperature is above 0 .*=3"),
-    (dict(temperature=-1.0), "`temperature` must be a finite number of at least 0.* Received: temperature=-1"),
-    (dict(temperature=float("inf"), beam_size=0), "`temperature` must be a finite .* Received: temperature=inf"),
+    (dict(temperature=-1.0), "`temperature` must be between 0 and 10000 .* Received: temperature=-1"),
+    (dict(temperature=float("inf"), beam_size=0), "`temperature` must be between 0 and 10000 .* temperature=inf"),
+    (dict(temperature=3e38, beam_size=0), "`temperature` must be between 0 and 10000 .* temperature=3e\\+38"),
+    (dict(temperature=float("nan"), beam_size=0), "`temperature` must be between 0 and 10000 .* temperature=nan"),
     (dict(alpha=float("nan")), "`alpha` must be a finite number .* Received: alpha=nan"),
     (dict(top_k=-2), "`top_k` must be at least 0 .* Received: top_k=-2"),
     (dict(top_p=0.0), "`top_p` must be above 0 and at most 1 .* Received: top_p=0"),

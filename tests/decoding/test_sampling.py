@@ -13,6 +13,7 @@ from keras_transformer.decoding import sample
 from keras_transformer.decoding.sampling import Sampling
 from keras_transformer.decoding.sampling import filter_mask
 from keras_transformer.decoding.sampling import sample_tokens
+from keras_transformer.decoding.sampling import source_key
 from keras_transformer.decoding.sampling import uniform_noise
 from keras_transformer.decoding.strategy import decode_fixed
 
@@ -127,6 +128,42 @@ def test_noise_depends_on_seed_sample_and_step_only():
     assert abs(many.mean() - 0.5) < 0.01 and abs(many.std() - np.sqrt(1 / 12)) < 0.01
 
 
+def test_the_noise_is_never_one_so_no_forbidden_token_can_win():
+    # Seed 27751, token 970 of 1,000: the hash's top 24 bits are all ones, whose centred value
+    # rounded to 1.0 in float32; its Gumbel noise was +inf, and 0 * inf or -inf + inf made NaN,
+    # which XLA's and JAX's arg-max return: a token outside top-k 1, a masked token, and a greedy
+    # (temperature 0) row that was not the arg-max. 23 bits are exact: the largest is 1 - 2**-24.
+    vocab, seed, token = 1000, np.int64(27751), 970
+    noise = keras.ops.convert_to_numpy(uniform_noise(seed, 0, 0, vocab))
+    assert noise.max() == np.float32(1 - 2**-24) and noise[token] == noise.max() and noise.min() >= 2**-24
+    logits = np.zeros([1, vocab], "float32")
+    logits[0, 5], logits[0, token] = 10.0, -20.0
+    forbid = np.ones([1, vocab], bool)
+    forbid[0, token] = False
+    for jit in (False, True):
+        draw = tf.function(lambda t, k, m: sample_tokens(logits, seed, 0, t, top_k=k, mask=m), jit_compile=jit)
+        assert int(draw(tf.ones([1]), tf.constant([1]), np.ones([1, vocab], bool))[0]) == 5  # top-k 1
+        assert int(draw(tf.ones([1]), tf.constant([0]), forbid)[0]) != token  # masked
+        assert int(draw(tf.zeros([1]), tf.constant([0]), np.ones([1, vocab], bool))[0]) == 5  # greedy
+
+
+def test_sentences_sharing_a_seed_draw_independent_noise():
+    # One seed for a whole batch (Translator's, the clients') gave every sentence the same noise:
+    # two sentences with similar distributions drew the same token half the time. `sample` hashes
+    # each sentence's source ids into its noise (padding and position in the batch do not count).
+    keys = keras.ops.convert_to_numpy(source_key(np.array([[2, 5, 6, 3, 0], [2, 6, 5, 3, 0], [2, 5, 6, 3, 0]])))
+    assert keys[0] == keys[2] and keys[0] != keys[1]  # the same ids, the same key; order counts
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(source_key(np.array([[2, 5, 6, 3]]))), keys[:1])
+    rng = np.random.default_rng(2)
+    p, q = rng.dirichlet(np.ones(10), size=2)
+    seeds = np.arange(20_000)
+    draw = lambda probs, key: keras.ops.convert_to_numpy(  # noqa: E731
+        sample_tokens(np.tile(np.log(probs), (len(seeds), 1)).astype("float32"), seeds, 0, salt=key))
+    same = np.mean(draw(p, keys[0]) == draw(q, keys[1]))
+    independent = float(p @ q)
+    assert abs(same - independent) < 5 * np.sqrt(independent / len(seeds)), (same, independent)
+
+
 @pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(5)
@@ -203,7 +240,7 @@ def test_every_loop_draws_the_same_samples(model, source, cache):
     settings = dict(num_samples=3, temperature=1.2, top_k=10, top_p=0.9, seed=5, max_extra_length=4)
     reference = sample(model, source, 12, **settings)
     if cache == "fixed_shapes":  # the loop JAX and PyTorch run, here on TensorFlow
-        strategy = Sampling(3, 1.2, 10, 0.9, 5)
+        strategy = Sampling(3, 1.2, 10, 0.9, 5, salt=source_key(source))
         out = decode_fixed(model, source, 12, strategy, max_extra_length=4)
     else:
         kwargs = {"uncached": dict(use_cache=False), "chunk_1": dict(cache_chunk=1),
@@ -233,7 +270,8 @@ def test_sampling_runs_compiled_by_xla_with_tensor_settings(model, source):
     np.testing.assert_array_equal(fn(source, *settings).numpy(), expected)
 
 
-@pytest.mark.parametrize("name,value", [("temperature", -0.1), ("temperature", float("nan")), ("top_k", -1),
+@pytest.mark.parametrize("name,value", [("temperature", -0.1), ("temperature", float("nan")), ("temperature", 1e5),
+                                        ("top_k", -1),
                                         ("top_k", 2.5), ("top_p", 0.0), ("top_p", 1.5), ("num_samples", 0)])
 def test_bad_python_settings_are_named(name, value):
     with pytest.raises(ValueError, match=f"`{name}` must be"):
