@@ -31,6 +31,7 @@ def _check(args) -> int:
 
 
 def _export(args) -> int:
+    from keras_transformer.export.saved_model import SIGNATURES
     from keras_transformer.export.saved_model import export_saved_model
     from keras_transformer.models import load_model
     from keras_transformer.text.tokens import read_vocab
@@ -42,6 +43,7 @@ def _export(args) -> int:
         alpha=args.alpha, max_extra_length=args.max_extra_length,
         text_processing=args.text_processing, source_lang=args.source_lang, target_lang=args.target_lang,
         lowercase=args.lowercase, max_beam_size=args.max_beam_size, max_num_return=args.max_num_return,
+        signatures=args.signatures.split(",") if args.signatures else SIGNATURES,
     )
     print(f"exported {path}")
     return 0
@@ -63,6 +65,9 @@ def main(argv=None) -> int:
     export.add_argument("--beam-size", type=int, default=4)
     export.add_argument("--alpha", type=float, default=0.6)
     export.add_argument("--max-extra-length", type=int, default=50)
+    export.add_argument("--signatures",
+                        help="the signatures to export, comma-separated (default: all five: serving_default, "
+                             "translate_ids, score, attention, translate)")
     export.add_argument("--max-beam-size", type=int, default=8,
                         help="the largest beam_size a request to the translate signature may ask for")
     export.add_argument("--max-num-return", type=int, default=4,

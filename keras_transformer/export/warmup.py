@@ -26,11 +26,12 @@ def translate_warmup_settings(beam_size=4, alpha=0.6, max_extra_length=50, max_b
 
 
 def warmup_requests(sentences: Sequence[str], model_name: str = "transformer",
-                    translate_settings: Optional[Sequence[dict]] = None):
-    """PredictionLog records: each signature that takes text, called with
-    `sentences` as one batch and with each sentence alone; `translate` on
-    the first of those batches, once for each of `translate_settings`
-    (default `translate_warmup_settings()`)."""
+                    translate_settings: Optional[Sequence[dict]] = None,
+                    signatures: Sequence[str] = ("serving_default", "attention", "translate")):
+    """PredictionLog records: each of `signatures` that takes text alone
+    (serving_default, attention), called with `sentences` as one batch and
+    with each sentence alone; `translate` on the first of those batches, once
+    for each of `translate_settings` (default `translate_warmup_settings()`)."""
     from keras_transformer.decoding.per_sentence import CONTROLS
 
     translate_settings = translate_warmup_settings() if translate_settings is None else translate_settings
@@ -47,8 +48,9 @@ def warmup_requests(sentences: Sequence[str], model_name: str = "transformer",
     for i, batch in enumerate(batches):
         text = tf.make_tensor_proto(batch, dtype=tf.string)
         for signature in ("serving_default", "attention"):
-            add(signature, {"text": text})
-        if i == 0:  # translate once a kind, on the first batch: each of its loops has run
+            if signature in signatures:
+                add(signature, {"text": text})
+        if i == 0 and "translate" in signatures:  # translate once a kind, on the first batch: each of its loops has run
             for settings in translate_settings:
                 controls = {name: tf.make_tensor_proto([settings[name]] * len(batch), dtype=dtype)
                             for name, (dtype, _) in CONTROLS.items()}
@@ -57,14 +59,17 @@ def warmup_requests(sentences: Sequence[str], model_name: str = "transformer",
 
 
 def write_warmup_requests(export_dir: str, sentences: Sequence[str],
-                          translate_settings: Optional[Sequence[dict]] = None):
-    """Writes `export_dir/assets.extra/tf_serving_warmup_requests`; returns its
-    path, or None (and writes nothing) for no sentences."""
-    if not list(sentences):
+                          translate_settings: Optional[Sequence[dict]] = None,
+                          signatures: Sequence[str] = ("serving_default", "attention", "translate")):
+    """Writes `export_dir/assets.extra/tf_serving_warmup_requests` for the
+    exported `signatures`; returns its path, or None (and writes nothing)
+    when there is nothing to warm up."""
+    logs = warmup_requests(sentences, translate_settings=translate_settings, signatures=signatures)
+    if not logs:
         return None
     path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for log in warmup_requests(sentences, translate_settings=translate_settings):
+        for log in logs:
             writer.write(log.SerializeToString())
     return path

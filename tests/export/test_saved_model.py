@@ -242,6 +242,23 @@ def test_only_core_ops_and_warmup_records(exported):
     assert {"serving_default", "attention", ("translate", "beam", 2), ("translate", "sampled", 1)} <= signatures
 
 
+def test_an_export_of_chosen_signatures_warms_up_only_those(exported, tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    model, tokenizer, _, _ = exported
+    path = export_saved_model(model, tokenizer.vocab, str(tmp_path), text_processing="none",
+                              signatures=("serving_default", "score"))
+    assert set(tf.saved_model.load(path).signatures) == {"serving_default", "score"}
+    records = tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)).as_numpy_iterator()
+    names = {prediction_log_pb2.PredictionLog.FromString(r).predict_log.request.model_spec.signature_name
+             for r in records}
+    assert names == {"serving_default"}  # score takes a target too: not warmed up, as before
+    for bad in ((), ("serving_default", "beam"), ("score", "score")):
+        with pytest.raises(ValueError, match="`signatures` must be some of"):
+            export_saved_model(model, tokenizer.vocab, str(tmp_path), signatures=bad)
+    assert sorted(os.listdir(tmp_path)) == ["1"]  # refused before anything was written
+
+
 def test_warmup_stays_within_the_limits_the_export_sets():
     from keras_transformer.export.warmup import translate_warmup_settings
 

@@ -39,17 +39,34 @@ def toy_model(tokenizer, seed):
     return model
 
 
-@pytest.fixture(scope="session")
-def serving_exports(tmp_path_factory):
-    """(base_dir with version 1, staging dir holding version 2, tokenizer)."""
+def toy_tokenizer():
     words = "a man rides bike . two dogs run in the park woman is reading book children play soccer , and runs"
-    tokenizer = WordPieceTokenizer.learn([words] * 10, vocab_size=200, min_count=1)
+    return WordPieceTokenizer.learn([words] * 10, vocab_size=200, min_count=1)
+
+
+def _exports(tmp_path_factory, **options):
+    """(base_dir with version 1, staging dir holding version 2, tokenizer)."""
+    tokenizer = toy_tokenizer()
     base = str(tmp_path_factory.mktemp("models"))
     staging = str(tmp_path_factory.mktemp("staging"))
-    options = dict(beam_size=2, max_extra_length=6, warmup_sentences=SENTENCES[:2])
+    options = dict(beam_size=2, max_extra_length=6, warmup_sentences=SENTENCES[:2], **options)
     export_saved_model(toy_model(tokenizer, 1), tokenizer.vocab, base, version=1, **options)
     export_saved_model(toy_model(tokenizer, 2), tokenizer.vocab, staging, version=2, **options)
     return base, staging, tokenizer
+
+
+@pytest.fixture(scope="session")
+def serving_exports(tmp_path_factory):
+    """The export as users get it, every signature: (base_dir with version 1, staging dir holding
+    version 2, tokenizer)."""
+    return _exports(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def lean_exports(tmp_path_factory):
+    """The same models with serving_default alone, for the tests of loading, versions, labels and
+    reloads, which load many versions: each loads and warms up in about half the time."""
+    return _exports(tmp_path_factory, signatures=("serving_default",))
 
 
 def read_to_close(sock) -> bytes:

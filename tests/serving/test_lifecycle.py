@@ -219,11 +219,11 @@ def test_row_answers_pair_each_instance_with_its_rows():
 
 
 
-def test_a_version_loaded_after_stop_is_closed_not_served(serving_exports):
+def test_a_version_loaded_after_stop_is_closed_not_served(lean_exports):
     # The poller may be loading a new version when stop() is called: what it
     # loads after the stop is closed, never served (it would hold its memory
     # and batch threads after the server has stopped).
-    base, _, _ = serving_exports
+    base, _, _ = lean_exports
     manager = ModelManager("toy", base, poll_seconds=0)
     manager.stop()
     assert manager.poll() == []  # a poll after the stop loads nothing
@@ -234,8 +234,8 @@ def test_a_version_loaded_after_stop_is_closed_not_served(serving_exports):
         manager.start()
 
 
-def test_a_stop_waits_for_the_poller(serving_exports, tmp_path):
-    base, staging, _ = serving_exports
+def test_a_stop_waits_for_the_poller(lean_exports, tmp_path):
+    base, staging, _ = lean_exports
     served = tmp_path / "models"
     shutil.copytree(os.path.join(base, "1"), served / "1")
     manager = ModelManager("toy", str(served), poll_seconds=0.05)

@@ -55,8 +55,8 @@ def _histogram(families, name, **labels):
 
 
 @pytest.fixture(scope="module")
-def monitored(serving_exports, tmp_path_factory):
-    base, _, _ = serving_exports
+def monitored(lean_exports, tmp_path_factory):
+    base, _, _ = lean_exports
     config = tmp_path_factory.mktemp("monitoring") / "monitoring.config"
     config.write_text("prometheus_config {\n  enable: true\n}\n")
     process = ServerProcess(base, f"--monitoring_config_file={config}")
@@ -138,8 +138,8 @@ def _http_status(port, path):
         return error.code
 
 
-def test_the_path_is_the_configs_and_without_a_config_there_are_no_metrics(serving_exports, tmp_path):
-    base, _, _ = serving_exports
+def test_the_path_is_the_configs_and_without_a_config_there_are_no_metrics(lean_exports, tmp_path):
+    base, _, _ = lean_exports
     config = tmp_path / "monitoring.config"
     config.write_text('prometheus_config { enable: true path: "/metrics" }\n')
     custom = ServerProcess(base, f"--monitoring_config_file={config}")
@@ -175,7 +175,7 @@ def test_a_bad_monitoring_config_stops_the_start_naming_the_flag_and_the_line(tm
     assert "--monitoring_config_file" in capsys.readouterr().err
 
 
-def test_batching_load_and_availability_metrics(serving_exports, tmp_path):
+def test_batching_load_and_availability_metrics(lean_exports, tmp_path):
     # TensorFlow Serving's batching metrics (batching/batching_util.h): each request's rows,
     # each batch's size after allowed_batch_sizes padding, the padding, the queue wait; and
     # TensorFlow's SavedModel load counters (tensorflow/cc/saved_model/loader.cc).
@@ -187,7 +187,7 @@ def test_batching_load_and_availability_metrics(serving_exports, tmp_path):
     from serving.server import ServerConfig
     from tests.serving.conftest import free_port
 
-    base, _, _ = serving_exports
+    base, _, _ = lean_exports
     models = tmp_path / "models"
     shutil.copytree(os.path.join(base, "1"), models / "1")
     (models / "2").mkdir()

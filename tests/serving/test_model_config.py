@@ -40,6 +40,7 @@ from serving.servables import VersionPolicy
 from tests.serving.conftest import SENTENCES
 from tests.serving.conftest import ServerProcess
 from tests.serving.conftest import toy_model
+from tests.serving.conftest import toy_tokenizer
 
 SENTENCE = SENTENCES[0]
 
@@ -65,13 +66,14 @@ def _write(path, text):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(serving_exports, tmp_path_factory):
+def model_dirs(tmp_path_factory):
     """{"a": base with versions 1 and 2, "b": base whose version 1 is the seed-2 model,
     "c": base with version 1}, and {(model, version): translation of SENTENCE}."""
-    # Exports of their own: other tests move the shared staging version away.
-    _, _, tokenizer = serving_exports
+    # Exports of their own: other tests move the shared staging version away. serving_default alone:
+    # these tests load many versions, and the signatures are not what they test.
+    tokenizer = toy_tokenizer()
     root = tmp_path_factory.mktemp("models")
-    options = dict(beam_size=2, max_extra_length=6, warmup_sentences=SENTENCES[:2])
+    options = dict(beam_size=2, max_extra_length=6, warmup_sentences=SENTENCES[:2], signatures=("serving_default",))
     sources = {}
     for seed in (1, 2):
         export_saved_model(toy_model(tokenizer, seed), tokenizer.vocab, str(root / f"seed{seed}"), version=1, **options)

@@ -25,8 +25,8 @@ def _lines(path):
 
 
 @pytest.mark.parametrize("include_text", [False, True])
-def test_each_request_is_one_line_and_its_text_is_written_only_when_asked(serving_exports, tmp_path, include_text):
-    base, _, _ = serving_exports
+def test_each_request_is_one_line_and_its_text_is_written_only_when_asked(lean_exports, tmp_path, include_text):
+    base, _, _ = lean_exports
     path = str(tmp_path / "requests.jsonl")
     server = ModelServer(ServerConfig(models=(ModelConfig("toy", base, labels=(("stable", 1),)),), port=0,
                                       rest_api_port=free_port(), request_log_file=path,
@@ -68,8 +68,8 @@ def test_each_request_is_one_line_and_its_text_is_written_only_when_asked(servin
         assert SECRET not in text and "Two dogs" not in text and "inputs" not in ok
 
 
-def test_a_log_file_that_cannot_be_opened_stops_the_start_naming_the_flag(serving_exports, tmp_path, capsys):
-    base, _, _ = serving_exports
+def test_a_log_file_that_cannot_be_opened_stops_the_start_naming_the_flag(lean_exports, tmp_path, capsys):
+    base, _, _ = lean_exports
     with pytest.raises(SystemExit):
         server_main([f"--model_base_path={base}", "--port=0", "--rest_api_port=0",
                      f"--request_log_file={os.path.join(tmp_path, 'missing', 'log.jsonl')}"])

@@ -70,8 +70,8 @@ def test_client_verify_without_a_custom_ca_is_refused_clearly():
         parse_ssl_config('server_key: "K"\nserver_cert: "C"\nclient_verify: true')
 
 
-def test_translate_over_tls(serving_exports, tmp_path):
-    base, _, _ = serving_exports
+def test_translate_over_tls(lean_exports, tmp_path):
+    base, _, _ = lean_exports
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
