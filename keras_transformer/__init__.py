@@ -8,9 +8,13 @@ from keras_transformer.layers import EncoderLayer
 from keras_transformer.layers import FeedForward
 from keras_transformer.layers import MultiHeadAttention
 from keras_transformer.layers import PositionalEncoding
+from keras_transformer.layers import RMSNormalization
+from keras_transformer.layers import RotaryEmbedding
 from keras_transformer.layers import TokenEmbedding
 from keras_transformer.layers import positional_encoding
 from keras_transformer.models import PRESETS
+from keras_transformer.models import CausalLM
+from keras_transformer.models import EncoderBackbone
 from keras_transformer.models import Transformer
 
 # A model saved after compile_for_translation names our loss, metric and

@@ -80,3 +80,74 @@ def decoder_layer(x, memory, weights, num_heads, memory_mask=None, norm_first=Fa
         else:
             x = layer_norm(x + sublayer(x), gamma, beta, eps)
     return x
+
+
+# -- the variants since the paper ----------------------------------------------------------------
+
+
+def rotary(x, positions, max_wavelength=10000.0, scaling_factor=1.0):
+    """RoPE (Su et al. 2021) on x [B, T, N, H] at positions [T] or [B, T]: each
+    pair (x_i, x_{i + H/2}) rotated by the angle pos / scaling_factor *
+    max_wavelength^(-2i / H), as a 2x2 rotation matrix, pair by pair."""
+    x = np.asarray(x, np.float64)
+    b, t, n, h = x.shape
+    positions = np.broadcast_to(np.asarray(positions, np.float64), (b, t)) / scaling_factor
+    out = np.empty_like(x)
+    for i in range(h // 2):
+        theta = positions * max_wavelength ** (-2.0 * i / h)  # [B, T]
+        cos, sin = np.cos(theta)[:, :, None], np.sin(theta)[:, :, None]
+        a, c = x[..., i], x[..., i + h // 2]
+        out[..., i] = cos * a - sin * c
+        out[..., i + h // 2] = sin * a + cos * c
+    return out
+
+
+def grouped_query_attention(query, value, weights, num_heads, mask=None, positions=None, max_wavelength=10000.0):
+    """Attention with K key/value heads shared by groups of num_heads / K query
+    heads (query head n reads key/value head n // (num_heads / K)), with
+    optional rotary embeddings at `positions` (queries and keys alike, so for
+    self-attention). weights: [Wq, Wk, Wv, Wo] (no biases) in Keras's layout.
+    mask: [B, T, S] bool. Returns (output [B, T, D], scores [B, N, T, S])."""
+    wq, wk, wv, wo = [np.asarray(w, np.float64) for w in weights]
+    kv, h = wk.shape[1], wk.shape[2]
+    q = np.einsum("btd,dnh->btnh", query, wq)
+    k = np.einsum("bsd,dnh->bsnh", value, wk)
+    v = np.einsum("bsd,dnh->bsnh", value, wv)
+    if positions is not None:
+        q, k = rotary(q, positions, max_wavelength), rotary(k, positions, max_wavelength)
+    groups = num_heads // kv
+    k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
+    logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(h)
+    if mask is not None:
+        logits = np.where(mask[:, None], logits, -1e9)
+    scores = softmax(logits)
+    x = np.einsum("bnts,bsnh->btnh", scores, v)
+    return np.einsum("btnh,nhd->btd", x, wo), scores
+
+
+def rms_norm(x, scale, eps):
+    """x / sqrt(mean(x^2) + eps) * scale (Zhang and Sennrich 2019)."""
+    return x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + eps) * scale
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu(x):
+    from math import erf
+
+    return 0.5 * x * (1.0 + np.vectorize(erf)(x / np.sqrt(2.0)))
+
+
+def gated_feed_forward(x, w_gate, w_linear, w_out, activation):
+    """(activation(x W) * x V) W2 (Shazeer 2020), no biases."""
+    return (activation(x @ w_gate) * (x @ w_linear)) @ w_out
+
+
+def window_mask(t, s, window, causal=True):
+    """[T, S] bool: key s visible to query t when t - s < window (and s <= t
+    when causal, else also s - t < window)."""
+    rows, cols = np.arange(t)[:, None], np.arange(s)[None, :]
+    mask = rows - cols < window
+    return mask & (cols <= rows) if causal else mask & (cols - rows < window)

@@ -14,6 +14,9 @@ from keras_transformer.layers import masks
 from keras_transformer.layers.initializers import clone_initializer
 from keras_transformer.layers import validation
 from keras_transformer.layers.dropout import Dropout
+from keras_transformer.layers.rotary import RotaryEmbedding
+
+POSITION_EMBEDDINGS = (None, "rotary")
 
 
 def earlier_shape(variable):
@@ -210,6 +213,27 @@ class MultiHeadAttention(keras.layers.Layer):
             wherever it can be used (any backend and device; on a TPU,
             Keras's splash-attention path outside `jax.jit` reads one
             sentence's mask for the whole batch); False: never.
+        num_key_value_heads: int dividing `num_heads`: grouped-query
+            attention (Ainslie et al. 2023), K key and value heads, each
+            shared by `num_heads / K` query heads (query head n reads
+            key/value head n // (num_heads / K)); 1 is multi-query
+            attention. The key and value kernels are [D, K, H] and the
+            cache [B, 2, K, L, H]. Default `num_heads` (multi-head).
+        position_embedding: None (default; positions come from the
+            inputs) or "rotary": queries and keys are rotated by their
+            positions (`RotaryEmbedding`) after their projections, so the
+            scores depend on positions only through their distance.
+        rotary_max_wavelength: float, `RotaryEmbedding`'s longest wavelength.
+            Default 10000.
+        rotary_scaling_factor: float >= 1, positions are divided by it.
+            Default 1.
+        sliding_window: int W or None (default): each query attends only to
+            the keys at most W - 1 positions before it (with the causal
+            mask: the last W keys, itself included; without it also at
+            most W - 1 positions after it). With a window the
+            self-attention cache from `init_cache` is a rolling one of
+            min(W, max_length) slots: position p is written to slot p mod
+            the cache length.
 
     Call arguments:
         query: [B, T, Dq] tensor.
@@ -233,6 +257,15 @@ class MultiHeadAttention(keras.layers.Layer):
             is a precomputed cross-attention cache (from `compute_cache`) and
             `value`/`key` are used only for their masks.
         cache_index: int or scalar int tensor, position of the first query.
+            With a sliding window the keys attended to are the cache's slots
+            followed by this step's tokens, and `attention_mask` is over
+            those L + T keys.
+        positions: optional int [T] or [B, T] tensor, the positions the
+            rotary embedding gives the queries and the keys of this call:
+            per-row positions for rows that start at different places.
+            Default `cache_index + range(T)` (`range(T)` without a cache).
+            Masks do not read it. (With a rotary embedding the layer is a
+            self-attention: `value` has the queries' positions.)
 
     Returns:
         The attention output [B, T, D_out]; then the scores [B, N, T, S] if
@@ -256,11 +289,29 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         fused_attention=None,
+        num_key_value_heads=None,
+        position_embedding=None,
+        rotary_max_wavelength=10000,
+        rotary_scaling_factor=1.0,
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.supports_masking = True
         self.num_heads = validation.check_positive_int("num_heads", num_heads)
+        self.num_key_value_heads = validation.check_positive_int(
+            "num_key_value_heads", num_heads if num_key_value_heads is None else num_key_value_heads
+        )
+        if self.num_heads % self.num_key_value_heads:
+            raise ValueError(
+                "`num_key_value_heads` must divide `num_heads`. "
+                f"Received: num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
+            )
+        validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
+        self.position_embedding = position_embedding
+        self.sliding_window = (
+            None if sliding_window is None else validation.check_positive_int("sliding_window", sliding_window)
+        )
         self.key_dim = validation.check_positive_int("key_dim", key_dim)
         self.value_dim = validation.check_positive_int(
             "value_dim", key_dim if value_dim is None else value_dim
@@ -276,6 +327,16 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError(f"`fused_attention` must be None, True or False. Received: {fused_attention!r}")
         self.fused_attention = fused_attention
         self._dropout_layer = Dropout(self.dropout, dtype=self.dtype_policy)
+        self._rotary = self._rotary_bthd = None
+        if position_embedding == "rotary":
+            if self.key_dim % 2:
+                raise ValueError(
+                    f"position_embedding='rotary' rotates pairs of features: `key_dim` must be even. "
+                    f"Received: key_dim={key_dim}"
+                )
+            rotary = dict(max_wavelength=rotary_max_wavelength, scaling_factor=rotary_scaling_factor)
+            self._rotary = RotaryEmbedding(**rotary, sequence_axis=2, dtype=self.dtype_policy)  # [B, N, T, H]
+            self._rotary_bthd = RotaryEmbedding(**rotary, sequence_axis=1, dtype=self.dtype_policy)  # [B, T, N, H]
 
     def build(self, query_shape, value_shape, key_shape=None):
         validation.check_rank("query", query_shape, 3)
@@ -287,6 +348,7 @@ class MultiHeadAttention(keras.layers.Layer):
         key_features = value_features if key_shape is None else key_shape[-1]
         output_dim = self._output_dim or query_features
         n, hk, hv = self.num_heads, self.key_dim, self.value_dim
+        kv = self.num_key_value_heads
 
         def projection(name, kernel_shape, bias_shape):
             # Each weight its own initializer: one instance would give the
@@ -306,8 +368,8 @@ class MultiHeadAttention(keras.layers.Layer):
             return kernel, bias
 
         self.query_kernel, self.query_bias = projection("query", (query_features, n, hk), (n, hk))
-        self.key_kernel, self.key_bias = projection("key", (key_features, n, hk), (n, hk))
-        self.value_kernel, self.value_bias = projection("value", (value_features, n, hv), (n, hv))
+        self.key_kernel, self.key_bias = projection("key", (key_features, kv, hk), (kv, hk))
+        self.value_kernel, self.value_bias = projection("value", (value_features, kv, hv), (kv, hv))
         self.output_kernel, self.output_bias = projection("output", (n, hv, output_dim), (output_dim,))
         self._dropout_layer.build(None)
         self.built = True
@@ -315,27 +377,40 @@ class MultiHeadAttention(keras.layers.Layer):
     # -- projections ---------------------------------------------------------
 
     def _heads(self, x, kernels, biases, heads_first=True):
-        """x [B, T, D] times kernels [D, N, H_i] -> list of per-head [B, N, T, H_i]
-        ([B, T, N, H_i] without `heads_first`), one matmul for all of them. (As
+        """x [B, T, D] times kernels [D, N_i, H_i] -> list of per-head [B, N_i, T, H_i]
+        ([B, T, N_i, H_i] without `heads_first`), one matmul for all of them. (As
         a 2-D matmul and a reshape: on TensorFlow's CPU kernels that is about
         30 % faster than the einsum.)"""
         dtype = self.compute_dtype
         kernels = [ops.cast(k, dtype) for k in kernels]
+        heads = [k.shape[1] for k in kernels]
         widths = [k.shape[-1] for k in kernels]
-        kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)  # [D, N, sum H]
-        total = sum(widths)
+        if len(set(heads)) == 1:
+            # One head count: the heads' columns side by side, [D, N, sum H].
+            kernel = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
+            bias = None
+            if self.use_bias:
+                bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)  # [N, sum H]
+            per_head, sizes = [(heads[0], sum(widths))], [sum(widths)]
+        else:
+            # Grouped-query: [D, N_i * H_i] matrices side by side.
+            kernel = ops.concatenate([ops.reshape(k, (k.shape[0], -1)) for k in kernels], axis=-1)
+            bias = None
+            if self.use_bias:
+                bias = ops.concatenate([ops.reshape(b, (-1,)) for b in biases], axis=-1)
+            per_head, sizes = list(zip(heads, widths)), [n * h for n, h in zip(heads, widths)]
         y = ops.tensordot(ops.cast(x, dtype), ops.reshape(kernel, (kernel.shape[0], -1)), axes=[[-1], [0]])
-        if self.use_bias:
-            bias = biases[0] if len(biases) == 1 else ops.concatenate(biases, axis=-1)  # [N, sum H]
+        if bias is not None:
             y = y + ops.cast(ops.reshape(bias, (-1,)), dtype)
         shape = ops.shape(y)
-        y = ops.reshape(y, (shape[0], shape[1], self.num_heads, total))
+        parts = [y] if len(sizes) == 1 else ops.split(y, [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)], -1)
+        parts = [ops.reshape(part, (shape[0], shape[1], n, h)) for part, (n, h) in zip(parts, per_head)]
         if heads_first:
-            y = ops.transpose(y, (0, 2, 1, 3))
-        if len(kernels) == 1:
-            return [y]
+            parts = [ops.transpose(part, (0, 2, 1, 3)) for part in parts]
+        if len(kernels) == len(parts):
+            return parts
         ends = [sum(widths[: i + 1]) for i in range(len(widths) - 1)]
-        return ops.split(y, ends, axis=-1)
+        return ops.split(parts[0], ends, axis=-1)
 
     def _project(self, query, value, key, heads_first=True):
         """Project inputs to per-head q [B, N, T, H], k and v [B, N, S, H]
@@ -378,21 +453,34 @@ class MultiHeadAttention(keras.layers.Layer):
             )
 
     def init_cache(self, batch_size, max_length):
-        """Empty self-attention cache [B, 2, N, L, H] in the compute dtype."""
+        """Empty self-attention cache [B, 2, K, L, H] in the compute dtype (K
+        key/value heads; L is `max_length`, or the sliding window if that is
+        shorter: a rolling cache)."""
         self._check_cacheable()
-        return ops.zeros((batch_size, 2, self.num_heads, max_length, self.key_dim), dtype=self.compute_dtype)
+        length = validation.check_positive_int("max_length", max_length)
+        if self.sliding_window is not None:
+            length = min(length, self.sliding_window)
+        return ops.zeros(
+            (batch_size, 2, self.num_key_value_heads, length, self.key_dim), dtype=self.compute_dtype
+        )
 
     def compute_cache(self, value, key=None):
-        """Cross-attention cache [B, 2, N, S, H]: keys and values of `value`,
+        """Cross-attention cache [B, 2, K, S, H]: keys and values of `value`,
         computed once and reused at every decoding step."""
         self._check_cacheable()
+        if self._rotary is not None:
+            raise ValueError(
+                "A cross-attention cache cannot be used with position_embedding='rotary': a step "
+                "attending to it does not know its queries' positions. Rotate self-attention only."
+            )
         if not self.built:
             self.build(value.shape, value.shape, None if key is None else key.shape)
         return ops.stack(self._project_key_value(value, value if key is None else key), axis=1)
 
     @staticmethod
-    def _update_cache(cache, update, index):
-        """Write update [B, 2, N, T, H] into cache [B, 2, N, L, H] at index.
+    def _update_cache(cache, update, index, rolling=False):
+        """Write update [B, 2, K, T, H] into cache [B, 2, K, L, H] at index
+        (at slots (index + t) mod L when `rolling`).
 
         A scatter rather than a strided-slice update: XLA compiles it with a
         loop-variable `index` inside `tf.while_loop`, and JAX under jit.
@@ -403,7 +491,10 @@ class MultiHeadAttention(keras.layers.Layer):
             ops.arange(shape[0], dtype="int32"), ops.arange(2, dtype="int32"),
             ops.arange(shape[2], dtype="int32"), ops.arange(shape[3], dtype="int32"), indexing="ij",
         )
-        positions = ops.stack([b, kv, n, t + index], axis=-1)  # [B, 2, N, T, 4]: rows of H values
+        slots = t + index
+        if rolling:
+            slots = ops.mod(slots, cache.shape[3])
+        positions = ops.stack([b, kv, n, slots], axis=-1)  # [B, 2, K, T, 4]: rows of H values
         return ops.scatter_update(cache, ops.reshape(positions, (-1, 4)),
                                   ops.reshape(ops.cast(update, cache.dtype), (-1, shape[4])))
 
@@ -423,7 +514,14 @@ class MultiHeadAttention(keras.layers.Layer):
         use_causal_mask=False,
         cache=None,
         cache_index=None,
+        positions=None,
     ):
+        if self._rotary is not None and cache is None and None not in (query.shape[1], value.shape[1]):
+            if query.shape[1] != value.shape[1]:
+                raise ValueError(
+                    "position_embedding='rotary' is for self-attention: `value` takes the queries' "
+                    f"positions. Received: query.shape={tuple(query.shape)}, value.shape={tuple(value.shape)}"
+                )
         if key is None:
             key, key_mask = value, value_mask
         attention_mask = _per_head(attention_mask, self.num_heads)
@@ -437,18 +535,27 @@ class MultiHeadAttention(keras.layers.Layer):
             # and attend causally over the cache (unwritten slots lie after
             # every query, so the causal mask hides them too).
             q, k, v = self._project(query, value, key)
-            cache = self._update_cache(cache, ops.stack([k, v], axis=1), cache_index)
-            k, v = cache[:, 0], cache[:, 1]
-            causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2], offset=cache_index)
+            q, k = self._rotate(q, k, positions, cache_index, self._rotary)
+            if self.sliding_window is None:
+                cache = self._update_cache(cache, ops.stack([k, v], axis=1), cache_index)
+                k, v = cache[:, 0], cache[:, 1]
+                causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2], offset=cache_index)
+            else:
+                k, v, causal, cache = self._roll(cache, k, v, cache_index)
             key_padding = None
         elif cache is not None:
             # Cross-attention with precomputed keys/values.
+            if self._rotary is not None:
+                self.compute_cache(None)  # (refuses, naming why)
             (q,) = self._heads(query, [self.query_kernel], [self.query_bias])
             k, v = cache[:, 0], cache[:, 1]
         elif self._fused(return_attention_scores, training):
             q, k, v = self._project(query, value, key, heads_first=False)
-            if use_causal_mask:
-                causal = masks.causal_mask(ops.shape(q)[1], ops.shape(k)[1])
+            q, k = self._rotate(q, k, positions, 0, self._rotary_bthd)
+            causal = self._position_mask(ops.shape(q)[1], ops.shape(k)[1], use_causal_mask)
+            groups = self.num_heads // self.num_key_value_heads
+            if groups > 1:  # (one head size, one head count: the fused kernels' contract)
+                k, v = ops.repeat(k, groups, axis=2), ops.repeat(v, groups, axis=2)
             mask = _merge(key_padding, attention_mask, causal)
             if mask is not None:
                 # The whole [B, 1, T, S]: cuDNN's flash attention takes no mask broadcast along T.
@@ -458,8 +565,8 @@ class MultiHeadAttention(keras.layers.Layer):
             return self._output(x)
         else:
             q, k, v = self._project(query, value, key)
-            if use_causal_mask:
-                causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2])
+            q, k = self._rotate(q, k, positions, 0, self._rotary)
+            causal = self._position_mask(ops.shape(q)[2], ops.shape(k)[2], use_causal_mask)
 
         mask = _merge(key_padding, attention_mask, causal)
         output, scores = self._attend(q, k, v, mask, training)
@@ -471,10 +578,73 @@ class MultiHeadAttention(keras.layers.Layer):
             outputs += (cache,)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def _rotate(self, q, k, positions, start, rotary):
+        """Queries and keys rotated by their positions (unchanged without a
+        rotary embedding)."""
+        if rotary is None:
+            return q, k
+        return rotary(q, positions=positions, start_index=start), rotary(k, positions=positions, start_index=start)
+
+    def _position_mask(self, query_length, key_length, causal):
+        """The causal and sliding-window masks of a pass without a cache, [T, S] bool, or None."""
+        if not causal and self.sliding_window is None:
+            return None
+        rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), 1)
+        cols = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+        mask = ops.less_equal(cols, rows) if causal else None
+        if self.sliding_window is not None:
+            window = ops.less(rows - cols, self.sliding_window)
+            if not causal:
+                window = ops.logical_and(window, ops.less(cols - rows, self.sliding_window))
+            mask = window if mask is None else ops.logical_and(mask, window)
+        return mask
+
+    def _roll(self, cache, k, v, index):
+        """A step over a rolling (sliding-window) cache [B, 2, K, L, H].
+
+        Slot j holds the latest position before `index` that is j mod L.
+        The step's queries attend to the cached slots and then to its own
+        T keys, those within the window and not after them (the [T, L + T]
+        mask), so a step longer than the cache loses nothing; the last
+        min(T, L) of its keys and values are then written.
+
+        Returns:
+            (keys [B, K, L + T, H], values, mask [T, L + T], the new cache).
+        """
+        length = cache.shape[3]
+        index = ops.cast(index, "int32")
+        steps = ops.shape(k)[2]
+        last = index - 1
+        slot_positions = last - ops.mod(last - ops.arange(length, dtype="int32"), length)  # < 0: never written
+        query_positions = index + ops.arange(steps, dtype="int32")
+        key_positions = ops.concatenate([slot_positions, query_positions], axis=0)
+        written = ops.concatenate([slot_positions >= 0, ops.ones((steps,), dtype="bool")], axis=0)
+        rows, cols = ops.expand_dims(query_positions, 1), ops.expand_dims(key_positions, 0)
+        mask = ops.logical_and(
+            ops.expand_dims(written, 0),
+            ops.logical_and(ops.less_equal(cols, rows), ops.less(rows - cols, self.sliding_window)),
+        )
+        keys = ops.concatenate([cache[:, 0], ops.cast(k, cache.dtype)], axis=2)
+        values = ops.concatenate([cache[:, 1], ops.cast(v, cache.dtype)], axis=2)
+        update = ops.stack([k, v], axis=1)
+        kept = ops.minimum(steps, length)
+        update = update[:, :, :, -length:]  # (all of it when T <= L)
+        cache = self._update_cache(cache, update, index + steps - kept, rolling=True)
+        return keys, values, mask, cache
+
     def _attend(self, q, k, v, mask, training):
-        """Scaled dot-product attention over per-head tensors."""
+        """Scaled dot-product attention over per-head tensors; k and v may
+        have fewer (key/value) heads, each shared by a group of query heads."""
         q = q * ops.cast(self.key_dim**-0.5, q.dtype)
-        logits = ops.matmul(q, ops.swapaxes(k, -1, -2))  # [B, N, T, S]
+        groups = self.num_heads // self.num_key_value_heads
+        if groups > 1:
+            # [B, K, G, T, H] queries against [B, K, 1, H, S] keys: no copy of the key heads.
+            b, t, h = ops.shape(q)[0], ops.shape(q)[2], ops.shape(q)[3]
+            grouped = ops.reshape(q, (b, self.num_key_value_heads, groups, t, h))
+            logits = ops.matmul(grouped, ops.expand_dims(ops.swapaxes(k, -1, -2), 2))
+            logits = ops.reshape(logits, (b, self.num_heads, t, ops.shape(k)[2]))
+        else:
+            logits = ops.matmul(q, ops.swapaxes(k, -1, -2))  # [B, N, T, S]
         # Softmax in float32: float16 logits overflow with the mask bias.
         logits = ops.cast(logits, "float32")
         if mask is not None:
@@ -484,7 +654,12 @@ class MultiHeadAttention(keras.layers.Layer):
         else:
             scores = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         probs = self._dropout_layer(scores, training=training)
-        x = ops.matmul(probs, v)  # [B, N, T, H]
+        if groups > 1:
+            s = ops.shape(probs)[3]
+            x = ops.matmul(ops.reshape(probs, (b, self.num_key_value_heads, groups, t, s)), ops.expand_dims(v, 2))
+            x = ops.reshape(x, (b, self.num_heads, t, ops.shape(v)[3]))
+        else:
+            x = ops.matmul(probs, v)  # [B, N, T, H]
         return self._output(ops.transpose(x, (0, 2, 1, 3))), scores
 
     def _fused(self, return_attention_scores, training):
@@ -525,6 +700,17 @@ class MultiHeadAttention(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             }
         )
-        if self.fused_attention is not None:  # (a config without it loads in the versions before it)
+        # Each option only when set: a config without them loads in the versions before them.
+        if self.fused_attention is not None:
             config["fused_attention"] = self.fused_attention
+        if self.num_key_value_heads != self.num_heads:
+            config["num_key_value_heads"] = self.num_key_value_heads
+        if self._rotary is not None:
+            config.update(
+                position_embedding=self.position_embedding,
+                rotary_max_wavelength=self._rotary.max_wavelength,
+                rotary_scaling_factor=self._rotary.scaling_factor,
+            )
+        if self.sliding_window is not None:
+            config["sliding_window"] = self.sliding_window
         return config

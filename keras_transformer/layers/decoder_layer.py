@@ -23,6 +23,12 @@ class DecoderLayer(TransformerBlock):
             probabilities. Defaults to `dropout`.
         layer_norm_epsilon: float. Default 1e-6.
         kernel_initializer: initializer for all kernels.
+        norm, feed_forward, use_bias, num_key_value_heads,
+        position_embedding, rotary_max_wavelength, rotary_scaling_factor,
+        sliding_window: the variants since the paper, as for
+            `keras_transformer.layers.block.BlockArguments` (docs/layers.md):
+            RMSNorm, gated feed-forward (SwiGLU, GeGLU), no biases,
+            grouped-query attention, rotary embeddings, a sliding window.
 
     Call arguments:
         inputs: [B, T, D] decoder input; its Keras mask marks padding.
@@ -38,6 +44,8 @@ class DecoderLayer(TransformerBlock):
             at positions `[cache_index, cache_index + T)`.
         cache_index: position of the first input in the cache.
         training: bool, whether dropout is active.
+        positions: optional int [T] or [B, T] positions for the rotary
+            embedding of the self-attention (see `MultiHeadAttention`).
 
     Returns:
         [B, T, D] outputs; then the cross-attention scores if
@@ -53,7 +61,7 @@ class DecoderLayer(TransformerBlock):
         self.self_attention.build(inputs_shape, inputs_shape)
         self.self_attention_norm = self._norm("self_attention_norm", inputs_shape)
         self.self_attention_dropout = self._dropout()
-        self.cross_attention = self._attention("cross_attention", d_model)
+        self.cross_attention = self._attention("cross_attention", d_model, self_attention=False)
         self.cross_attention.build(inputs_shape, encoder_output_shape)
         self.cross_attention_norm = self._norm("cross_attention_norm", inputs_shape)
         self.cross_attention_dropout = self._dropout()
@@ -82,6 +90,7 @@ class DecoderLayer(TransformerBlock):
         cache=None,
         cache_index=None,
         training=None,
+        positions=None,
     ):
         self_cache = cross_cache = None
         if cache is not None:
@@ -90,7 +99,7 @@ class DecoderLayer(TransformerBlock):
         # Causal self-attention block.
         x, new_self_cache = self._self_attention_sublayer(
             inputs, mask=inputs_mask, attention_mask=attention_mask, use_causal_mask=True, cache=self_cache,
-            cache_index=cache_index, training=training,
+            cache_index=cache_index, training=training, positions=positions,
         )
 
         # Cross-attention block.

@@ -29,6 +29,12 @@ class EncoderLayer(TransformerBlock):
             probabilities. Defaults to `dropout`.
         layer_norm_epsilon: float. Default 1e-6.
         kernel_initializer: initializer for all kernels.
+        norm, feed_forward, use_bias, num_key_value_heads,
+        position_embedding, rotary_max_wavelength, rotary_scaling_factor,
+        sliding_window: the variants since the paper, as for
+            `keras_transformer.layers.block.BlockArguments` (docs/layers.md):
+            RMSNorm, gated feed-forward (SwiGLU, GeGLU), no biases,
+            grouped-query attention, rotary embeddings, a sliding window.
 
     Call arguments:
         inputs: [B, T, D] tensor; its Keras mask marks padding.
@@ -37,6 +43,8 @@ class EncoderLayer(TransformerBlock):
             positions before it. Default False.
         cache: optional self-attention cache [B, 2, N, L, H] from `init_cache`.
         cache_index: position of the first input in the cache.
+        positions: optional int [T] or [B, T] positions for the rotary
+            embedding (see `MultiHeadAttention`).
         training: bool, whether dropout is active.
 
     Returns:
@@ -69,11 +77,12 @@ class EncoderLayer(TransformerBlock):
         cache=None,
         cache_index=None,
         training=None,
+        positions=None,
     ):
         # Self-attention block.
         x, new_cache = self._self_attention_sublayer(
             inputs, mask=mask, attention_mask=attention_mask, use_causal_mask=use_causal_mask, cache=cache,
-            cache_index=cache_index, training=training,
+            cache_index=cache_index, training=training, positions=positions,
         )
 
         # Feed-forward block.

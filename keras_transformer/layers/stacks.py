@@ -45,7 +45,9 @@ class Encoder(_Stack):
     Args:
         num_layers: int, number of layers.
         num_heads, d_ff, dropout, norm_first, activation, attention_dropout,
-        layer_norm_epsilon, kernel_initializer: as for `EncoderLayer`.
+        layer_norm_epsilon, kernel_initializer, norm, feed_forward, use_bias,
+        num_key_value_heads, position_embedding, rotary_max_wavelength,
+        rotary_scaling_factor, sliding_window: as for `EncoderLayer`.
 
     Call arguments:
         inputs: [B, S, D] embedded sequence; its Keras mask marks padding.
@@ -55,6 +57,8 @@ class Encoder(_Stack):
         cache: optional list of per-layer caches from `init_cache`.
         cache_index: position of the first input in the cache.
         training: bool, whether dropout is active.
+        positions: optional int [T] or [B, T] positions for rotary
+            embeddings (see `MultiHeadAttention`).
 
     Returns:
         [B, S, D] tensor; `(outputs, cache)` when `cache` is given.
@@ -71,7 +75,7 @@ class Encoder(_Stack):
 
     def call(
         self, inputs, mask=None, attention_mask=None, use_causal_mask=False,
-        cache=None, cache_index=None, training=None,
+        cache=None, cache_index=None, training=None, positions=None,
     ):
         x = inputs
         new_cache = []
@@ -79,6 +83,7 @@ class Encoder(_Stack):
             x = layer(
                 x, mask=mask, attention_mask=attention_mask, use_causal_mask=use_causal_mask,
                 cache=None if cache is None else cache[i], cache_index=cache_index, training=training,
+                positions=positions,
             )
             if cache is not None:
                 x, layer_cache = x
@@ -95,7 +100,9 @@ class Decoder(_Stack):
     Args:
         num_layers: int, number of layers.
         num_heads, d_ff, dropout, norm_first, activation, attention_dropout,
-        layer_norm_epsilon, kernel_initializer: as for `DecoderLayer`.
+        layer_norm_epsilon, kernel_initializer, norm, feed_forward, use_bias,
+        num_key_value_heads, position_embedding, rotary_max_wavelength,
+        rotary_scaling_factor, sliding_window: as for `DecoderLayer`.
 
     Call arguments:
         inputs: [B, T, D] embedded target sequence.
@@ -109,6 +116,8 @@ class Decoder(_Stack):
         cache: optional list of per-layer caches from `init_cache`.
         cache_index: position of the first input in the cache.
         training: bool, whether dropout is active.
+        positions: optional int [T] or [B, T] positions for rotary
+            embeddings (see `MultiHeadAttention`).
 
     Returns:
         [B, T, D] outputs; then the list of scores if
@@ -136,6 +145,7 @@ class Decoder(_Stack):
         cache=None,
         cache_index=None,
         training=None,
+        positions=None,
     ):
         x = inputs
         all_scores, new_cache = [], []
@@ -144,6 +154,7 @@ class Decoder(_Stack):
                 x, encoder_output, inputs_mask=inputs_mask, encoder_output_mask=encoder_output_mask,
                 attention_mask=attention_mask, return_attention_scores=return_attention_scores,
                 cache=None if cache is None else cache[i], cache_index=cache_index, training=training,
+                positions=positions,
             )
             x, *rest = out if isinstance(out, (tuple, list)) else (out,)
             if return_attention_scores:

@@ -39,7 +39,7 @@ def check_rank(name: str, shape, expected_rank: int) -> None:
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(
-            f"`{name}` must be one of {sorted(choices)}. Received: {name}={value!r}"
+            f"`{name}` must be one of {sorted(choices, key=repr)}. Received: {name}={value!r}"
         )
 
 

@@ -6,6 +6,7 @@ from keras import ops
 from keras_transformer.layers import masks
 from keras_transformer.layers.attention import accept_earlier_optimizer_state
 from keras_transformer.layers import validation
+from keras_transformer.layers.block import OPTION_DEFAULTS
 from keras_transformer.layers.block import check_heads_divide
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
@@ -15,6 +16,7 @@ from keras_transformer.layers.stacks import Encoder
 from keras_transformer.models.presets import PRESETS
 
 SHARE_CHOICES = ("auto", "all", "decoder", "none")
+POSITION_EMBEDDINGS = ("sinusoidal", "rotary")
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -40,6 +42,12 @@ class Transformer(keras.Model):
         activation: feed-forward activation. Default "relu".
         attention_dropout: dropout on attention probabilities; defaults to
             `dropout`.
+        position_embedding: "sinusoidal" (the paper's, added to the
+            embeddings; default) or "rotary" (rotary embeddings in every
+            self-attention, nothing added to the embeddings).
+        norm, feed_forward, use_bias, num_key_value_heads,
+        rotary_max_wavelength: the block options of `EncoderLayer`
+            (RMSNorm, SwiGLU or GeGLU, no biases, grouped-query attention).
 
     Call arguments:
         inputs: dict with "source" int ids [B, S] and "target" int ids
@@ -70,9 +78,16 @@ class Transformer(keras.Model):
         norm_first=False,
         activation="relu",
         attention_dropout=None,
+        position_embedding="sinusoidal",
+        norm="layer",
+        feed_forward=None,
+        use_bias=True,
+        num_key_value_heads=None,
+        rotary_max_wavelength=10000.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.source_vocab_size = validation.check_positive_int("source_vocab_size", source_vocab_size)
         self.target_vocab_size = validation.check_positive_int("target_vocab_size", target_vocab_size)
         self.num_layers = validation.check_positive_int("num_layers", num_layers)
@@ -95,6 +110,16 @@ class Transformer(keras.Model):
         self.norm_first = bool(norm_first)
         self.activation = activation
         self.attention_dropout = attention_dropout
+        self.position_embedding = position_embedding
+        # The block options that differ from the paper's (all of them go to both stacks; get_config holds these).
+        self.block_options = {
+            key: value
+            for key, value in dict(
+                norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
+                rotary_max_wavelength=float(rotary_max_wavelength),
+            ).items()
+            if value != OPTION_DEFAULTS[key]
+        }
 
         policy = self.dtype_policy
         self.source_embedding = TokenEmbedding(
@@ -116,7 +141,8 @@ class Transformer(keras.Model):
         stack_args = dict(
             num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, dropout=dropout,
             norm_first=norm_first, activation=activation, attention_dropout=attention_dropout,
-            dtype=policy,
+            position_embedding="rotary" if position_embedding == "rotary" else None,
+            dtype=policy, **self.block_options,
         )
         self.encoder = Encoder(**stack_args, name="encoder")
         self.decoder = Decoder(**stack_args, name="decoder")
@@ -154,7 +180,8 @@ class Transformer(keras.Model):
         self._ensure_built()
         source_mask = masks.padding_mask(source)
         x = self.source_embedding(source)
-        x = self.positional_encoding(x)
+        if self.position_embedding == "sinusoidal":
+            x = self.positional_encoding(x)
         x = self.source_dropout(x, training=training)
         return self.encoder(x, mask=source_mask, training=training), source_mask
 
@@ -177,7 +204,8 @@ class Transformer(keras.Model):
         """
         self._ensure_built()
         x = self._target_embedding(target)
-        x = self.positional_encoding(x, start_index=0 if cache_index is None else cache_index)
+        if self.position_embedding == "sinusoidal":
+            x = self.positional_encoding(x, start_index=0 if cache_index is None else cache_index)
         x = self.target_dropout(x, training=training)
         out = self.decoder(
             x, encoder_output, inputs_mask=masks.padding_mask(target),
@@ -239,4 +267,7 @@ class Transformer(keras.Model):
                 "attention_dropout": self.attention_dropout,
             }
         )
+        if self.position_embedding != "sinusoidal":  # (each only when set: older versions load the rest)
+            config["position_embedding"] = self.position_embedding
+        config.update(self.block_options)
         return config
