@@ -14,6 +14,15 @@ second and milliseconds per generated token (per sentence) of:
 - uncached: the decoder re-run over the whole prefix at every step;
 
 and the uncached / cached time ratios.
+
+Grouped-query attention against multi-head attention at the same model size:
+
+    python bench/decode.py --key-value-heads 8 2 1
+
+generates with a `CausalLM` (the `llama_tiny` preset's sizes, 8 query heads;
+`--d-model`, `--num-layers` to change them) once per number of key/value heads,
+in XLA-compiled `tf.while_loop`s over a preallocated cache, timed in turns,
+and prints each cache's size in bytes and milliseconds per generated token.
 """
 
 import argparse
@@ -49,6 +58,44 @@ def time_call(fn, source, repeats):
     return (time.perf_counter() - start) / repeats
 
 
+def grouped_query(args):
+    """Cache bytes and ms per token of `CausalLM` generation for each number of key/value heads."""
+    from timing import median_ms  # (bench/timing.py)
+
+    sizes = dict(kt.models.CAUSAL_LM_PRESETS["llama_tiny"])
+    sizes.update(num_layers=args.num_layers or sizes["num_layers"], d_model=args.d_model or sizes["d_model"])
+    length, batch = max(args.lengths), max(args.batch_sizes)
+    contenders, caches, params = {}, {}, {}
+    for heads in args.key_value_heads:
+        keras.utils.set_random_seed(0)
+        lm = kt.CausalLM(args.vocab_size, **{**sizes, "num_key_value_heads": heads})
+        lm.build()
+        caches[heads] = sum(int(np.prod(c.shape)) * c.dtype.size for c in lm.init_cache(batch, length))
+        params[heads] = lm.count_params()
+
+        def generate(lm=lm):
+            cache = lm.init_cache(batch, length)
+            token = tf.ones([batch, 1], tf.int32)
+
+            def step(i, token, cache):
+                logits, cache = lm.call_with_cache(token, cache, i)
+                return i + 1, tf.argmax(logits[:, -1:], -1, output_type=tf.int32), cache
+
+            return tf.while_loop(lambda i, *_: i < length, step, (tf.constant(0), token, cache))[1]
+
+        fn = tf.function(generate, jit_compile=not args.no_xla)
+        contenders[heads] = fn
+    ms = median_ms(contenders, args.repeats, warmup=1)
+    full = args.key_value_heads[0]
+    print(f"CausalLM {sizes['num_layers']} layers, d_model {sizes['d_model']}, {sizes['num_heads']} query heads; "
+          f"batch {batch}, {length} tokens generated, XLA {not args.no_xla}")
+    print("| key/value heads | parameters | cache bytes | cache / first | ms per token | time / first |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for heads in args.key_value_heads:
+        print(f"| {heads} | {params[heads]:,} | {caches[heads]:,} | {caches[heads] / caches[full]:.3f} "
+              f"| {ms[heads] / length:.3f} | {ms[heads] / ms[full]:.2f}x |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
@@ -59,7 +106,13 @@ def main():
     p.add_argument("--methods", nargs="+", default=["greedy", "beam4"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-xla", action="store_true", help="skip the XLA-compiled cached decoding")
+    p.add_argument("--key-value-heads", type=int, nargs="+",
+                   help="compare grouped-query attention: CausalLM generation with each number of key/value heads")
+    p.add_argument("--num-layers", type=int, help="with --key-value-heads (default: llama_tiny's)")
+    p.add_argument("--d-model", type=int, help="with --key-value-heads (default: llama_tiny's)")
     args = p.parse_args()
+    if args.key_value_heads:
+        return grouped_query(args)
 
     keras.utils.set_random_seed(0)
     model = kt.Transformer.from_preset(args.preset, args.vocab_size, args.vocab_size, max_length=256)

@@ -2,13 +2,14 @@
 
     python examples/classify_language.py              # about 1-2 minutes on 2 CPU cores
 
-The library's layers in a Keras functional model, no decoder:
+A BERT-style encoder (`keras_transformer.models.EncoderBackbone`: learned
+position embeddings, post-norm blocks, GELU) under a classifier head, in a
+Keras functional model:
 
-    ids [B, T] -> TokenEmbedding (mask_zero) -> PositionalEncoding -> EncoderLayer x N
-        -> LayerNorm -> masked mean over the real tokens -> Dense softmax [B, 3]
+    ids [B, T] -> EncoderBackbone -> masked mean over the real tokens -> Dense softmax [B, 3]
 
-The padding mask made by `TokenEmbedding` flows through every layer to the
-pooling, so a sentence gets the same prediction however much it is padded.
+The backbone's padding mask (token id 0) flows on to the pooling, so a
+sentence gets the same prediction however much it is padded.
 Data: Multi30k, whose training and validation sentences exist in all three
 languages (lowercased, tokenized). Prints the validation accuracy and a few
 predictions.
@@ -86,12 +87,11 @@ def build_classifier(
 ) -> keras.Model:
     """Int ids [B, T] (0 = padding) -> class probabilities [B, num_classes]."""
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    x = kt.TokenEmbedding(vocab_size, d_model, mask_zero=True, name="embedding")(ids)
-    x = kt.PositionalEncoding(max_length, name="positional_encoding")(x)
-    x = keras.layers.Dropout(dropout)(x)
-    for i in range(num_layers):
-        x = kt.EncoderLayer(num_heads, d_ff, dropout=dropout, norm_first=True, name=f"encoder_layer_{i}")(x)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
+    backbone = kt.EncoderBackbone(
+        vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=d_ff, dropout=dropout,
+        max_length=max_length, name="backbone",
+    )
+    x = backbone(ids)
     # Averages over the tokens the Keras mask marks real; padding is skipped.
     x = keras.layers.GlobalAveragePooling1D(name="masked_mean")(x)
     probabilities = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)

@@ -1,19 +1,22 @@
-"""A decoder-only Transformer language model, trained on Multi30k English
-captions, that generates text with a key/value cache.
+"""A decoder-only Transformer language model in the Llama line, trained on
+Multi30k English captions, that generates text with a key/value cache.
 
     python examples/language_model.py                 # about 1-2 minutes on 2 CPU cores
 
-The library's layers in a Keras functional model, no encoder-decoder:
+`keras_transformer.models.CausalLM`: rotary position embeddings,
+grouped-query attention (4 query heads share 2 key/value heads, so the cache
+is half the size), pre-norm RMSNorm blocks and SwiGLU feed-forward networks:
 
-    ids [B, T] -> TokenEmbedding -> PositionalEncoding -> EncoderLayer(use_causal_mask=True) x N
-        -> LayerNorm -> the embedding matrix again, transposed -> logits [B, T, V]
+    ids [B, T] -> TokenEmbedding -> EncoderLayer(use_causal_mask=True, position_embedding="rotary",
+        num_key_value_heads=2, norm="rms", feed_forward="swiglu") x N -> RMSNorm
+        -> the embedding matrix again, transposed -> logits [B, T, V]
 
 Generation runs one token per step inside a `tf.while_loop`: the prompt fills
-pre-allocated per-layer caches [B, 2, N, L, H] in one pass, then each step
-feeds only the newest token (`EncoderLayer(x, cache=, cache_index=)`). The
-script checks that this gives, token for token, the same greedy output as
-re-running the whole model over the whole prefix at every step, and prints
-the validation perplexity.
+pre-allocated per-layer caches [B, 2, K, L, H] in one pass, then each step
+feeds only the newest token (`CausalLM.call_with_cache`). The script checks
+that this gives, token for token, the same greedy output as re-running the
+whole model over the whole prefix at every step, and prints the validation
+perplexity.
 """
 
 import argparse
@@ -67,35 +70,28 @@ def build_language_model(
     d_ff: int = 256,
     dropout: float = 0.1,
     max_length: int = 64,
-) -> keras.Model:
+    num_key_value_heads: int = 2,
+) -> kt.CausalLM:
     """Int ids [B, T] (0 = padding) -> next-token logits [B, T, vocab_size].
 
-    Pre-norm blocks with a final LayerNorm; the output projection is the
-    transposed embedding matrix (`TokenEmbedding(..., reverse=True)`).
+    A Llama-style `CausalLM` (rotary embeddings, grouped-query attention,
+    RMSNorm, SwiGLU, no biases); the output projection is the transposed
+    embedding matrix.
     """
-    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    embedding = kt.TokenEmbedding(vocab_size, d_model, mask_zero=True, name="embedding")
-    x = embedding(ids)
-    x = kt.PositionalEncoding(max_length, name="positional_encoding")(x)
-    x = keras.layers.Dropout(dropout)(x)
-    for i in range(num_layers):
-        layer = kt.EncoderLayer(num_heads, d_ff, dropout=dropout, norm_first=True, name=f"decoder_layer_{i}")
-        x = layer(x, use_causal_mask=True)
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
-    logits = embedding(x, reverse=True)
-    return keras.Model(ids, logits, name="language_model")
+    model = kt.CausalLM(
+        vocab_size, num_layers=num_layers, d_model=d_model, num_heads=num_heads, d_ff=d_ff,
+        num_key_value_heads=num_key_value_heads, dropout=dropout, max_length=max_length, name="language_model",
+    )
+    model.build()
+    return model
 
 
-def decoder_layers(model: keras.Model) -> List[kt.EncoderLayer]:
-    return [layer for layer in model.layers if isinstance(layer, kt.EncoderLayer)]
+def init_cache(model: kt.CausalLM, batch_size, max_length) -> List[tf.Tensor]:
+    """Empty per-layer self-attention caches [B, 2, K, max_length, H]."""
+    return model.init_cache(batch_size, max_length)
 
 
-def init_cache(model: keras.Model, batch_size, max_length) -> List[tf.Tensor]:
-    """Empty per-layer self-attention caches [B, 2, N, max_length, H]."""
-    return [layer.init_cache(batch_size, max_length) for layer in decoder_layers(model)]
-
-
-def decode_step(model: keras.Model, ids, cache, cache_index, positions=None, slots=None):
+def decode_step(model: kt.CausalLM, ids, cache, cache_index, positions=None, slots=None):
     """Ids [B, T] written at cache slots `[cache_index, cache_index + T)` ->
     (logits [B, T, V], updated cache): the model's forward pass, one layer at
     a time, attending to the cached keys and values of every earlier slot.
@@ -105,16 +101,11 @@ def decode_step(model: keras.Model, ids, cache, cache_index, positions=None, slo
     `slots` (bool [B, L]) marks the cache slots that hold real tokens, so
     padding in the cache is never attended to (default: every slot).
     """
-    embedding = model.get_layer("embedding")
-    x = embedding(ids)
-    x = model.get_layer("positional_encoding")(x, start_index=cache_index if positions is None else positions)
+    if positions is not None:
+        steps = tf.range(tf.shape(ids)[1], dtype=tf.int32)
+        positions = tf.cast(positions, tf.int32)[:, None] + steps[None, :]  # [B, T]
     attention_mask = None if slots is None else slots[:, None, :]  # [B, 1, L]
-    new_cache = []
-    for layer, layer_cache in zip(decoder_layers(model), cache):
-        x, layer_cache = layer(x, attention_mask=attention_mask, cache=layer_cache, cache_index=cache_index)
-        new_cache.append(layer_cache)
-    x = model.get_layer("final_norm")(x)
-    return embedding(x, reverse=True), new_cache
+    return model.call_with_cache(ids, cache, cache_index, positions=positions, attention_mask=attention_mask)
 
 
 def _next_token(logits, temperature=0.0, seed=0, step=0, top_k=0, top_p=1.0):
@@ -137,7 +128,7 @@ def generate(model: keras.Model, prompt, max_length: int, temperature: float = 0
     would be alone.
 
     Args:
-        model: from `build_language_model`.
+        model: a `CausalLM` (from `build_language_model`).
         prompt: int32 [B, P] ids, each row starting with [START], then
             0s (padding) only at the end.
         max_length: int, total length (prompt included); at most the
@@ -244,6 +235,7 @@ def main(argv=None):
     parser.add_argument("--max-length", type=int, default=48, help="longest sequence, in tokens")
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--num-key-value-heads", type=int, default=2, help="of the 4 attention heads")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="none by default: two short epochs underfit rather than overfit")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -266,7 +258,8 @@ def main(argv=None):
     val_data = make_dataset(tokenizer, val_texts, args.batch_size, args.max_length, shuffle=False)
 
     model = build_language_model(tokenizer.vocab_size, num_layers=args.num_layers, d_model=args.d_model,
-                                 d_ff=2 * args.d_model, dropout=args.dropout, max_length=args.max_length)
+                                 d_ff=2 * args.d_model, dropout=args.dropout, max_length=args.max_length,
+                                 num_key_value_heads=args.num_key_value_heads)
     steps = args.epochs * math.ceil(len(train_texts) / args.batch_size)
     warmup = min(200, steps // 5)
     schedule = keras.optimizers.schedules.CosineDecay(

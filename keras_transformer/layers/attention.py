@@ -249,7 +249,8 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores: bool, also return the scores [B, N, T, S].
         training: bool, whether dropout is active.
         use_causal_mask: bool, mask keys after each query position.
-        cache: optional key/value cache [B, 2, N, L, H]. With `cache_index`
+        cache: optional key/value cache [B, 2, K, L, H] (K key/value heads).
+            With `cache_index`
             it is a self-attention cache (from `init_cache`): the keys and
             values of `value` are written at positions
             `[cache_index, cache_index + T)` and the queries attend causally
@@ -264,8 +265,12 @@ class MultiHeadAttention(keras.layers.Layer):
             rotary embedding gives the queries and the keys of this call:
             per-row positions for rows that start at different places.
             Default `cache_index + range(T)` (`range(T)` without a cache).
-            Masks do not read it. (With a rotary embedding the layer is a
-            self-attention: `value` has the queries' positions.)
+            Masks do not read it: a sliding window counts key indices (cache
+            slots), so rows at different positions under a window must be
+            left-padded. (With a rotary embedding the layer is a
+            self-attention: `value` has the queries' positions.) Integers
+            only: under mixed precision Keras casts floating call arguments
+            to the compute dtype, which would round large positions.
 
     Returns:
         The attention output [B, T, D_out]; then the scores [B, N, T, S] if
@@ -457,9 +462,13 @@ class MultiHeadAttention(keras.layers.Layer):
         key/value heads; L is `max_length`, or the sliding window if that is
         shorter: a rolling cache)."""
         self._check_cacheable()
-        length = validation.check_positive_int("max_length", max_length)
+        length = max_length
+        if isinstance(max_length, int) or not hasattr(max_length, "shape"):
+            length = validation.check_positive_int("max_length", max_length)
         if self.sliding_window is not None:
-            length = min(length, self.sliding_window)
+            length = min(length, self.sliding_window) if isinstance(length, int) else ops.minimum(
+                length, self.sliding_window
+            )
         return ops.zeros(
             (batch_size, 2, self.num_key_value_heads, length, self.key_dim), dtype=self.compute_dtype
         )
@@ -468,10 +477,11 @@ class MultiHeadAttention(keras.layers.Layer):
         """Cross-attention cache [B, 2, K, S, H]: keys and values of `value`,
         computed once and reused at every decoding step."""
         self._check_cacheable()
-        if self._rotary is not None:
+        if self._rotary is not None or self.sliding_window is not None:
             raise ValueError(
-                "A cross-attention cache cannot be used with position_embedding='rotary': a step "
-                "attending to it does not know its queries' positions. Rotate self-attention only."
+                "A cross-attention cache cannot be used with position_embedding='rotary' or a "
+                "`sliding_window`: a step attending to it does not know its queries' positions. "
+                "Use them in self-attention only."
             )
         if not self.built:
             self.build(value.shape, value.shape, None if key is None else key.shape)
@@ -493,7 +503,7 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         slots = t + index
         if rolling:
-            slots = ops.mod(slots, cache.shape[3])
+            slots = ops.mod(slots, ops.shape(cache)[3])
         positions = ops.stack([b, kv, n, slots], axis=-1)  # [B, 2, K, T, 4]: rows of H values
         return ops.scatter_update(cache, ops.reshape(positions, (-1, 4)),
                                   ops.reshape(ops.cast(update, cache.dtype), (-1, shape[4])))
@@ -542,10 +552,17 @@ class MultiHeadAttention(keras.layers.Layer):
                 causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2], offset=cache_index)
             else:
                 k, v, causal, cache = self._roll(cache, k, v, cache_index)
+                keys, given = k.shape[2], None if attention_mask is None else attention_mask.shape[-1]
+                if None not in (keys, given) and given not in (1, keys):
+                    raise ValueError(
+                        "With a sliding-window (rolling) cache, a cached step's `attention_mask` covers the "
+                        f"cache's {cache.shape[3]} slots and then the step's {keys - cache.shape[3]} tokens: "
+                        f"its last axis must be {keys}. Received: attention_mask.shape={tuple(attention_mask.shape)}"
+                    )
             key_padding = None
         elif cache is not None:
             # Cross-attention with precomputed keys/values.
-            if self._rotary is not None:
+            if self._rotary is not None or self.sliding_window is not None:
                 self.compute_cache(None)  # (refuses, naming why)
             (q,) = self._heads(query, [self.query_kernel], [self.query_bias])
             k, v = cache[:, 0], cache[:, 1]
@@ -611,7 +628,7 @@ class MultiHeadAttention(keras.layers.Layer):
         Returns:
             (keys [B, K, L + T, H], values, mask [T, L + T], the new cache).
         """
-        length = cache.shape[3]
+        length = ops.shape(cache)[3]
         index = ops.cast(index, "int32")
         steps = ops.shape(k)[2]
         last = index - 1

@@ -41,7 +41,8 @@ class EncoderLayer(TransformerBlock):
         attention_mask: optional [B, T, T] bool mask.
         use_causal_mask: bool, each position attends only to itself and the
             positions before it. Default False.
-        cache: optional self-attention cache [B, 2, N, L, H] from `init_cache`.
+        cache: optional self-attention cache [B, 2, K, L, H] from `init_cache`
+            (K key/value heads).
         cache_index: position of the first input in the cache.
         positions: optional int [T] or [B, T] positions for the rotary
             embedding (see `MultiHeadAttention`).
@@ -65,7 +66,7 @@ class EncoderLayer(TransformerBlock):
         self.built = True
 
     def init_cache(self, batch_size, max_length):
-        """Empty self-attention cache [B, 2, N, L, H]."""
+        """Empty self-attention cache [B, 2, K, L, H]."""
         return self.self_attention.init_cache(batch_size, max_length)
 
     def call(

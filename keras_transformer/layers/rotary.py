@@ -1,5 +1,7 @@
 """Rotary position embedding (RoPE, Su et al. 2021, "RoFormer")."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -27,9 +29,10 @@ class RotaryEmbedding(keras.layers.Layer):
     Call arguments:
         inputs: tensor with positions on `sequence_axis` and an even
             number H of features last.
-        positions: optional int or float [T] (every row) or [B, T] (one
-            row each) tensor of the positions; default
-            `start_index + range(T)`.
+        positions: optional int [T] (every row) or [B, T] (one row each)
+            tensor of the positions; default `start_index + range(T)`.
+            Integers only: under mixed precision Keras casts floating call
+            arguments to the compute dtype, which would round them.
         start_index: int or scalar int tensor, position of the first
             element (a decoding step's cache index). Default 0.
 
@@ -48,9 +51,9 @@ class RotaryEmbedding(keras.layers.Layer):
     def __init__(self, max_wavelength=10000, scaling_factor=1.0, sequence_axis=1, **kwargs):
         super().__init__(**kwargs)
         self.supports_masking = True
-        if isinstance(max_wavelength, bool) or not isinstance(max_wavelength, (int, float)) or max_wavelength <= 1:
+        if isinstance(max_wavelength, bool) or not isinstance(max_wavelength, numbers.Real) or max_wavelength <= 1:
             raise ValueError(f"`max_wavelength` must be a number above 1. Received: max_wavelength={max_wavelength!r}")
-        if isinstance(scaling_factor, bool) or not isinstance(scaling_factor, (int, float)) or scaling_factor < 1:
+        if isinstance(scaling_factor, bool) or not isinstance(scaling_factor, numbers.Real) or scaling_factor < 1:
             raise ValueError(f"`scaling_factor` must be a number >= 1. Received: scaling_factor={scaling_factor!r}")
         self.max_wavelength = float(max_wavelength)
         self.scaling_factor = float(scaling_factor)
@@ -84,6 +87,11 @@ class RotaryEmbedding(keras.layers.Layer):
             length = ops.shape(inputs)[self.sequence_axis]
             positions = ops.arange(length, dtype="int32") + ops.cast(start_index, "int32")
         positions = ops.convert_to_tensor(positions)
+        if "int" not in keras.backend.standardize_dtype(positions.dtype):
+            raise ValueError(
+                "`positions` must be integers (a float16 or bfloat16 position is rounded). "
+                f"Received dtype {keras.backend.standardize_dtype(positions.dtype)}"
+            )
         if len(positions.shape) not in (1, 2):
             raise ValueError(
                 f"`positions` must be [T] or [B, T]. Received shape {tuple(positions.shape)}"

@@ -27,14 +27,15 @@ CAUSAL_LM_PRESETS = {
     "llama_tiny": dict(num_layers=4, d_model=256, num_heads=8, num_key_value_heads=2, d_ff=688, max_length=1024),
     "llama2_7b": dict(
         num_layers=32, d_model=4096, num_heads=32, d_ff=11008, max_length=4096, layer_norm_epsilon=1e-5,
+        tie_embeddings=False,
     ),
     "llama3_8b": dict(
         num_layers=32, d_model=4096, num_heads=32, num_key_value_heads=8, d_ff=14336, max_length=8192,
-        rotary_max_wavelength=500000.0, layer_norm_epsilon=1e-5,
+        rotary_max_wavelength=500000.0, layer_norm_epsilon=1e-5, tie_embeddings=False,
     ),
     "mistral_7b": dict(
         num_layers=32, d_model=4096, num_heads=32, num_key_value_heads=8, d_ff=14336, max_length=32768,
-        sliding_window=4096, layer_norm_epsilon=1e-5,
+        sliding_window=4096, layer_norm_epsilon=1e-5, tie_embeddings=False,
     ),
 }
 
@@ -75,7 +76,12 @@ class _Backbone(keras.Model):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.block_options = dict(block_options)
         policy = self.dtype_policy
-        self.token_embedding = TokenEmbedding(vocab_size, d_model, dtype=policy, name="token_embedding")
+        # Neither BERT nor Llama scales its embeddings by sqrt(d_model) (the paper's Transformer does);
+        # both draw them, as their position embeddings, with standard deviation 0.02.
+        self.token_embedding = TokenEmbedding(
+            vocab_size, d_model, scale=False, embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=policy, name="token_embedding",
+        )
         self.position_layer = None
         if position_embedding == "learned":
             self.position_layer = keras.layers.Embedding(
@@ -257,7 +263,8 @@ class CausalLM(_Backbone):
         sliding_window: as for `EncoderLayer`. Defaults: "rms", "swiglu",
             False, 10000, None.
         tie_embeddings: bool, the output projection is the transposed token
-            embedding. Default True (Llama's is separate: False).
+            embedding. Default True (the Llama and Mistral presets: False,
+            as theirs is separate).
 
     Call arguments:
         token_ids: int [B, T]; 0 is padding.
@@ -345,12 +352,22 @@ class CausalLM(_Backbone):
             cache_index: int or scalar int tensor, the cache slot of the first
                 token.
             positions: optional int [B, T], each token's position, when rows
-                are not at `cache_index` (prompts of unequal length).
+                are not at `cache_index` (prompts of unequal length,
+                right-padded). Refused under a sliding window, which counts
+                cache slots: there, left-pad rows of unequal length (each
+                row's positions are then its slots, less a constant the
+                rotary embedding does not see) and mask their padding.
             attention_mask: optional bool [B, 1, L] over the cache's slots
                 (with a sliding window: its L slots, then the T new tokens),
                 False on slots that hold padding.
         """
         self._ensure_built()
+        if positions is not None and self.block_options.get("sliding_window") is not None:
+            raise ValueError(
+                "`positions` cannot be given under a sliding window: the window counts cache slots, and a "
+                "right-padded row's padding would take its place in the window. Left-pad rows of unequal "
+                "length instead and mask the padding with `attention_mask`."
+            )
         x = self._embed(token_ids, positions if positions is not None else self._positions(token_ids, cache_index),
                         training)
         x, cache = self.encoder(

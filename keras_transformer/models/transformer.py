@@ -46,7 +46,7 @@ class Transformer(keras.Model):
             embeddings; default) or "rotary" (rotary embeddings in every
             self-attention, nothing added to the embeddings).
         norm, feed_forward, use_bias, num_key_value_heads,
-        rotary_max_wavelength: the block options of `EncoderLayer`
+        rotary_max_wavelength, rotary_scaling_factor: the block options of `EncoderLayer`
             (RMSNorm, SwiGLU or GeGLU, no biases, grouped-query attention).
 
     Call arguments:
@@ -84,6 +84,7 @@ class Transformer(keras.Model):
         use_bias=True,
         num_key_value_heads=None,
         rotary_max_wavelength=10000.0,
+        rotary_scaling_factor=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -117,6 +118,7 @@ class Transformer(keras.Model):
             for key, value in dict(
                 norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
                 rotary_max_wavelength=float(rotary_max_wavelength),
+                rotary_scaling_factor=float(rotary_scaling_factor),
             ).items()
             if value != OPTION_DEFAULTS[key]
         }

@@ -77,6 +77,16 @@ def parse_args(argv=None):
         "--attention-dropout", type=float, default=None,
         help="dropout on attention probabilities (default: the same as --dropout)",
     )
+    # The variants since the paper (docs/variants.md); unset: the preset's (the paper's) choice.
+    p.add_argument("--d-ff", type=int, default=None, help="override the preset's feed-forward size")
+    p.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="pre-norm blocks (default: the paper's post-norm)")
+    p.add_argument("--norm", choices=["layer", "rms"], default=None, help="LayerNorm (default) or RMSNorm")
+    p.add_argument("--feed-forward", choices=["relu", "gelu", "swiglu", "geglu"], default=None,
+                   help="the feed-forward network (default: the paper's ReLU)")
+    p.add_argument("--position-embedding", choices=["sinusoidal", "rotary"], default=None,
+                   help="the paper's sinusoids added to the embeddings (default), or rotary embeddings")
+    p.add_argument("--num-key-value-heads", type=int, default=None, help="grouped-query attention")
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget")
     p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
     p.add_argument("--tokens-per-batch", type=int, default=4096)
@@ -228,6 +238,9 @@ def train_model(args, tokenizer, train, val):
         overrides["dropout"] = args.dropout
     if args.attention_dropout is not None:
         overrides["attention_dropout"] = args.attention_dropout
+    for name in ("d_ff", "norm_first", "norm", "feed_forward", "position_embedding", "num_key_value_heads"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     with strategy.scope():
         model = kt.Transformer.from_preset(
             args.preset, tokenizer.vocab_size, tokenizer.vocab_size, max_length=args.max_length + 64, **overrides

@@ -215,3 +215,27 @@ def test_attention_over_an_empty_source_is_empty_not_an_error(model):
     fn = tf.function(lambda s: beam_search(model, s, 5, beam_size=2, return_attention=True)["attention"],
                      input_signature=[tf.TensorSpec([None, None], tf.int32)])
     assert fn(empty).shape == (2, 2, 5, 0)
+
+
+@pytest.mark.parametrize("use_beam", [False, True])
+def test_the_variants_decode_with_a_growing_cache_as_by_recompute(use_beam):
+    # Rotary embeddings at each step's cache index, grouped-query caches of 2 key/value heads, RMSNorm, SwiGLU:
+    # beam search reorders and grows those caches as it does the paper's.
+    model = kt.Transformer(30, 30, num_layers=2, d_model=32, num_heads=4, d_ff=48, dropout=0.0, norm_first=True,
+                           position_embedding="rotary", norm="rms", feed_forward="swiglu", num_key_value_heads=2)
+    model.build()
+    source = np.random.default_rng(3).integers(4, 30, size=(3, 6)).astype("int32")
+    source[1, 4:] = 0
+
+    def run(**kwargs):
+        if use_beam:
+            out = beam_search(model, source, 9, beam_size=3, end_id=-1, **kwargs)
+            return out["ids"].numpy(), out["log_probs"].numpy()
+        return greedy_decode(model, source, 9, end_id=-1, **kwargs).numpy(), None
+
+    reference_ids, reference_log_probs = run(use_cache=False)
+    for chunk in (1, 4, None):
+        ids, log_probs = run(cache_chunk=chunk)
+        np.testing.assert_array_equal(ids, reference_ids)
+        if use_beam:
+            np.testing.assert_allclose(log_probs, reference_log_probs, atol=1e-4)

@@ -56,6 +56,16 @@ def test_the_recipe_file_sets_the_flags_and_a_flag_beside_it_wins():
     assert vars(train_multi30k.parse_args([])) == vars(train_multi30k.parse_args(["--recipe", RECIPE]))  # the default
 
 
+def test_the_variants_recipe_differs_from_the_papers_only_in_the_blocks():
+    variants = os.path.join(ROOT, "keras_transformer", "recipes", "multi30k_en_de_variants.json")
+    args, paper = vars(train_multi30k.parse_args(["--recipe", variants])), vars(train_multi30k.parse_args([]))
+    changed = {key: args[key] for key in args if args[key] != paper[key]}
+    assert changed == {
+        "recipe": variants, "norm_first": True, "norm": "rms", "feed_forward": "swiglu", "d_ff": 172,
+        "position_embedding": "rotary",
+    }
+
+
 @pytest.mark.parametrize("recipe, message", [
     ({"lr_sclae": 1.1}, r"unknown settings \['lr_sclae'\]"),
     ({"warmup_steps": "1400"}, "'warmup_steps' must be int, got '1400'"),

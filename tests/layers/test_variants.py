@@ -405,3 +405,22 @@ def test_rotary_attention_refuses_keys_of_another_length():
     layer = MultiHeadAttention(N, H, position_embedding="rotary")
     with pytest.raises(ValueError, match="for self-attention"):
         layer(_random(1, 2, D), _random(1, 3, D))
+
+
+def test_a_mask_over_the_slots_only_is_refused_with_a_rolling_cache():
+    layer = MultiHeadAttention(N, H, sliding_window=3)
+    cache = layer.init_cache(1, 8)
+    x = _random(1, 1, D)
+    with pytest.raises(ValueError, match="its last axis must be 4"):
+        layer(x, x, attention_mask=np.ones((1, 1, 3), bool), cache=cache, cache_index=0)
+
+
+def test_float_positions_and_windowed_cross_attention_caches_are_refused():
+    # Float positions would be rounded to the compute dtype under mixed precision (Keras autocasts
+    # floating call arguments); a cached cross-attention step does not know its query positions.
+    with pytest.raises(ValueError, match="must be integers"):
+        RotaryEmbedding()(_random(1, 3, 1, 4), positions=np.arange(3, dtype="float32"))
+    layer = MultiHeadAttention(N, H, sliding_window=2)
+    layer(_random(1, 4, D), _random(1, 6, D))
+    with pytest.raises(ValueError, match="cross-attention cache"):
+        layer.compute_cache(_random(1, 6, D))
