@@ -105,7 +105,7 @@ def main():
     print(f"backend {keras.backend.backend()}, {args.num_layers} blocks, d_model {args.d_model}, "
           f"{args.num_heads} query / {args.num_key_value_heads} key-value heads, d_ff {args.d_ff}, "
           f"batch {args.batch_size} x {args.length} tokens, jit_compile={args.jit_compile}")
-    print(f"parameters: " + ", ".join(f"{n} {m.count_params():,}" for n, m in models.items()))
+    print("parameters: " + ", ".join(f"{n} {m.count_params():,}" for n, m in models.items()))
     print(f"same weights, largest output difference: {difference:.2e}")
     if difference > 1e-3:
         raise SystemExit("the two blocks do not compute the same function: timing them would compare different work")
