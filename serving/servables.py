@@ -358,6 +358,14 @@ class ModelManager:
     def _poll(self) -> List[int]:
         with self._lock:
             base_path, policy = self.base_path, self.policy
+        if not os.path.isdir(base_path):
+            # As TensorFlow Serving's file-system source: a base path that is not there fails the poll
+            # and changes nothing (a file system that blinks); one that is there but empty unloads all.
+            with self._lock:
+                serving = sorted(self._loaded)
+            log.error("could not find base path %s for %s; %s", base_path, self.name,
+                      f"still serving version(s) {serving}" if serving else "nothing to serve")
+            return []
         versions = versions_on_disk(base_path)
         # A version removed from disk starts afresh if it comes back (as a new
         # load in TensorFlow Serving).

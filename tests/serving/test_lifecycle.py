@@ -247,6 +247,30 @@ def test_a_stop_waits_for_the_poller(lean_exports, tmp_path):
     assert manager.loaded_versions() == [] and manager.poll() == []
 
 
+def test_a_base_path_that_disappears_keeps_its_versions_serving(lean_exports, tmp_path):
+    # TensorFlow Serving: a base path that is not there fails the poll ("Could not find base path"), and no
+    # aspired versions are sent, so what serves goes on serving (a network file system that blinks, a
+    # directory moved and moved back). A base path that is there but empty unloads everything.
+    # (tensorflow_serving/sources/storage_path/file_system_storage_path_source.cc, PollFileSystemForServable)
+    base, _, _ = lean_exports
+    served = tmp_path / "models"
+    shutil.copytree(os.path.join(base, "1"), served / "1")
+    manager = ModelManager("toy", str(served), poll_seconds=0)
+    manager.start()
+    try:
+        assert manager.loaded_versions() == [1]
+        moved = tmp_path / "moved"
+        os.rename(served, moved)
+        assert manager.poll() == []
+        assert manager.loaded_versions() == [1]
+        os.rename(moved, served)
+        shutil.rmtree(served / "1")  # there, but with no version: unloaded
+        manager.poll()
+        assert manager.loaded_versions() == []
+    finally:
+        manager.stop()
+
+
 def test_a_drain_without_grace_closes_at_once():
     # gRPC's stop(None) aborts at once; ModelServer.stop(None) hands the same None to the REST drain.
     rest = BoundedHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler, 1)
