@@ -83,7 +83,8 @@ class FeedForward(keras.layers.Layer):
         x = self.inner(inputs)
         if self.gated:
             gate, linear = keras.ops.split(x, 2, axis=-1)
-            x = self.activation(gate) * linear
+            # The activation in float32 under mixed precision (as keras-hub's Llama and Mistral layers do).
+            x = keras.ops.cast(self.activation(keras.ops.cast(gate, "float32")), linear.dtype) * linear
         x = self.inner_dropout(x, training=training)
         return self.outer(x)
 
