@@ -2,7 +2,8 @@
 process with TensorFlow unimportable: `python torch_side.py WORK_DIR`.
 
 It loads the model the TensorFlow side saved (tf_model.keras, inputs.npz)
-and checks its logits (and a Llama-style `CausalLM`'s, with its cached steps), trains it with `training.train` from a `TokenStream`
+and checks its logits (and a Llama-style `CausalLM`'s, with its cached
+steps), trains it with `training.train` from a `TokenStream`
 (killed once and resumed, against a run that was not), saves the result as
 torch_trained.keras, and writes torch.npz (its logits and greedy tokens)
 for the TensorFlow side to check.
