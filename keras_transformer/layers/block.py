@@ -27,6 +27,25 @@ OPTION_DEFAULTS = {
 }
 
 
+def changed_options(options):
+    """The block options of `options` that differ from their defaults (what a config holds)."""
+    return {key: value for key, value in options.items() if value != OPTION_DEFAULTS[key]}
+
+
+def check_model_sizes(num_layers, d_model, num_heads, d_ff, dropout, max_length):
+    """The sizes every model of the library takes, checked: a dict of them."""
+    sizes = dict(
+        num_layers=validation.check_positive_int("num_layers", num_layers),
+        d_model=validation.check_positive_int("d_model", d_model),
+        num_heads=validation.check_positive_int("num_heads", num_heads),
+        d_ff=validation.check_positive_int("d_ff", d_ff),
+        dropout=validation.check_rate("dropout", dropout),
+        max_length=validation.check_positive_int("max_length", max_length),
+    )
+    check_heads_divide(sizes["d_model"], sizes["num_heads"])
+    return sizes
+
+
 def check_heads_divide(d_model, num_heads):
     if d_model % num_heads:
         raise ValueError(
@@ -140,7 +159,7 @@ class BlockArguments(keras.layers.Layer):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            **{key: value for key, value in self.options.items() if value != OPTION_DEFAULTS[key]},
+            **changed_options(self.options),
         }
 
     def get_config(self):

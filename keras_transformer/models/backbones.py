@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_transformer.layers import masks
 from keras_transformer.layers import validation
-from keras_transformer.layers.block import check_heads_divide
+from keras_transformer.layers.block import check_model_sizes
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
 from keras_transformer.layers.normalization import RMSNormalization
@@ -63,13 +63,8 @@ class _Backbone(keras.Model):
     ):
         super().__init__(**kwargs)
         self.vocab_size = validation.check_positive_int("vocab_size", vocab_size)
-        self.num_layers = validation.check_positive_int("num_layers", num_layers)
-        self.d_model = validation.check_positive_int("d_model", d_model)
-        self.num_heads = validation.check_positive_int("num_heads", num_heads)
-        check_heads_divide(self.d_model, self.num_heads)
-        self.d_ff = validation.check_positive_int("d_ff", d_ff)
-        self.dropout = validation.check_rate("dropout", dropout)
-        self.max_length = validation.check_positive_int("max_length", max_length)
+        for name, value in check_model_sizes(num_layers, d_model, num_heads, d_ff, dropout, max_length).items():
+            setattr(self, name, value)
         validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.position_embedding = position_embedding
         self.norm_first = bool(norm_first)
@@ -123,16 +118,16 @@ class _Backbone(keras.Model):
         if not self.built:
             self.build()
 
-    def _embed(self, token_ids, positions, training):
-        """Token ids [B, T] -> embedded [B, T, D]; `positions` [B, T] int (or None: 0, 1, ...)."""
+    def _embed(self, token_ids, positions, training, start_index=0):
+        """Token ids [B, T] -> embedded [B, T, D]; `positions` [B, T] int, or None:
+        `start_index`, `start_index` + 1, ... (rotary embeddings add nothing here)."""
         x = self.token_embedding(token_ids)
         if self.position_embedding == "learned":
             if positions is None:
-                positions = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :]
+                positions = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :] + ops.cast(start_index, "int32")
             x = x + ops.cast(self.position_layer(positions), x.dtype)
         elif self.position_embedding == "sinusoidal":
-            start = 0 if positions is None else positions[:, 0]
-            x = self.position_layer(x, start_index=start)
+            x = self.position_layer(x, start_index=start_index if positions is None else positions[:, 0])
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         return self.embedding_dropout(x, training=training)
@@ -368,19 +363,12 @@ class CausalLM(_Backbone):
                 "right-padded row's padding would take its place in the window. Left-pad rows of unequal "
                 "length instead and mask the padding with `attention_mask`."
             )
-        x = self._embed(token_ids, positions if positions is not None else self._positions(token_ids, cache_index),
-                        training)
+        x = self._embed(token_ids, positions, training, start_index=cache_index)
         x, cache = self.encoder(
             x, attention_mask=attention_mask, cache=cache, cache_index=cache_index, positions=positions,
             training=training,
         )
         return self._logits(x), cache
-
-    @staticmethod
-    def _positions(token_ids, cache_index):
-        length = ops.shape(token_ids)[1]
-        row = ops.arange(length, dtype="int32") + ops.cast(cache_index, "int32")
-        return ops.broadcast_to(row[None, :], ops.shape(token_ids))
 
     def get_config(self):
         config = super().get_config()

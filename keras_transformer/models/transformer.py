@@ -6,8 +6,8 @@ from keras import ops
 from keras_transformer.layers import masks
 from keras_transformer.layers.attention import accept_earlier_optimizer_state
 from keras_transformer.layers import validation
-from keras_transformer.layers.block import OPTION_DEFAULTS
-from keras_transformer.layers.block import check_heads_divide
+from keras_transformer.layers.block import changed_options
+from keras_transformer.layers.block import check_model_sizes
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
 from keras_transformer.layers.positional_encoding import PositionalEncoding
@@ -91,13 +91,8 @@ class Transformer(keras.Model):
         validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.source_vocab_size = validation.check_positive_int("source_vocab_size", source_vocab_size)
         self.target_vocab_size = validation.check_positive_int("target_vocab_size", target_vocab_size)
-        self.num_layers = validation.check_positive_int("num_layers", num_layers)
-        self.d_model = validation.check_positive_int("d_model", d_model)
-        self.num_heads = validation.check_positive_int("num_heads", num_heads)
-        check_heads_divide(self.d_model, self.num_heads)
-        self.d_ff = validation.check_positive_int("d_ff", d_ff)
-        self.dropout = validation.check_rate("dropout", dropout)
-        self.max_length = validation.check_positive_int("max_length", max_length)
+        for name, value in check_model_sizes(num_layers, d_model, num_heads, d_ff, dropout, max_length).items():
+            setattr(self, name, value)
         validation.check_choice("share_embeddings", share_embeddings, SHARE_CHOICES)
         if share_embeddings == "auto":
             share_embeddings = "all" if source_vocab_size == target_vocab_size else "decoder"
@@ -113,15 +108,10 @@ class Transformer(keras.Model):
         self.attention_dropout = attention_dropout
         self.position_embedding = position_embedding
         # The block options that differ from the paper's (all of them go to both stacks; get_config holds these).
-        self.block_options = {
-            key: value
-            for key, value in dict(
-                norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
-                rotary_max_wavelength=float(rotary_max_wavelength),
-                rotary_scaling_factor=float(rotary_scaling_factor),
-            ).items()
-            if value != OPTION_DEFAULTS[key]
-        }
+        self.block_options = changed_options(dict(
+            norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
+            rotary_max_wavelength=float(rotary_max_wavelength), rotary_scaling_factor=float(rotary_scaling_factor),
+        ))
 
         policy = self.dtype_policy
         self.source_embedding = TokenEmbedding(
