@@ -233,8 +233,14 @@ def versions_on_disk(base_path: str) -> List[int]:
     A version is an int64, as in TensorFlow Serving, written without leading zeros (so that
     `str(version)` is its directory); other names are skipped.
     """
-    if not os.path.isdir(base_path):
+    try:
+        return _list_versions(base_path)
+    except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _list_versions(base_path: str) -> List[int]:
+    """`versions_on_disk`, raising FileNotFoundError or NotADirectoryError when `base_path` is not a directory."""
     found = []
     for name in os.listdir(base_path):
         if is_version_name(name) and os.path.isfile(os.path.join(base_path, name, "saved_model.pb")):
@@ -358,7 +364,9 @@ class ModelManager:
     def _poll(self) -> List[int]:
         with self._lock:
             base_path, policy = self.base_path, self.policy
-        if not os.path.isdir(base_path):
+        try:
+            versions = _list_versions(base_path)  # (listed once: a path that vanishes after a check is caught too)
+        except (FileNotFoundError, NotADirectoryError):
             # As TensorFlow Serving's file-system source: a base path that is not there fails the poll
             # and changes nothing (a file system that blinks); one that is there but empty unloads all.
             with self._lock:
@@ -366,7 +374,6 @@ class ModelManager:
             log.error("could not find base path %s for %s; %s", base_path, self.name,
                       f"still serving version(s) {serving}" if serving else "nothing to serve")
             return []
-        versions = versions_on_disk(base_path)
         # A version removed from disk starts afresh if it comes back (as a new
         # load in TensorFlow Serving).
         self._failed = {v: failed for v, failed in self._failed.items() if v in versions}

@@ -546,10 +546,13 @@ class MultiHeadAttention(keras.layers.Layer):
             # every query, so the causal mask hides them too).
             q, k, v = self._project(query, value, key)
             q, k = self._rotate(q, k, positions, cache_index, self._rotary)
-            if self.sliding_window is None:
+            slots = cache.shape[3]
+            if self.sliding_window is None or (slots is not None and slots < self.sliding_window):
+                # (A cache shorter than the window holds every position: it is not rolled, so a step past
+                # its end fails as it does without a window, instead of overwriting keys still in the window.)
                 cache = self._update_cache(cache, ops.stack([k, v], axis=1), cache_index)
                 k, v = cache[:, 0], cache[:, 1]
-                causal = masks.causal_mask(ops.shape(q)[2], ops.shape(k)[2], offset=cache_index)
+                causal = self._position_mask(ops.shape(q)[2], ops.shape(k)[2], True, offset=cache_index)
             else:
                 k, v, causal, cache = self._roll(cache, k, v, cache_index)
                 keys, given = k.shape[2], None if attention_mask is None else attention_mask.shape[-1]
@@ -602,11 +605,11 @@ class MultiHeadAttention(keras.layers.Layer):
             return q, k
         return rotary(q, positions=positions, start_index=start), rotary(k, positions=positions, start_index=start)
 
-    def _position_mask(self, query_length, key_length, causal):
-        """The causal and sliding-window masks of a pass without a cache, [T, S] bool, or None."""
+    def _position_mask(self, query_length, key_length, causal, offset=0):
+        """The causal and sliding-window masks, [T, S] bool, or None; query t is at position offset + t."""
         if not causal and self.sliding_window is None:
             return None
-        rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), 1)
+        rows = ops.expand_dims(ops.arange(query_length, dtype="int32") + ops.cast(offset, "int32"), 1)
         cols = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
         mask = ops.less_equal(cols, rows) if causal else None
         if self.sliding_window is not None:

@@ -118,6 +118,12 @@ class _Backbone(keras.Model):
         if not self.built:
             self.build()
 
+    def get_build_config(self):
+        # The weights do not depend on input shapes: a model saved before its first call is built here,
+        # before Keras writes its weights (else the file holds none and loads as a new random model).
+        self._ensure_built()
+        return super().get_build_config()
+
     def _embed(self, token_ids, positions, training, start_index=0):
         """Token ids [B, T] -> embedded [B, T, D]; `positions` [B, T] int, or None:
         `start_index`, `start_index` + 1, ... (rotary embeddings add nothing here)."""

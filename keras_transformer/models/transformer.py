@@ -167,6 +167,12 @@ class Transformer(keras.Model):
         if not self.built:
             self.build()
 
+    def get_build_config(self):
+        # A model saved before its first call is built before Keras writes its weights (else the file
+        # holds none, and loads as a new random model without a word).
+        self._ensure_built()
+        return super().get_build_config()
+
     def encode(self, source, training=None):
         """Source ids [B, S] -> (encoder output [B, S, D], source mask [B, S])."""
         self._ensure_built()

@@ -20,6 +20,14 @@ import torch  # noqa: E402,F401 - installed by `make test`: a missing PyTorch fa
 
 def test_a_model_trains_resumes_and_decodes_on_pytorch_and_comes_back(tmp_path):
     _, _, source, target, logits = save_tensorflow_side(tmp_path, num_layers=1)
+    # A Llama-style CausalLM too (rotary, grouped-query, sliding window, RMSNorm, SwiGLU): the PyTorch side
+    # checks its logits and that its cached steps (a rolling cache) equal its full pass.
+    import keras_transformer as kt
+
+    lm = kt.CausalLM(40, num_layers=2, d_model=32, num_heads=4, num_key_value_heads=2, d_ff=48, sliding_window=3)
+    lm_ids = np.random.default_rng(5).integers(1, 40, size=(2, 7)).astype("int32")
+    lm.save(tmp_path / "tf_lm.keras")  # before its first call: saving builds it (it once saved no weights)
+    np.savez(tmp_path / "lm.npz", ids=lm_ids, logits=keras.ops.convert_to_numpy(lm(lm_ids)))
 
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": ROOT, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "backends", "torch_side.py"), str(tmp_path)],

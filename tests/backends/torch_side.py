@@ -2,7 +2,8 @@
 process with TensorFlow unimportable: `python torch_side.py WORK_DIR`.
 
 It loads the model the TensorFlow side saved (tf_model.keras, inputs.npz)
-and checks its logits, trains it with `training.train` from a `TokenStream`
+and checks its logits (and a Llama-style `CausalLM`'s, with its cached
+steps), trains it with `training.train` from a `TokenStream`
 (killed once and resumed, against a run that was not), saves the result as
 torch_trained.keras, and writes torch.npz (its logits and greedy tokens)
 for the TensorFlow side to check.
@@ -60,9 +61,26 @@ def _check_fused_default_follows_the_keras_device():
         torch.cuda.is_available = available
 
 
+def _check_a_llama_style_model(work):
+    """The CausalLM the TensorFlow side saved: its logits, and cached steps equal to the full pass."""
+    lm = keras.saving.load_model(os.path.join(work, "tf_lm.keras"))
+    saved = np.load(os.path.join(work, "lm.npz"))
+    ids = saved["ids"]
+    full = ops.convert_to_numpy(lm(ids))
+    np.testing.assert_allclose(full, saved["logits"], atol=2e-5, rtol=1e-5)
+    cache = lm.init_cache(ids.shape[0], ids.shape[1])
+    logits, cache = lm.call_with_cache(ids[:, :4], cache, 0)
+    steps = [ops.convert_to_numpy(logits)]
+    for t in range(4, ids.shape[1]):
+        logits, cache = lm.call_with_cache(ids[:, t : t + 1], cache, t)
+        steps.append(ops.convert_to_numpy(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
+
+
 def main(work):
     assert keras.backend.backend() == "torch"
     _check_fused_default_follows_the_keras_device()
+    _check_a_llama_style_model(work)
     inputs = np.load(os.path.join(work, "inputs.npz"))
     source, target = inputs["source"], inputs["target"]
     model_path = os.path.join(work, "tf_model.keras")

@@ -424,3 +424,19 @@ def test_float_positions_and_windowed_cross_attention_caches_are_refused():
     layer(_random(1, 4, D), _random(1, 6, D))
     with pytest.raises(ValueError, match="cross-attention cache"):
         layer.compute_cache(_random(1, 6, D))
+
+
+def test_a_cache_shorter_than_the_window_is_not_rolled():
+    # init_cache(max_length < W) holds every position: it decodes as the full pass, and a step past its end
+    # fails as without a window (it wrapped around and overwrote keys still in the window, silently).
+    x = _random(1, 4, D)
+    layer = MultiHeadAttention(N, H, sliding_window=6)
+    full = to_numpy(layer(x, x, use_causal_mask=True))
+    stepped, cache = _step_by_step(layer, x, 1, cache_length=4)
+    np.testing.assert_allclose(stepped, full, atol=1e-5)
+    assert cache.shape[3] == 4
+    if keras.backend.backend() == "tensorflow":  # (JAX's scatter drops out-of-range rows: no error there)
+        import tensorflow as tf
+
+        with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+            layer(x[:, :1], x[:, :1], cache=cache, cache_index=4)

@@ -216,3 +216,19 @@ def test_left_padded_rows_under_a_sliding_window_decode_as_each_alone():
         np.testing.assert_allclose(to_numpy(next_logits)[row, 0], expected[0, -1], atol=1e-4)
     with pytest.raises(ValueError, match="cannot be given under a sliding window"):
         lm.call_with_cache(step, cache, 6, positions=np.array([[6], [4]], "int32"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CausalLM(50, num_layers=1, d_model=32, num_heads=4, d_ff=48),
+    lambda: EncoderBackbone(50, num_layers=1, d_model=32, num_heads=4, d_ff=48),
+    lambda: Transformer(50, 50, num_layers=1, d_model=32, num_heads=4, d_ff=48),
+], ids=["causal_lm", "encoder", "transformer"])
+def test_a_model_saved_before_its_first_call_keeps_its_weights(tmp_path, make):
+    # Keras writes the weights of built layers only: a model saved unbuilt held none and loaded, without a
+    # word, as a new random model. Saving builds it (its weights do not depend on input shapes).
+    model = make()
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    ids = _ids(2, 5)
+    inputs = {"source": ids, "target": ids} if isinstance(model, Transformer) else ids
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(inputs)), to_numpy(model(inputs)), atol=1e-6)

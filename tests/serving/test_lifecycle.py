@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from serving import servables
+
 from serving.client import GrpcClient
 from serving.client import main as client_main
 from serving.errors import ServingError
@@ -267,6 +269,23 @@ def test_a_base_path_that_disappears_keeps_its_versions_serving(lean_exports, tm
         shutil.rmtree(served / "1")  # there, but with no version: unloaded
         manager.poll()
         assert manager.loaded_versions() == []
+    finally:
+        manager.stop()
+
+
+def test_a_base_path_that_vanishes_while_it_is_listed_keeps_its_versions_serving(lean_exports, tmp_path, monkeypatch):
+    # The directory is listed once: one that vanishes between a check and the listing fails the poll too.
+    base, _, _ = lean_exports
+    served = tmp_path / "models"
+    shutil.copytree(os.path.join(base, "1"), served / "1")
+    manager = ModelManager("toy", str(served), poll_seconds=0)
+    manager.start()
+    try:
+        def vanished(path):
+            raise FileNotFoundError(path)
+
+        monkeypatch.setattr(servables.os, "listdir", vanished)
+        assert manager.poll() == [] and manager.loaded_versions() == [1]
     finally:
         manager.stop()
 
