@@ -43,10 +43,24 @@ def _export(args) -> int:
         alpha=args.alpha, max_extra_length=args.max_extra_length,
         text_processing=args.text_processing, source_lang=args.source_lang, target_lang=args.target_lang,
         lowercase=args.lowercase, max_beam_size=args.max_beam_size, max_num_return=args.max_num_return,
-        signatures=args.signatures.split(",") if args.signatures else SIGNATURES,
+        signatures=args.signatures or SIGNATURES,
     )
     print(f"exported {path}")
     return 0
+
+
+def _signature_list(text):
+    """--signatures: names separated by commas (spaces around them allowed), checked before any model loads."""
+    from keras_transformer.export.saved_model import SIGNATURES
+
+    names = [name.strip() for name in text.split(",")]
+    wrong = [name for name in names if name not in SIGNATURES]
+    if wrong or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: each of {', '.join(SIGNATURES)} at most once, comma-separated"
+            + (f" (not {', '.join(map(repr, wrong))})" if wrong else " (one is named twice)")
+        )
+    return names
 
 
 def main(argv=None) -> int:
@@ -65,7 +79,7 @@ def main(argv=None) -> int:
     export.add_argument("--beam-size", type=int, default=4)
     export.add_argument("--alpha", type=float, default=0.6)
     export.add_argument("--max-extra-length", type=int, default=50)
-    export.add_argument("--signatures",
+    export.add_argument("--signatures", type=_signature_list,
                         help="the signatures to export, comma-separated (default: all five: serving_default, "
                              "translate_ids, score, attention, translate)")
     export.add_argument("--max-beam-size", type=int, default=8,

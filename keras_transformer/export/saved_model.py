@@ -199,6 +199,8 @@ class TranslationModule(tf.Module):
 
 TEXT_PROCESSING = ("moses", "none")
 SIGNATURES = ("serving_default", "translate_ids", "score", "attention", "translate")
+SIGNATURE_METHODS = {"serving_default": "serve", "translate_ids": "translate_ids", "score": "score",
+                     "attention": "attention", "translate": "translate"}
 
 
 def next_version(base_dir: str) -> int:
@@ -233,11 +235,10 @@ def export_saved_model(
     never sees a partial version and a failed export leaves nothing behind.
 
     `signatures` chooses which of `SIGNATURES` the SavedModel serves
-    (default: all), and the warm-up records run only those: a server warms up
-    faster without `translate` and its two decoding loops, and a deployment
-    that should not let requests choose their beam size leaves it out. (The
-    module's other functions are still traced and saved as its attributes:
-    the SavedModel is not smaller and loads no faster.)
+    (default: all): only their functions are traced and saved, and the
+    warm-up records run only those. A SavedModel without `translate` and
+    its two decoding loops is smaller and loads faster, and a deployment
+    that should not let requests choose their beam size leaves it out.
 
     Returns:
         The path of the new version directory.
@@ -267,8 +268,12 @@ def export_saved_model(
     tmp = os.path.join(base_dir, f".tmp-{version}-{uuid.uuid4().hex}")
     os.mkdir(tmp)
     try:
-        functions = {"serving_default": module.serve, "translate_ids": module.translate_ids, "score": module.score,
-                     "attention": module.attention, "translate": module.translate}
+        functions = {name: getattr(module, attribute) for name, attribute in SIGNATURE_METHODS.items()}
+        for name, attribute in SIGNATURE_METHODS.items():
+            if name not in signatures:
+                # A tf.function attribute with an input signature is traced and saved whether a
+                # signature names it or not: the instance's None hides the class's method.
+                setattr(module, attribute, None)
         tf.saved_model.save(module, tmp, signatures={name: functions[name] for name in signatures})
         write_warmup_requests(tmp, warmup_sentences, translate_warmup_settings(
             beam_size, alpha, max_extra_length, module.limits.max_beam_size, module.limits.max_num_return),

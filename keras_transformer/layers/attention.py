@@ -5,6 +5,7 @@ D model (feature) size, N heads, H size per head.
 """
 
 import functools
+import numbers
 
 import keras
 import numpy as np
@@ -547,7 +548,9 @@ class MultiHeadAttention(keras.layers.Layer):
             q, k, v = self._project(query, value, key)
             q, k = self._rotate(q, k, positions, cache_index, self._rotary)
             slots = cache.shape[3]
-            if self.sliding_window is None or (slots is not None and slots < self.sliding_window):
+            rolling = self.sliding_window is not None and (slots is None or slots >= self.sliding_window)
+            _check_cache_index(cache_index, query.shape[1], None if rolling else slots)
+            if not rolling:
                 # (A cache shorter than the window holds every position: it is not rolled, so a step past
                 # its end fails as it does without a window, instead of overwriting keys still in the window.)
                 cache = self._update_cache(cache, ops.stack([k, v], axis=1), cache_index)
@@ -734,3 +737,20 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.sliding_window is not None:
             config["sliding_window"] = self.sliding_window
         return config
+
+
+def _check_cache_index(cache_index, steps, slots):
+    """Refuses a Python-int `cache_index` that is negative, or whose `steps`
+    new tokens run past a cache of `slots` (None: a rolling cache, no end).
+    Neither is an error on every backend once traced: TensorFlow's scatter
+    fails, but JAX's writes a negative slot from the end and drops slots
+    past it, and the causal mask then shows the queries the wrong keys. A
+    traced index cannot be checked here."""
+    if not isinstance(cache_index, numbers.Integral):
+        return
+    validation.check_int_at_least("cache_index", cache_index, 0)
+    if slots is not None and steps is not None and cache_index + steps > slots:
+        raise ValueError(
+            f"The cached step's {steps} token(s) at `cache_index` {int(cache_index)} run past the cache's "
+            f"{slots} slots (init_cache's max_length). Received: cache_index={int(cache_index)}"
+        )

@@ -118,6 +118,10 @@ class _Backbone(keras.Model):
         if not self.built:
             self.build()
 
+    @staticmethod
+    def _check_token_ids(token_ids):
+        validation.check_rank("token_ids", getattr(token_ids, "shape", None), 2)
+
     def get_build_config(self):
         # The weights do not depend on input shapes: a model saved before its first call is built here,
         # before Keras writes its weights (else the file holds none and loads as a new random model).
@@ -180,8 +184,9 @@ class EncoderBackbone(_Backbone):
             the embeddings). Default False.
         layer_norm_epsilon: float. Default 1e-12 (BERT's).
         norm, feed_forward, use_bias, num_key_value_heads,
-        rotary_max_wavelength, sliding_window: as for `EncoderLayer`.
-            Defaults: "layer", "gelu", True, `num_heads`, 10000, None.
+        rotary_max_wavelength, rotary_scaling_factor, sliding_window: as
+            for `EncoderLayer`. Defaults: "layer", "gelu", True,
+            `num_heads`, 10000, 1, None.
 
     Call arguments:
         token_ids: int [B, T]; 0 is padding (its Keras mask is passed on).
@@ -216,12 +221,14 @@ class EncoderBackbone(_Backbone):
         use_bias=True,
         num_key_value_heads=None,
         rotary_max_wavelength=10000.0,
+        rotary_scaling_factor=1.0,
         sliding_window=None,
         **kwargs,
     ):
         options = dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
-            rotary_max_wavelength=float(rotary_max_wavelength), sliding_window=sliding_window,
+            rotary_max_wavelength=float(rotary_max_wavelength), rotary_scaling_factor=float(rotary_scaling_factor),
+            sliding_window=sliding_window,
         )
         super().__init__(
             vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length, position_embedding,
@@ -229,6 +236,7 @@ class EncoderBackbone(_Backbone):
         )
 
     def call(self, token_ids, training=None):
+        self._check_token_ids(token_ids)
         self._ensure_built()
         mask = masks.padding_mask(token_ids)
         x = self._embed(token_ids, None, training)
@@ -261,8 +269,8 @@ class CausalLM(_Backbone):
         norm_first: bool. Default True.
         layer_norm_epsilon: float. Default 1e-6.
         norm, feed_forward, use_bias, rotary_max_wavelength,
-        sliding_window: as for `EncoderLayer`. Defaults: "rms", "swiglu",
-            False, 10000, None.
+        rotary_scaling_factor, sliding_window: as for `EncoderLayer`.
+            Defaults: "rms", "swiglu", False, 10000, 1, None.
         tie_embeddings: bool, the output projection is the transposed token
             embedding. Default True (the Llama and Mistral presets: False,
             as theirs is separate).
@@ -302,13 +310,15 @@ class CausalLM(_Backbone):
         feed_forward="swiglu",
         use_bias=False,
         rotary_max_wavelength=10000.0,
+        rotary_scaling_factor=1.0,
         sliding_window=None,
         tie_embeddings=True,
         **kwargs,
     ):
         options = dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
-            rotary_max_wavelength=float(rotary_max_wavelength), sliding_window=sliding_window,
+            rotary_max_wavelength=float(rotary_max_wavelength), rotary_scaling_factor=float(rotary_scaling_factor),
+            sliding_window=sliding_window,
         )
         super().__init__(
             vocab_size, num_layers, d_model, num_heads, d_ff, dropout, max_length, position_embedding,
@@ -332,6 +342,7 @@ class CausalLM(_Backbone):
         return ops.cast(self.output_projection(x), "float32")
 
     def call(self, token_ids, training=None):
+        self._check_token_ids(token_ids)
         self._ensure_built()
         x = self._embed(token_ids, None, training)
         x = self.encoder(x, mask=masks.padding_mask(token_ids), use_causal_mask=True, training=training)
@@ -362,6 +373,7 @@ class CausalLM(_Backbone):
                 (with a sliding window: its L slots, then the T new tokens),
                 False on slots that hold padding.
         """
+        self._check_token_ids(token_ids)
         self._ensure_built()
         if positions is not None and self.block_options.get("sliding_window") is not None:
             raise ValueError(

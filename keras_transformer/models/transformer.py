@@ -175,6 +175,7 @@ class Transformer(keras.Model):
 
     def encode(self, source, training=None):
         """Source ids [B, S] -> (encoder output [B, S, D], source mask [B, S])."""
+        validation.check_rank("source", getattr(source, "shape", None), 2)
         self._ensure_built()
         source_mask = masks.padding_mask(source)
         x = self.source_embedding(source)
@@ -200,6 +201,7 @@ class Transformer(keras.Model):
         decoder layer's cross-attention scores [B, N, T, S] comes next to the
         logits.
         """
+        validation.check_rank("target", getattr(target, "shape", None), 2)
         self._ensure_built()
         x = self._target_embedding(target)
         if self.position_embedding == "sinusoidal":

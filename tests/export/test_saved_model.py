@@ -49,7 +49,8 @@ def exported(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "keras_transformer.export", "export", "--model", str(work / "model.keras"),
          "--weights", str(work / "epoch-0002.weights.h5"), "--vocab", str(work / "vocab.txt"), "--base-dir", base,
-         "--beam-size", "2", "--max-extra-length", "6", "--text-processing", "none"],
+         "--beam-size", "2", "--max-extra-length", "6", "--text-processing", "none",
+         "--signatures", "serving_default, translate_ids,score , attention,translate"],  # (spaces allowed)
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -245,10 +246,16 @@ def test_only_core_ops_and_warmup_records(exported):
 def test_an_export_of_chosen_signatures_warms_up_only_those(exported, tmp_path):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    model, tokenizer, _, _ = exported
+    model, tokenizer, _, every = exported
     path = export_saved_model(model, tokenizer.vocab, str(tmp_path), text_processing="none",
                               signatures=("serving_default", "score"))
-    assert set(tf.saved_model.load(path).signatures) == {"serving_default", "score"}
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "score"}
+    # The other functions are not saved at all (they were, as the module's attributes: no smaller, no
+    # faster to load): the graph without translate's and attention's decoding loops is a fraction.
+    assert not hasattr(loaded, "translate") and not hasattr(loaded, "attention")
+    size = os.path.getsize(os.path.join(path, "saved_model.pb"))
+    assert size < 0.6 * os.path.getsize(os.path.join(every, "saved_model.pb"))
     records = tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)).as_numpy_iterator()
     names = {prediction_log_pb2.PredictionLog.FromString(r).predict_log.request.model_spec.signature_name
              for r in records}
@@ -257,6 +264,18 @@ def test_an_export_of_chosen_signatures_warms_up_only_those(exported, tmp_path):
         with pytest.raises(ValueError, match="`signatures` must be some of"):
             export_saved_model(model, tokenizer.vocab, str(tmp_path), signatures=bad)
     assert sorted(os.listdir(tmp_path)) == ["1"]  # refused before anything was written
+
+
+def test_the_command_line_refuses_unknown_signatures_before_loading_a_model(tmp_path, capsys):
+    from keras_transformer.export.__main__ import main
+
+    for bad, named in (("serving_default, beam", "'beam'"), ("score,score", "named twice"), ("", "''")):
+        with pytest.raises(SystemExit) as exit:
+            main(["export", "--model", str(tmp_path / "missing.keras"), "--vocab", str(tmp_path / "missing.txt"),
+                  "--base-dir", str(tmp_path / "models"), "--signatures", bad])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and "--signatures" in err and named in err, err
+    assert not os.path.exists(tmp_path / "models")
 
 
 def test_warmup_stays_within_the_limits_the_export_sets():

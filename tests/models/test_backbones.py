@@ -232,3 +232,41 @@ def test_a_model_saved_before_its_first_call_keeps_its_weights(tmp_path, make):
     ids = _ids(2, 5)
     inputs = {"source": ids, "target": ids} if isinstance(model, Transformer) else ids
     np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(inputs)), to_numpy(model(inputs)), atol=1e-6)
+
+
+def test_the_rotary_scaling_factor_reaches_every_block_and_the_keras_file(tmp_path):
+    # (The backbones took every other rotary option but not this one: passing it failed in keras.Model.)
+    config = dict(num_layers=2, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    lm = CausalLM(50, rotary_scaling_factor=4.0, **config)
+    ids = _ids(1, 12)
+    scaled = to_numpy(lm(ids))
+    assert [block.self_attention._rotary.scaling_factor for block in lm.encoder.stack] == [4.0, 4.0]
+    plain = CausalLM(50, **config)
+    plain(ids)
+    plain.set_weights(lm.get_weights())
+    assert np.abs(to_numpy(plain(ids)) - scaled).max() > 1e-3  # the factor changes the logits
+    path = str(tmp_path / "lm.keras")
+    lm.save(path)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(ids)), scaled, atol=1e-5)
+    encoder = EncoderBackbone(50, position_embedding="rotary", rotary_scaling_factor=2.0, **config)
+    encoder(ids)
+    assert encoder.encoder.stack[0].self_attention._rotary.scaling_factor == 2.0
+    assert EncoderBackbone.from_config(encoder.get_config()).block_options["rotary_scaling_factor"] == 2.0
+
+
+def test_token_ids_of_the_wrong_rank_are_refused_by_name():
+    # One sentence's ids without the batch axis failed deep in a block ("`inputs` must have rank 3").
+    config = dict(num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    ids = np.array([5, 6, 7], "int32")
+    lm = CausalLM(50, **config)
+    with pytest.raises(ValueError, match="`token_ids` must have rank 2. Received: token_ids.shape=\\(3,\\)"):
+        lm(ids)
+    with pytest.raises(ValueError, match="`token_ids` must have rank 2"):
+        lm.call_with_cache(ids, lm.init_cache(1, 8), 0)
+    with pytest.raises(ValueError, match="`token_ids` must have rank 2"):
+        EncoderBackbone(50, **config)(ids)
+    model = Transformer(50, 50, num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    with pytest.raises(ValueError, match="`source` must have rank 2"):
+        model({"source": ids, "target": ids[None]})
+    with pytest.raises(ValueError, match="`target` must have rank 2"):
+        model({"source": ids[None], "target": ids})
