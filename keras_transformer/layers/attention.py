@@ -315,6 +315,9 @@ class MultiHeadAttention(keras.layers.Layer):
             )
         validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.position_embedding = position_embedding
+        rotary_max_wavelength, rotary_scaling_factor = validation.check_rotary_options(
+            position_embedding == "rotary", rotary_max_wavelength, rotary_scaling_factor
+        )
         self.sliding_window = (
             None if sliding_window is None else validation.check_positive_int("sliding_window", sliding_window)
         )
@@ -549,7 +552,7 @@ class MultiHeadAttention(keras.layers.Layer):
             q, k = self._rotate(q, k, positions, cache_index, self._rotary)
             slots = cache.shape[3]
             rolling = self.sliding_window is not None and (slots is None or slots >= self.sliding_window)
-            _check_cache_index(cache_index, query.shape[1], None if rolling else slots)
+            _check_cache_index(cache_index, key.shape[1], None if rolling else slots)
             if not rolling:
                 # (A cache shorter than the window holds every position: it is not rolled, so a step past
                 # its end fails as it does without a window, instead of overwriting keys still in the window.)
@@ -740,17 +743,29 @@ class MultiHeadAttention(keras.layers.Layer):
 
 
 def _check_cache_index(cache_index, steps, slots):
-    """Refuses a Python-int `cache_index` that is negative, or whose `steps`
-    new tokens run past a cache of `slots` (None: a rolling cache, no end).
-    Neither is an error on every backend once traced: TensorFlow's scatter
-    fails, but JAX's writes a negative slot from the end and drops slots
-    past it, and the causal mask then shows the queries the wrong keys. A
-    traced index cannot be checked here."""
+    """Refuses a `cache_index` known before the step runs (a Python or NumPy
+    int, an eager tensor) that is negative, or whose `steps` new keys run
+    past a cache of `slots` (None: a rolling cache, no end). Neither is an
+    error on every backend: TensorFlow's scatter fails deep inside, JAX's
+    writes index -1 into the last slot and drops the slots past the end, and
+    the causal mask then shows the queries the wrong keys. An index traced
+    in a graph (a decoding loop's) cannot be checked here."""
+    if isinstance(cache_index, bool):
+        raise ValueError(f"`cache_index` must be an integer. Received: cache_index={cache_index!r}")
     if not isinstance(cache_index, numbers.Integral):
-        return
+        try:  # (Keras's __call__ has made NumPy scalars tensors by now)
+            value = np.asarray(ops.convert_to_numpy(cache_index))
+        except Exception:  # traced (tf.function, jit): its value is not known yet
+            return
+        if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+            raise ValueError(
+                "`cache_index` must be a scalar integer. "
+                f"Received: cache_index with shape {value.shape} and dtype {value.dtype}"
+            )
+        cache_index = int(value)
     validation.check_int_at_least("cache_index", cache_index, 0)
     if slots is not None and steps is not None and cache_index + steps > slots:
         raise ValueError(
-            f"The cached step's {steps} token(s) at `cache_index` {int(cache_index)} run past the cache's "
-            f"{slots} slots (init_cache's max_length). Received: cache_index={int(cache_index)}"
+            f"The cached step's {steps} token(s) at `cache_index` {cache_index} run past the cache's "
+            f"{slots} slots (init_cache's max_length). Received: cache_index={cache_index}"
         )

@@ -129,14 +129,17 @@ class BlockArguments(keras.layers.Layer):
             validation.check_choice("position_embedding", position_embedding, (None, "rotary"))
         if sliding_window is not None:
             validation.check_positive_int("sliding_window", sliding_window)
+        rotary_max_wavelength, rotary_scaling_factor = validation.check_rotary_options(
+            position_embedding == "rotary", rotary_max_wavelength, rotary_scaling_factor
+        )
         self.options = {
             "norm": norm,
             "feed_forward": feed_forward,
             "use_bias": bool(use_bias),
             "num_key_value_heads": num_key_value_heads,
             "position_embedding": position_embedding,
-            "rotary_max_wavelength": float(rotary_max_wavelength),
-            "rotary_scaling_factor": float(rotary_scaling_factor),
+            "rotary_max_wavelength": rotary_max_wavelength,
+            "rotary_scaling_factor": rotary_scaling_factor,
             "sliding_window": sliding_window,
         }
         self.dropout = validation.check_rate("dropout", dropout)

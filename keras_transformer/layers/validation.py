@@ -36,6 +36,25 @@ def check_rank(name: str, shape, expected_rank: int) -> None:
         )
 
 
+def check_rotary_options(rotary: bool, max_wavelength, scaling_factor) -> tuple:
+    """(`rotary_max_wavelength`, `rotary_scaling_factor`) as floats: numbers
+    above 1 and at least 1, refused when changed from their defaults
+    (10000, 1) without rotary embeddings (`rotary` False), where they would
+    change nothing."""
+    for name, value, valid in (("rotary_max_wavelength", max_wavelength, lambda v: v > 1),
+                               ("rotary_scaling_factor", scaling_factor, lambda v: v >= 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not valid(value):
+            bound = "above 1" if name == "rotary_max_wavelength" else "of at least 1"
+            raise ValueError(f"`{name}` must be a number {bound}. Received: {name}={value!r}")
+    if not rotary and (max_wavelength != 10000 or scaling_factor != 1):
+        raise ValueError(
+            "`rotary_max_wavelength` and `rotary_scaling_factor` set the rotary embedding: give them with "
+            "position_embedding='rotary'. Received: "
+            f"rotary_max_wavelength={max_wavelength!r}, rotary_scaling_factor={scaling_factor!r}"
+        )
+    return float(max_wavelength), float(scaling_factor)
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(

@@ -67,6 +67,13 @@ class _Backbone(keras.Model):
             setattr(self, name, value)
         validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.position_embedding = position_embedding
+        block_options = dict(block_options)
+        block_options["rotary_max_wavelength"], block_options["rotary_scaling_factor"] = (
+            validation.check_rotary_options(
+                position_embedding == "rotary", block_options["rotary_max_wavelength"],
+                block_options["rotary_scaling_factor"],
+            )
+        )
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.block_options = dict(block_options)
@@ -227,7 +234,7 @@ class EncoderBackbone(_Backbone):
     ):
         options = dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
-            rotary_max_wavelength=float(rotary_max_wavelength), rotary_scaling_factor=float(rotary_scaling_factor),
+            rotary_max_wavelength=rotary_max_wavelength, rotary_scaling_factor=rotary_scaling_factor,
             sliding_window=sliding_window,
         )
         super().__init__(
@@ -317,7 +324,7 @@ class CausalLM(_Backbone):
     ):
         options = dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
-            rotary_max_wavelength=float(rotary_max_wavelength), rotary_scaling_factor=float(rotary_scaling_factor),
+            rotary_max_wavelength=rotary_max_wavelength, rotary_scaling_factor=rotary_scaling_factor,
             sliding_window=sliding_window,
         )
         super().__init__(

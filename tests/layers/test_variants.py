@@ -426,6 +426,17 @@ def test_float_positions_and_windowed_cross_attention_caches_are_refused():
         layer.compute_cache(_random(1, 6, D))
 
 
+def test_rotary_options_are_refused_by_name_and_without_rotary_embeddings():
+    with pytest.raises(ValueError, match="`rotary_max_wavelength` must be a number above 1"):
+        MultiHeadAttention(N, H, position_embedding="rotary", rotary_max_wavelength=1)
+    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
+        MultiHeadAttention(N, H, rotary_scaling_factor=2.0)
+    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
+        EncoderLayer(N, 16, rotary_max_wavelength=500.0)
+    assert EncoderLayer(N, 16, position_embedding="rotary", rotary_scaling_factor=2).options[
+        "rotary_scaling_factor"] == 2.0
+
+
 def test_a_cache_shorter_than_the_window_is_not_rolled():
     # init_cache(max_length < W) holds every position: it decodes as the full pass, and a step past its end
     # fails as without a window (it wrapped around and overwrote keys still in the window, silently).
@@ -446,10 +457,15 @@ def test_a_cache_index_that_is_negative_or_runs_past_the_cache_is_refused(window
     layer = MultiHeadAttention(N, H, sliding_window=window)
     x = _random(1, 2, D)
     cache = layer.init_cache(1, 4)
-    with pytest.raises(ValueError, match="`cache_index` must be an integer of at least 0"):
-        layer(x, x, cache=cache, cache_index=-1)
+    # (NumPy scalars and eager tensors too: Keras's __call__ makes NumPy scalars tensors before `call`.)
+    for negative in (-1, np.int64(-1), np.array(-1), ops.convert_to_tensor(-1)):
+        with pytest.raises(ValueError, match="`cache_index` must be an integer of at least 0"):
+            layer(x, x, cache=cache, cache_index=negative)
     if window is None:
-        with pytest.raises(ValueError, match="2 token\\(s\\) at `cache_index` 3 run past the cache's 4 slots"):
-            layer(x, x, cache=cache, cache_index=3)
+        for past in (3, np.int32(3), ops.convert_to_tensor(3)):
+            with pytest.raises(ValueError, match="2 token\\(s\\) at `cache_index` 3 run past the cache's 4 slots"):
+                layer(x, x, cache=cache, cache_index=past)
     else:  # a rolling cache has no end
         layer(x, x, cache=layer.init_cache(1, 8), cache_index=np.int64(7))
+    with pytest.raises(ValueError, match="`cache_index` must be a scalar integer"):
+        layer(x, x, cache=cache, cache_index=np.array([0, 1]))

@@ -252,6 +252,14 @@ def test_the_rotary_scaling_factor_reaches_every_block_and_the_keras_file(tmp_pa
     encoder(ids)
     assert encoder.encoder.stack[0].self_attention._rotary.scaling_factor == 2.0
     assert EncoderBackbone.from_config(encoder.get_config()).block_options["rotary_scaling_factor"] == 2.0
+    # Refused by name, and where it would change nothing (no rotary embedding) rather than ignored.
+    for bad in (0.5, True, "4", None):
+        with pytest.raises(ValueError, match="`rotary_scaling_factor` must be a number of at least 1"):
+            CausalLM(50, rotary_scaling_factor=bad, **config)
+    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
+        EncoderBackbone(50, rotary_scaling_factor=4.0, **config)  # learned positions
+    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
+        Transformer(50, 50, num_layers=1, d_model=32, num_heads=4, d_ff=48, rotary_max_wavelength=500.0)
 
 
 def test_token_ids_of_the_wrong_rank_are_refused_by_name():
