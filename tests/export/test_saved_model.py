@@ -391,3 +391,23 @@ def test_raw_text_keeps_case_exactly_when_the_vocabulary_is_cased(cased, tmp_pat
     assert translator.lowercase is not cased
     ids = translator.encode_sources(["A Man rides."]).numpy()[0]
     assert tokenizer.id_to_token(ids[1:-1]) == expected
+
+
+def test_a_model_with_the_variants_exports_and_translates_as_in_memory(tmp_path):
+    # Rotary embeddings in the decoder's self-attention, grouped-query attention, pre-norm RMSNorm and
+    # SwiGLU (the variants recipe's blocks) through the SavedModel's decoding loop with its cache: each
+    # sentence's translation and log-probability are the in-memory Translator's, and only core ops.
+    tokenizer = WordPieceTokenizer.learn(["a man rides a bike", "two dogs run fast"] * 20, vocab_size=60, min_count=5)
+    model = kt.Transformer(tokenizer.vocab_size, tokenizer.vocab_size, num_layers=2, d_model=16, num_heads=4,
+                           d_ff=24, max_length=40, norm_first=True, norm="rms", feed_forward="swiglu",
+                           position_embedding="rotary", num_key_value_heads=2)
+    model.build()
+    path = export_saved_model(model, tokenizer.vocab, str(tmp_path), beam_size=3, max_extra_length=5,
+                              text_processing="none", signatures=("serving_default", "score"))
+    out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(TEXTS))
+    expected = Translator(model, tokenizer, beam_size=3, max_extra_length=5).hypotheses(TEXTS)
+    assert [t.decode() for t in out["translation"].numpy()] == [row[0][0] for row in expected]
+    np.testing.assert_allclose(out["log_prob"].numpy(), [row[0][1] for row in expected], atol=1e-4)
+    check = subprocess.run([sys.executable, "-m", "keras_transformer.export", "check", path],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert check.returncode == 0, check.stdout + check.stderr[-2000:]
