@@ -51,16 +51,12 @@ def _export(args) -> int:
 
 def _signature_list(text):
     """--signatures: names separated by commas (spaces around them allowed), checked before any model loads."""
-    from keras_transformer.export.saved_model import SIGNATURES
+    from keras_transformer.export.saved_model import check_signatures
 
-    names = [name.strip() for name in text.split(",")]
-    wrong = [name for name in names if name not in SIGNATURES]
-    if wrong or len(set(names)) < len(names):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: each of {', '.join(SIGNATURES)} at most once, comma-separated"
-            + (f" (not {', '.join(map(repr, wrong))})" if wrong else " (one is named twice)")
-        )
-    return names
+    try:
+        return check_signatures(name.strip() for name in text.split(","))
+    except ValueError as error:  # (argparse would print only "invalid value" for a ValueError)
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv=None) -> int:

@@ -198,9 +198,28 @@ class TranslationModule(tf.Module):
 
 
 TEXT_PROCESSING = ("moses", "none")
-SIGNATURES = ("serving_default", "translate_ids", "score", "attention", "translate")
+# Each signature's TranslationModule method.
 SIGNATURE_METHODS = {"serving_default": "serve", "translate_ids": "translate_ids", "score": "score",
                      "attention": "attention", "translate": "translate"}
+SIGNATURES = tuple(SIGNATURE_METHODS)
+
+
+def check_signatures(signatures) -> list:
+    """`signatures` as a list, refused (ValueError naming what is wrong)
+    unless it names some of `SIGNATURES`, each once."""
+    names = list(signatures)
+    wrong = [name for name in names if name not in SIGNATURES]
+    problem = ""
+    if wrong:
+        problem = f" (not {', '.join(map(repr, wrong))})"
+    elif len(set(names)) < len(names):
+        problem = " (one is named twice)"
+    elif not names:
+        problem = " (none given)"
+    if problem:
+        raise ValueError(f"`signatures` must be some of {list(SIGNATURES)}, each once{problem}. Received: "
+                         f"signatures={names!r}")
+    return names
 
 
 def next_version(base_dir: str) -> int:
@@ -250,10 +269,7 @@ def export_saved_model(
     from keras_transformer.export.warmup import translate_warmup_settings
     from keras_transformer.export.warmup import write_warmup_requests
 
-    signatures = list(signatures)
-    if not signatures or set(signatures) - set(SIGNATURES) or len(set(signatures)) < len(signatures):
-        raise ValueError(f"`signatures` must be some of {list(SIGNATURES)}, each once. Received: "
-                         f"signatures={signatures!r}")
+    signatures = check_signatures(signatures)
     os.makedirs(base_dir, exist_ok=True)
     version = next_version(base_dir) if version is None else int(version)
     final = os.path.join(base_dir, str(version))
@@ -268,13 +284,13 @@ def export_saved_model(
     tmp = os.path.join(base_dir, f".tmp-{version}-{uuid.uuid4().hex}")
     os.mkdir(tmp)
     try:
-        functions = {name: getattr(module, attribute) for name, attribute in SIGNATURE_METHODS.items()}
-        for name, attribute in SIGNATURE_METHODS.items():
-            if name not in signatures:
+        chosen = {name: getattr(module, SIGNATURE_METHODS[name]) for name in signatures}
+        for name, method in SIGNATURE_METHODS.items():
+            if name not in chosen:
                 # A tf.function attribute with an input signature is traced and saved whether a
                 # signature names it or not: the instance's None hides the class's method.
-                setattr(module, attribute, None)
-        tf.saved_model.save(module, tmp, signatures={name: functions[name] for name in signatures})
+                setattr(module, method, None)
+        tf.saved_model.save(module, tmp, signatures=chosen)
         write_warmup_requests(tmp, warmup_sentences, translate_warmup_settings(
             beam_size, alpha, max_extra_length, module.limits.max_beam_size, module.limits.max_num_return),
             signatures)

@@ -67,16 +67,9 @@ class _Backbone(keras.Model):
             setattr(self, name, value)
         validation.check_choice("position_embedding", position_embedding, POSITION_EMBEDDINGS)
         self.position_embedding = position_embedding
-        block_options = dict(block_options)
-        block_options["rotary_max_wavelength"], block_options["rotary_scaling_factor"] = (
-            validation.check_rotary_options(
-                position_embedding == "rotary", block_options["rotary_max_wavelength"],
-                block_options["rotary_scaling_factor"],
-            )
-        )
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.block_options = dict(block_options)
+        self.block_options = dict(block_options)  # (checked by the Encoder stack, below)
         policy = self.dtype_policy
         # Neither BERT nor Llama scales its embeddings by sqrt(d_model) (the paper's Transformer does);
         # both draw them, as their position embeddings, with standard deviation 0.02.

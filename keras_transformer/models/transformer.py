@@ -107,13 +107,11 @@ class Transformer(keras.Model):
         self.activation = activation
         self.attention_dropout = attention_dropout
         self.position_embedding = position_embedding
-        rotary_max, rotary_scaling = validation.check_rotary_options(
-            position_embedding == "rotary", rotary_max_wavelength, rotary_scaling_factor
-        )
-        # The block options that differ from the paper's (all of them go to both stacks; get_config holds these).
+        # The block options that differ from the paper's (all of them go to both stacks, which check them;
+        # get_config holds these).
         self.block_options = changed_options(dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
-            rotary_max_wavelength=rotary_max, rotary_scaling_factor=rotary_scaling,
+            rotary_max_wavelength=rotary_max_wavelength, rotary_scaling_factor=rotary_scaling_factor,
         ))
 
         policy = self.dtype_policy
