@@ -1,7 +1,9 @@
 """Argument checks shared by the layers, decoding, data, training and export:
 each error names the argument, what was expected and what was received."""
 
+import math
 import numbers
+import warnings
 
 import keras
 
@@ -27,7 +29,7 @@ def check_rate(name: str, value) -> float:
 
 
 def check_rank(name: str, shape, expected_rank: int) -> None:
-    if shape is None:
+    if shape is None or getattr(shape, "rank", 0) is None:  # (unknown rank: nothing to check yet)
         return
     rank = len(shape)
     if rank != expected_rank:
@@ -36,22 +38,32 @@ def check_rank(name: str, shape, expected_rank: int) -> None:
         )
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_rotary_options(rotary: bool, max_wavelength, scaling_factor) -> tuple:
-    """(`rotary_max_wavelength`, `rotary_scaling_factor`) as floats: numbers
-    above 1 and at least 1, refused when changed from their defaults
-    (10000, 1) without rotary embeddings (`rotary` False), where they would
-    change nothing."""
-    for name, value, valid in (("rotary_max_wavelength", max_wavelength, lambda v: v > 1),
-                               ("rotary_scaling_factor", scaling_factor, lambda v: v >= 1)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not valid(value):
-            bound = "above 1" if name == "rotary_max_wavelength" else "of at least 1"
-            raise ValueError(f"`{name}` must be a number {bound}. Received: {name}={value!r}")
-    if not rotary and (max_wavelength != 10000 or scaling_factor != 1):
-        raise ValueError(
-            "`rotary_max_wavelength` and `rotary_scaling_factor` set the rotary embedding: give them with "
-            "position_embedding='rotary'. Received: "
-            f"rotary_max_wavelength={max_wavelength!r}, rotary_scaling_factor={scaling_factor!r}"
-        )
+    """(`rotary_max_wavelength`, `rotary_scaling_factor`) as floats: finite
+    numbers above 1 and at least 1. Without rotary embeddings (`rotary`
+    False) they change nothing: changed values are ignored with a warning
+    (not refused: configs saved before this check hold them) and the
+    defaults (10000, 1) returned, so a config written afterwards drops them."""
+    for name, value, valid, bound in (
+        ("rotary_max_wavelength", max_wavelength, lambda v: v > 1, "above 1"),
+        ("rotary_scaling_factor", scaling_factor, lambda v: v >= 1, "of at least 1"),
+    ):
+        # (finite in float32, where the embedding computes: 1e39 passed, then failed in the first call)
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                or abs(value) > FLOAT32_MAX or not valid(value)):
+            raise ValueError(f"`{name}` must be a finite number {bound} (a float32). Received: {name}={value!r}")
+    if not rotary:
+        if max_wavelength != 10000 or scaling_factor != 1:
+            warnings.warn(
+                "`rotary_max_wavelength` and `rotary_scaling_factor` are ignored without "
+                f"position_embedding='rotary'. Received: rotary_max_wavelength={max_wavelength!r}, "
+                f"rotary_scaling_factor={scaling_factor!r}",
+                stacklevel=3,
+            )
+        return 10000.0, 1.0
     return float(max_wavelength), float(scaling_factor)
 
 

@@ -1,6 +1,8 @@
 """Encoder-only (BERT-style) and decoder-only (Llama-style) models built from
 the library's blocks, and their named sizes."""
 
+import inspect
+
 import keras
 from keras import ops
 
@@ -69,7 +71,6 @@ class _Backbone(keras.Model):
         self.position_embedding = position_embedding
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.block_options = dict(block_options)  # (checked by the Encoder stack, below)
         policy = self.dtype_policy
         # Neither BERT nor Llama scales its embeddings by sqrt(d_model) (the paper's Transformer does);
         # both draw them, as their position embeddings, with standard deviation 0.02.
@@ -97,6 +98,7 @@ class _Backbone(keras.Model):
             position_embedding="rotary" if position_embedding == "rotary" else None,
             dtype=policy, name="encoder", **block_options,
         )
+        self.block_options = {key: self.encoder.options[key] for key in block_options}  # (as the stack checked them)
 
     @classmethod
     def from_preset(cls, preset, vocab_size, **overrides):
@@ -156,9 +158,12 @@ class _Backbone(keras.Model):
                 "position_embedding": self.position_embedding,
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                **self.block_options,
             }
         )
+        # Block options only when they differ from this class's defaults: a version before an option loads the rest.
+        defaults = inspect.signature(type(self).__init__).parameters
+        config.update({key: value for key, value in self.block_options.items()
+                       if key not in defaults or value != defaults[key].default})
         return config
 
 

@@ -107,12 +107,10 @@ class Transformer(keras.Model):
         self.activation = activation
         self.attention_dropout = attention_dropout
         self.position_embedding = position_embedding
-        # The block options that differ from the paper's (all of them go to both stacks, which check them;
-        # get_config holds these).
-        self.block_options = changed_options(dict(
+        block_options = dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
             rotary_max_wavelength=rotary_max_wavelength, rotary_scaling_factor=rotary_scaling_factor,
-        ))
+        )
 
         policy = self.dtype_policy
         self.source_embedding = TokenEmbedding(
@@ -135,10 +133,12 @@ class Transformer(keras.Model):
             num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, dropout=dropout,
             norm_first=norm_first, activation=activation, attention_dropout=attention_dropout,
             position_embedding="rotary" if position_embedding == "rotary" else None,
-            dtype=policy, **self.block_options,
+            dtype=policy, **changed_options(block_options),
         )
         self.encoder = Encoder(**stack_args, name="encoder")
         self.decoder = Decoder(**stack_args, name="decoder")
+        # The block options that differ from the paper's, as the stacks checked them (get_config holds these).
+        self.block_options = changed_options({key: self.encoder.options[key] for key in block_options})
 
     @classmethod
     def from_preset(cls, preset, source_vocab_size, target_vocab_size, **overrides):

@@ -427,12 +427,13 @@ def test_float_positions_and_windowed_cross_attention_caches_are_refused():
 
 
 def test_rotary_options_are_refused_by_name_and_without_rotary_embeddings():
-    with pytest.raises(ValueError, match="`rotary_max_wavelength` must be a number above 1"):
+    with pytest.raises(ValueError, match="`rotary_max_wavelength` must be a finite number above 1 \\(a float32\\)"):
         MultiHeadAttention(N, H, position_embedding="rotary", rotary_max_wavelength=1)
-    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
+    with pytest.warns(UserWarning, match="ignored without position_embedding='rotary'"):
         MultiHeadAttention(N, H, rotary_scaling_factor=2.0)
-    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
-        EncoderLayer(N, 16, rotary_max_wavelength=500.0)
+    with pytest.warns(UserWarning, match="ignored without position_embedding='rotary'"):
+        layer = EncoderLayer(N, 16, rotary_max_wavelength=500.0)
+    assert layer.options["rotary_max_wavelength"] == 10000.0
     assert EncoderLayer(N, 16, position_embedding="rotary", rotary_scaling_factor=2).options[
         "rotary_scaling_factor"] == 2.0
 

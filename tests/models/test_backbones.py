@@ -252,14 +252,53 @@ def test_the_rotary_scaling_factor_reaches_every_block_and_the_keras_file(tmp_pa
     encoder(ids)
     assert encoder.encoder.stack[0].self_attention._rotary.scaling_factor == 2.0
     assert EncoderBackbone.from_config(encoder.get_config()).block_options["rotary_scaling_factor"] == 2.0
-    # Refused by name, and where it would change nothing (no rotary embedding) rather than ignored.
-    for bad in (0.5, True, "4", None):
-        with pytest.raises(ValueError, match="`rotary_scaling_factor` must be a number of at least 1"):
+    # Refused by name (an infinite factor turned the rotation off; 1e39 failed only in the first call).
+    for bad in (0.5, True, "4", None, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="`rotary_scaling_factor` must be a finite number of at least 1 \\(a float32\\)"):
             CausalLM(50, rotary_scaling_factor=bad, **config)
-    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
-        EncoderBackbone(50, rotary_scaling_factor=4.0, **config)  # learned positions
-    with pytest.raises(ValueError, match="give them with position_embedding='rotary'"):
-        Transformer(50, 50, num_layers=1, d_model=32, num_heads=4, d_ff=48, rotary_max_wavelength=500.0)
+    with pytest.raises(ValueError, match="`rotary_max_wavelength` must be a finite number above 1 \\(a float32\\)"):
+        CausalLM(50, rotary_max_wavelength=1e39, **config)
+
+
+def test_rotary_options_without_rotary_embeddings_are_ignored_with_a_warning_and_old_files_load():
+    # 180e07f wrote rotary_max_wavelength into the configs of models without rotary embeddings
+    # (the backbones always, Transformer when set), and a preset override such as llama3_8b with learned
+    # positions keeps the preset's wavelength: refusing them made those files and overrides fail.
+    config = dict(num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    old_files = [
+        (Transformer, dict(source_vocab_size=50, target_vocab_size=50, rotary_max_wavelength=500.0, **config)),
+        (EncoderBackbone, dict(vocab_size=50, rotary_max_wavelength=500.0, **config)),
+        (CausalLM, dict(vocab_size=50, position_embedding="learned", rotary_max_wavelength=500.0, **config)),
+    ]
+    for cls, old_config in old_files:
+        with pytest.warns(UserWarning, match="ignored without position_embedding='rotary'"):
+            model = cls.from_config(old_config)
+        assert "rotary_max_wavelength" not in model.get_config()  # (saved again: dropped)
+    with pytest.warns(UserWarning, match="ignored without position_embedding='rotary'"):
+        CausalLM.from_preset("llama3_8b", vocab_size=50, position_embedding="learned")
+
+
+def test_configs_hold_plain_floats_and_only_options_older_versions_lack_when_set():
+    from fractions import Fraction
+    import json
+
+    config = dict(num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    for model in (CausalLM(50, rotary_scaling_factor=Fraction(3, 2), rotary_max_wavelength=np.float32(500), **config),
+                  Transformer(50, 50, position_embedding="rotary", rotary_scaling_factor=Fraction(3, 2), **config)):
+        saved = model.get_config()
+        json.dumps(saved)  # (a Fraction or a NumPy float made the model unsaveable)
+        assert type(saved["rotary_scaling_factor"]) is float and saved["rotary_scaling_factor"] == 1.5
+    # A backbone of default options writes none of them: a version before an option loads the file.
+    assert "rotary_scaling_factor" not in CausalLM(50, **config).get_config()
+    assert "rotary_scaling_factor" not in EncoderBackbone(50, **config).get_config()
+
+
+def test_token_ids_of_unknown_rank_are_not_refused_for_their_rank():
+    import tensorflow as tf
+
+    from keras_transformer.layers import validation
+
+    validation.check_rank("token_ids", tf.TensorShape(None), 2)  # (unknown: nothing to check yet)
 
 
 def test_token_ids_of_the_wrong_rank_are_refused_by_name():
