@@ -52,8 +52,9 @@ def check_rotary_options(rotary: bool, max_wavelength, scaling_factor) -> tuple:
         ("rotary_scaling_factor", scaling_factor, lambda v: v >= 1, "of at least 1"),
     ):
         # (finite in float32, where the embedding computes: 1e39 passed, then failed in the first call)
-        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-                or abs(value) > FLOAT32_MAX or not valid(value)):
+        # (abs() before isfinite: an int or Fraction too large for a float overflowed in isfinite)
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or abs(value) > FLOAT32_MAX
+                or not math.isfinite(value) or not valid(value)):
             raise ValueError(f"`{name}` must be a finite number {bound} (a float32). Received: {name}={value!r}")
     if not rotary:
         if max_wavelength != 10000 or scaling_factor != 1:

@@ -1,5 +1,7 @@
 """The encoder-decoder Transformer model."""
 
+import inspect
+
 import keras
 from keras import ops
 
@@ -138,7 +140,13 @@ class Transformer(keras.Model):
         self.encoder = Encoder(**stack_args, name="encoder")
         self.decoder = Decoder(**stack_args, name="decoder")
         # The block options that differ from the paper's, as the stacks checked them (get_config holds these).
-        self.block_options = changed_options({key: self.encoder.options[key] for key in block_options})
+        checked = {key: self.encoder.options[key] for key in block_options}
+        self.block_options = changed_options(checked)
+        # What get_config writes: the options that differ from this class's own defaults (a subclass may
+        # change them), so a version before an option loads the rest.
+        defaults = inspect.signature(type(self).__init__).parameters
+        self._config_options = {key: value for key, value in checked.items()
+                                if key not in defaults or value != defaults[key].default}
 
     @classmethod
     def from_preset(cls, preset, source_vocab_size, target_vocab_size, **overrides):
@@ -270,5 +278,5 @@ class Transformer(keras.Model):
         )
         if self.position_embedding != "sinusoidal":  # (each only when set: older versions load the rest)
             config["position_embedding"] = self.position_embedding
-        config.update(self.block_options)
+        config.update(self._config_options)
         return config

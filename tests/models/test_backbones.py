@@ -317,3 +317,24 @@ def test_token_ids_of_the_wrong_rank_are_refused_by_name():
         model({"source": ids, "target": ids[None]})
     with pytest.raises(ValueError, match="`target` must have rank 2"):
         model({"source": ids[None], "target": ids})
+
+
+def test_a_subclass_with_other_block_defaults_round_trips_its_config():
+    # A config leaves out the options equal to the class's own defaults, not to the library's: a
+    # Transformer subclass whose default norm is "rms", built with norm="layer", came back with "rms".
+    class RmsTransformer(Transformer):
+        def __init__(self, *args, norm="rms", **kwargs):
+            super().__init__(*args, norm=norm, **kwargs)
+
+    config = dict(num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    model = RmsTransformer(50, 50, norm="layer", **config)
+    assert RmsTransformer.from_config(model.get_config()).encoder.options["norm"] == "layer"
+    assert RmsTransformer.from_config(RmsTransformer(50, 50, **config).get_config()).encoder.options["norm"] == "rms"
+
+
+def test_rotary_numbers_too_large_for_a_float_are_refused_by_name():
+    from fractions import Fraction
+
+    for huge in (10**400, Fraction(10**400)):  # (math.isfinite raised OverflowError on these)
+        with pytest.raises(ValueError, match="`rotary_max_wavelength` must be a finite number above 1"):
+            CausalLM(50, rotary_max_wavelength=huge, num_layers=1, d_model=32, num_heads=4, d_ff=48)
