@@ -119,7 +119,7 @@ class BlockArguments(keras.layers.Layer):
                 )
             activation = chosen
         if num_key_value_heads is not None:
-            validation.check_positive_int("num_key_value_heads", num_key_value_heads)
+            num_key_value_heads = validation.check_positive_int("num_key_value_heads", num_key_value_heads)
             if num_heads % num_key_value_heads:
                 raise ValueError(
                     "`num_key_value_heads` must divide `num_heads`. "
@@ -128,7 +128,7 @@ class BlockArguments(keras.layers.Layer):
         if position_embedding is not None:
             validation.check_choice("position_embedding", position_embedding, (None, "rotary"))
         if sliding_window is not None:
-            validation.check_positive_int("sliding_window", sliding_window)
+            sliding_window = validation.check_positive_int("sliding_window", sliding_window)
         rotary_max_wavelength, rotary_scaling_factor = validation.check_rotary_options(
             position_embedding == "rotary", rotary_max_wavelength, rotary_scaling_factor
         )

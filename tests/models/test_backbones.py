@@ -288,6 +288,10 @@ def test_configs_hold_plain_floats_and_only_options_older_versions_lack_when_set
         saved = model.get_config()
         json.dumps(saved)  # (a Fraction or a NumPy float made the model unsaveable)
         assert type(saved["rotary_scaling_factor"]) is float and saved["rotary_scaling_factor"] == 1.5
+    # NumPy integers too (a block kept np.int64 key/value heads and windows: json.dumps failed).
+    saved = CausalLM(50, num_key_value_heads=np.int64(2), sliding_window=np.int64(8), **config).get_config()
+    json.dumps(saved)
+    assert type(saved["num_key_value_heads"]) is int and type(saved["sliding_window"]) is int
     # A backbone of default options writes none of them: a version before an option loads the file.
     assert "rotary_scaling_factor" not in CausalLM(50, **config).get_config()
     assert "rotary_scaling_factor" not in EncoderBackbone(50, **config).get_config()
