@@ -109,6 +109,9 @@ class Transformer(keras.Model):
         self.activation = activation
         self.attention_dropout = attention_dropout
         self.position_embedding = position_embedding
+        # (Checked here once, for both stacks: without rotary embeddings a changed value warns once, not twice.)
+        rotary_max_wavelength, rotary_scaling_factor = validation.check_rotary_options(
+            position_embedding == "rotary", rotary_max_wavelength, rotary_scaling_factor)
         block_options = dict(
             norm=norm, feed_forward=feed_forward, use_bias=use_bias, num_key_value_heads=num_key_value_heads,
             rotary_max_wavelength=rotary_max_wavelength, rotary_scaling_factor=rotary_scaling_factor,

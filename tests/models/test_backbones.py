@@ -276,6 +276,12 @@ def test_rotary_options_without_rotary_embeddings_are_ignored_with_a_warning_and
         assert "rotary_max_wavelength" not in model.get_config()  # (saved again: dropped)
     with pytest.warns(UserWarning, match="ignored without position_embedding='rotary'"):
         CausalLM.from_preset("llama3_8b", vocab_size=50, position_embedding="learned")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # (once, not once per stack)
+        warnings.simplefilter("always")
+        Transformer(50, 50, rotary_max_wavelength=500.0, **config)
+    assert sum("ignored without position_embedding='rotary'" in str(w.message) for w in caught) == 1
 
 
 def test_configs_hold_plain_floats_and_only_options_older_versions_lack_when_set():
