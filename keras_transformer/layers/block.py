@@ -1,6 +1,8 @@
 """Arguments shared by the encoder and decoder layers and their stacks, and
 the residual sublayer connection both layers are made of."""
 
+import inspect
+
 import keras
 
 from keras_transformer.layers import validation
@@ -30,6 +32,14 @@ OPTION_DEFAULTS = {
 def changed_options(options):
     """The block options of `options` that differ from their defaults (what a config holds)."""
     return {key: value for key, value in options.items() if value != OPTION_DEFAULTS[key]}
+
+
+def model_config_options(model, options):
+    """The block options of `options` that differ from the defaults of
+    `type(model).__init__` (a subclass may change them): what a model's
+    get_config writes, so a version before an option loads the rest."""
+    defaults = inspect.signature(type(model).__init__).parameters
+    return {key: value for key, value in options.items() if key not in defaults or value != defaults[key].default}
 
 
 def check_model_sizes(num_layers, d_model, num_heads, d_ff, dropout, max_length):

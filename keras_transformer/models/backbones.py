@@ -1,14 +1,13 @@
 """Encoder-only (BERT-style) and decoder-only (Llama-style) models built from
 the library's blocks, and their named sizes."""
 
-import inspect
-
 import keras
 from keras import ops
 
 from keras_transformer.layers import masks
 from keras_transformer.layers import validation
 from keras_transformer.layers.block import check_model_sizes
+from keras_transformer.layers.block import model_config_options
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
 from keras_transformer.layers.normalization import RMSNormalization
@@ -160,10 +159,7 @@ class _Backbone(keras.Model):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
             }
         )
-        # Block options only when they differ from this class's defaults: a version before an option loads the rest.
-        defaults = inspect.signature(type(self).__init__).parameters
-        config.update({key: value for key, value in self.block_options.items()
-                       if key not in defaults or value != defaults[key].default})
+        config.update(model_config_options(self, self.block_options))
         return config
 
 

@@ -1,7 +1,5 @@
 """The encoder-decoder Transformer model."""
 
-import inspect
-
 import keras
 from keras import ops
 
@@ -9,6 +7,7 @@ from keras_transformer.layers import masks
 from keras_transformer.layers.attention import accept_earlier_optimizer_state
 from keras_transformer.layers import validation
 from keras_transformer.layers.block import changed_options
+from keras_transformer.layers.block import model_config_options
 from keras_transformer.layers.block import check_model_sizes
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
@@ -142,14 +141,7 @@ class Transformer(keras.Model):
         )
         self.encoder = Encoder(**stack_args, name="encoder")
         self.decoder = Decoder(**stack_args, name="decoder")
-        # The block options that differ from the paper's, as the stacks checked them (get_config holds these).
-        checked = {key: self.encoder.options[key] for key in block_options}
-        self.block_options = changed_options(checked)
-        # What get_config writes: the options that differ from this class's own defaults (a subclass may
-        # change them), so a version before an option loads the rest.
-        defaults = inspect.signature(type(self).__init__).parameters
-        self._config_options = {key: value for key, value in checked.items()
-                                if key not in defaults or value != defaults[key].default}
+        self.block_options = {key: self.encoder.options[key] for key in block_options}  # (as the stacks checked them)
 
     @classmethod
     def from_preset(cls, preset, source_vocab_size, target_vocab_size, **overrides):
@@ -281,5 +273,5 @@ class Transformer(keras.Model):
         )
         if self.position_embedding != "sinusoidal":  # (each only when set: older versions load the rest)
             config["position_embedding"] = self.position_embedding
-        config.update(self._config_options)
+        config.update(model_config_options(self, self.block_options))
         return config
