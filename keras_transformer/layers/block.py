@@ -35,7 +35,7 @@ def changed_options(options):
 
 
 def model_config_options(model, options):
-    """The block options of `options` that differ from the defaults of
+    """The options of `options` that differ from the defaults of
     `type(model).__init__` (a subclass may change them): what a model's
     get_config writes, so a version before an option loads the rest."""
     defaults = inspect.signature(type(model).__init__).parameters

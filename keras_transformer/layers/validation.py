@@ -51,10 +51,12 @@ def check_rotary_options(rotary: bool, max_wavelength, scaling_factor) -> tuple:
         ("rotary_max_wavelength", max_wavelength, lambda v: v > 1, "above 1"),
         ("rotary_scaling_factor", scaling_factor, lambda v: v >= 1, "of at least 1"),
     ):
+        try:  # (an int or Fraction too large for a float raises OverflowError)
+            number = None if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
+        except OverflowError:
+            number = None
         # (finite in float32, where the embedding computes: 1e39 passed, then failed in the first call)
-        # (abs() before isfinite: an int or Fraction too large for a float overflowed in isfinite)
-        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or abs(value) > FLOAT32_MAX
-                or not math.isfinite(value) or not valid(value)):
+        if number is None or not math.isfinite(number) or abs(number) > FLOAT32_MAX or not valid(number):
             raise ValueError(f"`{name}` must be a finite number {bound} (a float32). Received: {name}={value!r}")
     if not rotary:
         if max_wavelength != 10000 or scaling_factor != 1:
@@ -69,7 +71,8 @@ def check_rotary_options(rotary: bool, max_wavelength, scaling_factor) -> tuple:
 
 
 def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
+    # (A string or None, as every choice is: an array equal to a choice passed `in`; a list was unhashable.)
+    if not (value is None or isinstance(value, str)) or value not in choices:
         raise ValueError(
             f"`{name}` must be one of {sorted(choices, key=repr)}. Received: {name}={value!r}"
         )

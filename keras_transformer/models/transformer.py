@@ -106,7 +106,8 @@ class Transformer(keras.Model):
         self.share_embeddings = share_embeddings
         self.norm_first = bool(norm_first)
         self.activation = activation
-        self.attention_dropout = attention_dropout
+        self.attention_dropout = (None if attention_dropout is None
+                                  else validation.check_rate("attention_dropout", attention_dropout))
         self.position_embedding = position_embedding
         # (Checked here once, for both stacks: without rotary embeddings a changed value warns once, not twice.)
         rotary_max_wavelength, rotary_scaling_factor = validation.check_rotary_options(
@@ -271,7 +272,6 @@ class Transformer(keras.Model):
                 "attention_dropout": self.attention_dropout,
             }
         )
-        if self.position_embedding != "sinusoidal":  # (each only when set: older versions load the rest)
-            config["position_embedding"] = self.position_embedding
-        config.update(model_config_options(self, self.block_options))
+        # (The options after the paper's only when changed: older versions load the rest.)
+        config.update(model_config_options(self, {"position_embedding": self.position_embedding, **self.block_options}))
         return config

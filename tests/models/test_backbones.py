@@ -348,3 +348,33 @@ def test_rotary_numbers_too_large_for_a_float_are_refused_by_name():
     for huge in (10**400, Fraction(10**400)):  # (math.isfinite raised OverflowError on these)
         with pytest.raises(ValueError, match="`rotary_max_wavelength` must be a finite number above 1"):
             CausalLM(50, rotary_max_wavelength=huge, num_layers=1, d_model=32, num_heads=4, d_ff=48)
+
+
+def test_a_subclass_with_another_position_embedding_default_round_trips_its_config():
+    # position_embedding is written against the class's own default too: written against the library's
+    # ("sinusoidal"), a subclass defaulting to "rotary" built with "sinusoidal" came back rotary.
+    class RotaryTransformer(Transformer):
+        def __init__(self, *args, position_embedding="rotary", **kwargs):
+            super().__init__(*args, position_embedding=position_embedding, **kwargs)
+
+    config = dict(num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    model = RotaryTransformer(50, 50, position_embedding="sinusoidal", **config)
+    assert RotaryTransformer.from_config(model.get_config()).position_embedding == "sinusoidal"
+
+
+def test_numpy_arguments_leave_a_json_config_and_arrays_are_not_choices():
+    import json
+    import warnings
+
+    config = dict(num_layers=1, d_model=32, num_heads=4, d_ff=48, max_length=64)
+    saved = Transformer(50, 50, attention_dropout=np.float32(0.25), **config).get_config()
+    json.dumps(saved)  # (a NumPy attention_dropout stayed in the config: not JSON)
+    assert type(saved["attention_dropout"]) is float and saved["attention_dropout"] == 0.25
+    # An array equal to a choice passed `in` and stayed in the config; a list raised TypeError (unhashable).
+    for bad in (np.array("rms"), ["rms"]):
+        with pytest.raises(ValueError, match="`norm` must be one of"):
+            EncoderBackbone(50, norm=bad, **config)
+    with warnings.catch_warnings():  # (a float16 factor warned of an overflow in its comparison)
+        warnings.simplefilter("error")
+        model = EncoderBackbone(50, position_embedding="rotary", rotary_scaling_factor=np.float16(2), **config)
+    assert model.block_options["rotary_scaling_factor"] == 2.0
